@@ -1,0 +1,634 @@
+"""The Ledger application: every money movement, as commands applied to Account and Transfer
+aggregates and saved with one `save(...)` per commit.
+
+`Ledger.execute_batch` is the single write path. It applies a list of commands in order to a
+unit of work, giving each command a savepoint so that a failing command leaves no trace, then
+saves everything in one commit. A conflict with another writer (optimistic concurrency) re-runs
+the whole batch against fresh state, a bounded number of times.
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import IntegrityError
+
+from application.commands import (
+    AccountState,
+    BatchResult,
+    CloseAccount,
+    Command,
+    Deposit,
+    ExpireHold,
+    FreezeAccount,
+    MakeTransfer,
+    OpenAccount,
+    PostTransfer,
+    Result,
+    ReverseTransfer,
+    TransferBatch,
+    TransferState,
+    UnfreezeAccount,
+    VoidTransfer,
+    Withdraw,
+)
+from application.ports import IdempotencyRecord
+from domain.account import Account, settlement_account_id
+from domain.errors import (
+    ConcurrencyConflict,
+    DomainError,
+    ExistsWithDifferentFields,
+    NotFound,
+    SameAccount,
+    TransferExpired,
+    ValidationFailed,
+)
+from domain.limits import check_metadata
+from domain.money import check_amount, check_currency
+from domain.transfer import DEPOSIT, REVERSAL, TRANSFER, WITHDRAWAL, Transfer
+
+log = logging.getLogger(__name__)
+
+CONFLICT_RETRIES_MAX = 8
+BATCH_ITEMS_MAX = 1000
+AGGREGATE_CACHE_MAX = 200_000
+# Reversal ids are derived from the original, so a repeated reverse can never reverse twice.
+REVERSAL_NAMESPACE = UUID("0f3c5a2e-7d4b-4c1e-b6a9-5e2d8c7f1a34")
+
+
+def utcnow() -> datetime:
+    return datetime.now(tz=timezone.utc)
+
+
+def account_state(a: Account) -> AccountState:
+    return AccountState(
+        id=a.id,
+        tenant=a.tenant,
+        currency=a.currency,
+        kind=a.kind,
+        status=a.status,
+        overdraft_limit_minor=a.overdraft_limit_minor,
+        posted_minor=a.posted_minor,
+        pending_debits_minor=a.pending_debits_minor,
+        pending_credits_minor=a.pending_credits_minor,
+        available_minor=a.available_minor,
+        holder=a.holder,
+        metadata=a.metadata,
+        version=a.version,
+    )
+
+
+def transfer_state(t: Transfer) -> TransferState:
+    return TransferState(
+        id=t.id,
+        tenant=t.tenant,
+        kind=t.kind,
+        debit_account_id=t.debit_account_id,
+        credit_account_id=t.credit_account_id,
+        amount_minor=t.amount_minor,
+        currency=t.currency,
+        reference=t.reference,
+        metadata=t.metadata,
+        pending=t.pending,
+        timeout_s=t.timeout_s,
+        status=t.status,
+        posted_amount_minor=t.posted_amount_minor,
+        reverses_id=t.reverses_id,
+        reversed_by_id=t.reversed_by_id,
+        created_at=t.created_on.isoformat(),
+        version=t.version,
+    )
+
+
+class Ledger(Application[UUID]):
+    name = "ledger"
+    snapshotting_intervals = {Account: 100}  # noqa: RUF012 - eventsourcing reads a class attribute
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        super().__init__(env=env)
+        # The writer's cache of current aggregates. Only the thread that runs execute_batch
+        # touches it; anything that fails to save is evicted and reloaded on retry.
+        self._cache: OrderedDict[UUID, Account | Transfer] = OrderedDict()
+
+    # ---- queries (read the store; never the writer's cache, which is not thread-safe) ----
+
+    def get_account(self, account_id: UUID, tenant: str | None = None) -> AccountState:
+        return account_state(self._load_account(account_id, tenant))
+
+    def get_transfer(self, transfer_id: UUID, tenant: str | None = None) -> TransferState:
+        try:
+            t = self.repository.get(transfer_id)
+        except AggregateNotFoundError:
+            raise NotFound("transfer not found", transfer_id=str(transfer_id)) from None
+        if not isinstance(t, Transfer) or (tenant is not None and t.tenant != tenant):
+            raise NotFound("transfer not found", transfer_id=str(transfer_id))
+        return transfer_state(t)
+
+    def account_at(self, account_id: UUID, version: int) -> AccountState:
+        try:
+            a = self.repository.get(account_id, version=version)
+        except AggregateNotFoundError:
+            raise NotFound("account not found", account_id=str(account_id)) from None
+        if not isinstance(a, Account):
+            raise NotFound("account not found", account_id=str(account_id))
+        return account_state(a)
+
+    def _load_account(self, account_id: UUID, tenant: str | None) -> Account:
+        try:
+            a = self.repository.get(account_id)
+        except AggregateNotFoundError:
+            raise NotFound("account not found", account_id=str(account_id)) from None
+        if not isinstance(a, Account) or (tenant is not None and a.tenant != tenant):
+            raise NotFound("account not found", account_id=str(account_id))
+        return a
+
+    # ---- the write path --------------------------------------------------------------------
+
+    def execute(self, command: Command) -> Result:
+        """Runs one command in its own commit; raises its DomainError. For tests and the CLI."""
+        (outcome,) = self.execute_batch([command])
+        if isinstance(outcome, DomainError):
+            raise outcome
+        return outcome
+
+    def execute_batch(
+        self,
+        commands: Sequence[Command],
+        idempotency: Sequence[Callable[[Result | DomainError], IdempotencyRecord | None] | None] | None = None,
+    ) -> list[Result | DomainError]:
+        """Applies `commands` in order and commits all their effects at once.
+
+        Returns one outcome per command: its result, or the DomainError that rejected it (and
+        left no trace). `idempotency[i]`, when given, renders command i's outcome as the
+        IdempotencyRecord that is stored in the same transaction as the effect.
+        """
+        check_existing = False
+        for attempt in range(CONFLICT_RETRIES_MAX):
+            uow = UnitOfWork(self, check_existing=check_existing)
+            outcomes = [uow.run(c) for c in commands]
+            records: list[IdempotencyRecord] = []
+            if idempotency:
+                for render, outcome in zip(idempotency, outcomes, strict=True):
+                    if render is not None:
+                        record = render(outcome)
+                        if record is not None:
+                            records.append(record)
+            try:
+                self.save(*uow.touched(), idempotency=records)
+            except IntegrityError:
+                # Another writer got there first (same aggregate version, same new id, or same
+                # idempotency key). Forget what we believed and re-run against fresh state.
+                uow.evict_all()
+                check_existing = True
+                log.info("ledger batch conflict, retrying (attempt %d, %d commands)", attempt + 1, len(commands))
+                continue
+            except BaseException:
+                uow.evict_all()
+                raise
+            uow.keep()
+            return outcomes
+        conflict = ConcurrencyConflict("the command conflicted with concurrent writes; retry it")
+        return [conflict for _ in commands]
+
+    # cache helpers used by UnitOfWork
+    def _cache_get(self, aggregate_id: UUID) -> Account | Transfer | None:
+        agg = self._cache.get(aggregate_id)
+        if agg is not None:
+            self._cache.move_to_end(aggregate_id)
+        return agg
+
+    def _cache_put(self, agg: Account | Transfer) -> None:
+        self._cache[agg.id] = agg
+        self._cache.move_to_end(agg.id)
+        while len(self._cache) > AGGREGATE_CACHE_MAX:
+            self._cache.popitem(last=False)
+
+    def _cache_evict(self, aggregate_id: UUID) -> None:
+        self._cache.pop(aggregate_id, None)
+
+
+class UnitOfWork:
+    """The aggregates one batch touches, with a savepoint per command.
+
+    A savepoint copies each aggregate's attributes the first time a command touches it;
+    rolling back restores them (aggregate state is flat: ints, strings and immutable values),
+    so a rejected command contributes no events to the commit.
+    """
+
+    def __init__(self, ledger: Ledger, *, check_existing: bool) -> None:
+        self.ledger = ledger
+        # Without check_existing, an id missing from the cache is taken to be new: a clash with
+        # a stored aggregate then fails the commit, and the batch re-runs with checks on.
+        self.check_existing = check_existing
+        self.aggregates: dict[UUID, Account | Transfer] = {}
+        self._saved: dict[UUID, dict[str, Any] | None] | None = None
+        self.now = utcnow()
+
+    # ---- savepoints ------------------------------------------------------------------------
+
+    def _touch(self, agg: Account | Transfer, *, new: bool = False) -> None:
+        if self._saved is not None and agg.id not in self._saved:
+            if new:
+                self._saved[agg.id] = None
+            else:
+                state = dict(agg.__dict__)
+                state["_pending_events"] = list(agg._pending_events)  # noqa: SLF001
+                self._saved[agg.id] = state
+        self.aggregates[agg.id] = agg
+
+    def _begin(self) -> None:
+        self._saved = {}
+
+    def _rollback(self) -> None:
+        assert self._saved is not None
+        for agg_id, state in self._saved.items():
+            agg = self.aggregates[agg_id]
+            if state is None:
+                del self.aggregates[agg_id]
+            else:
+                agg.__dict__.clear()
+                agg.__dict__.update(state)
+        self._saved = None
+
+    def _release(self) -> None:
+        self._saved = None
+
+    def run(self, command: Command) -> Result | DomainError:
+        if isinstance(command, TransferBatch) and not command.atomic:
+            if len(command.items) > BATCH_ITEMS_MAX:
+                return ValidationFailed(f"a batch holds at most {BATCH_ITEMS_MAX} transfers", size=len(command.items))
+            return BatchResult(atomic=False, results=tuple(self._run_one(item) for item in command.items))
+        return self._run_one(command)
+
+    def _run_one(self, command: Command) -> Any:
+        self._begin()
+        try:
+            result = HANDLERS[type(command)](self, command)
+        except DomainError as e:
+            self._rollback()
+            return e
+        except BaseException:
+            self._rollback()
+            raise
+        self._release()
+        return result
+
+    # ---- loading ---------------------------------------------------------------------------
+
+    def _load(self, aggregate_id: UUID) -> Account | Transfer | None:
+        agg = self.aggregates.get(aggregate_id)
+        if agg is None:
+            agg = self.ledger._cache_get(aggregate_id)  # noqa: SLF001
+            if agg is None:
+                try:
+                    agg = self.ledger.repository.get(aggregate_id)
+                except AggregateNotFoundError:
+                    return None
+                self.ledger._cache_put(agg)  # noqa: SLF001
+        self._touch(agg)
+        return agg
+
+    def account(self, account_id: UUID, tenant: str | None) -> Account:
+        agg = self._load(account_id)
+        if not isinstance(agg, Account) or (tenant is not None and agg.tenant != tenant):
+            raise NotFound("account not found", account_id=str(account_id))
+        return agg
+
+    def transfer(self, transfer_id: UUID, tenant: str | None) -> Transfer:
+        agg = self._load(transfer_id)
+        if not isinstance(agg, Transfer) or (tenant is not None and agg.tenant != tenant):
+            raise NotFound("transfer not found", transfer_id=str(transfer_id))
+        return agg
+
+    def existing(self, aggregate_id: UUID, *, client_supplied: bool) -> Account | Transfer | None:
+        """The aggregate with this id if it exists, for create-or-return-original commands."""
+        agg = self.aggregates.get(aggregate_id) or self.ledger._cache_get(aggregate_id)  # noqa: SLF001
+        if agg is not None:
+            self._touch(agg)
+            return agg
+        if not client_supplied or not self.check_existing:
+            return None
+        return self._load(aggregate_id)
+
+    def settlement(self, tenant: str, currency: str) -> Account:
+        account_id = settlement_account_id(tenant, currency)
+        agg = self._load(account_id)
+        if agg is None:
+            agg = Account.open_settlement(tenant=tenant, currency=currency)
+            self.add(agg)
+        assert isinstance(agg, Account)
+        return agg
+
+    def add(self, agg: Account | Transfer) -> None:
+        self._touch(agg, new=True)
+
+    # ---- after the commit ------------------------------------------------------------------
+
+    def touched(self) -> list[Account | Transfer]:
+        return [a for a in self.aggregates.values() if a.pending_events]
+
+    def keep(self) -> None:
+        for agg in self.aggregates.values():
+            self.ledger._cache_put(agg)  # noqa: SLF001
+
+    def evict_all(self) -> None:
+        for agg_id in self.aggregates:
+            self.ledger._cache_evict(agg_id)  # noqa: SLF001
+
+
+# ---- handlers: each checks every rule before it triggers any event --------------------------
+
+
+def _open_account(uow: UnitOfWork, c: OpenAccount) -> AccountState:
+    check_currency(c.currency)
+    metadata = check_metadata(c.metadata)
+    account_id = c.account_id or uuid.uuid4()
+    found = uow.existing(account_id, client_supplied=c.account_id is not None)
+    if found is not None:
+        same = (
+            isinstance(found, Account)
+            and found.tenant == c.tenant
+            and found.currency == c.currency
+            and found.overdraft_limit_minor == c.overdraft_limit_minor
+            and found.metadata == metadata
+        )
+        if not same:
+            if isinstance(found, Account) and found.tenant != c.tenant:
+                # Never reveal another tenant's account; the id is simply unavailable.
+                raise ExistsWithDifferentFields("an account with this id already exists", account_id=str(account_id))
+            raise ExistsWithDifferentFields("an account with this id exists with different fields", account_id=str(account_id))
+        return account_state(found)
+    account = Account.open(
+        account_id=account_id,
+        tenant=c.tenant,
+        currency=c.currency,
+        overdraft_limit_minor=c.overdraft_limit_minor,
+        holder=c.holder,
+        metadata=metadata,
+    )
+    uow.add(account)
+    return account_state(account)
+
+
+def _move(
+    uow: UnitOfWork,
+    *,
+    tenant: str,
+    kind: str,
+    transfer_id: UUID | None,
+    debit: Account,
+    credit: Account,
+    amount_minor: int,
+    currency: str,
+    reference: str | None,
+    metadata: dict[str, Any] | None,
+    pending: bool = False,
+    timeout_s: int | None = None,
+    reverses_id: UUID | None = None,
+) -> TransferState:
+    Transfer.validate(
+        debit_account_id=debit.id,
+        credit_account_id=credit.id,
+        debit_currency=debit.currency,
+        credit_currency=credit.currency,
+        amount_minor=amount_minor,
+        currency=currency,
+        reference=reference,
+        metadata=metadata,
+        pending=pending,
+        timeout_s=timeout_s,
+    )
+    debit.check_can_debit(amount_minor)
+    credit.check_can_credit(amount_minor)
+    transfer = Transfer.initiate(
+        transfer_id=transfer_id or uuid.uuid4(),
+        tenant=tenant,
+        kind=kind,
+        debit_account_id=debit.id,
+        credit_account_id=credit.id,
+        amount_minor=amount_minor,
+        currency=currency,
+        reference=reference,
+        metadata=metadata,
+        pending=pending,
+        timeout_s=timeout_s,
+        reverses_id=reverses_id,
+    )
+    uow.add(transfer)
+    if pending:
+        debit.hold_debit(transfer.id, amount_minor)
+        credit.hold_credit(transfer.id, amount_minor)
+    else:
+        debit.debit(transfer.id, amount_minor)
+        credit.credit(transfer.id, amount_minor)
+    return transfer_state(transfer)
+
+
+def _repeat(uow: UnitOfWork, transfer_id: UUID | None, **fields: Any) -> TransferState | None:
+    """The original result when this transfer id was already used with the same fields."""
+    if transfer_id is None:
+        return None
+    found = uow.existing(transfer_id, client_supplied=True)
+    if found is None:
+        return None
+    if isinstance(found, Transfer) and found.same_request(**fields):
+        return transfer_state(found)
+    raise ExistsWithDifferentFields("a transfer with this id exists with different fields", transfer_id=str(transfer_id))
+
+
+def _make_transfer(uow: UnitOfWork, c: MakeTransfer) -> TransferState:
+    check_amount(c.amount_minor)
+    metadata = check_metadata(c.metadata)
+    repeated = _repeat(
+        uow,
+        c.transfer_id,
+        tenant=c.tenant,
+        kind=TRANSFER,
+        debit_account_id=c.debit_account_id,
+        credit_account_id=c.credit_account_id,
+        amount_minor=c.amount_minor,
+        currency=c.currency,
+        reference=c.reference,
+        metadata=metadata,
+        pending=c.pending,
+        timeout_s=c.timeout_s,
+    )
+    if repeated is not None:
+        return repeated
+    if c.debit_account_id == c.credit_account_id:
+        raise SameAccount("debit and credit account must differ", account_id=str(c.debit_account_id))
+    return _move(
+        uow,
+        tenant=c.tenant,
+        kind=TRANSFER,
+        transfer_id=c.transfer_id,
+        debit=uow.account(c.debit_account_id, c.tenant),
+        credit=uow.account(c.credit_account_id, c.tenant),
+        amount_minor=c.amount_minor,
+        currency=c.currency,
+        reference=c.reference,
+        metadata=metadata,
+        pending=c.pending,
+        timeout_s=c.timeout_s,
+    )
+
+
+def _deposit(uow: UnitOfWork, c: Deposit) -> TransferState:
+    check_amount(c.amount_minor)
+    check_currency(c.currency)
+    metadata = check_metadata(c.metadata)
+    settlement_id = settlement_account_id(c.tenant, c.currency)
+    repeated = _repeat(
+        uow, c.transfer_id, tenant=c.tenant, kind=DEPOSIT, debit_account_id=settlement_id,
+        credit_account_id=c.account_id, amount_minor=c.amount_minor, currency=c.currency,
+        reference=c.reference, metadata=metadata, pending=False, timeout_s=None,
+    )  # fmt: skip
+    if repeated is not None:
+        return repeated
+    credit = uow.account(c.account_id, c.tenant)
+    return _move(
+        uow, tenant=c.tenant, kind=DEPOSIT, transfer_id=c.transfer_id,
+        debit=uow.settlement(c.tenant, c.currency), credit=credit, amount_minor=c.amount_minor,
+        currency=c.currency, reference=c.reference, metadata=metadata,
+    )  # fmt: skip
+
+
+def _withdraw(uow: UnitOfWork, c: Withdraw) -> TransferState:
+    check_amount(c.amount_minor)
+    check_currency(c.currency)
+    metadata = check_metadata(c.metadata)
+    settlement_id = settlement_account_id(c.tenant, c.currency)
+    repeated = _repeat(
+        uow, c.transfer_id, tenant=c.tenant, kind=WITHDRAWAL, debit_account_id=c.account_id,
+        credit_account_id=settlement_id, amount_minor=c.amount_minor, currency=c.currency,
+        reference=c.reference, metadata=metadata, pending=False, timeout_s=None,
+    )  # fmt: skip
+    if repeated is not None:
+        return repeated
+    debit = uow.account(c.account_id, c.tenant)
+    return _move(
+        uow, tenant=c.tenant, kind=WITHDRAWAL, transfer_id=c.transfer_id,
+        debit=debit, credit=uow.settlement(c.tenant, c.currency), amount_minor=c.amount_minor,
+        currency=c.currency, reference=c.reference, metadata=metadata,
+    )  # fmt: skip
+
+
+def _atomic_batch(uow: UnitOfWork, c: TransferBatch) -> BatchResult:
+    if len(c.items) > BATCH_ITEMS_MAX:
+        raise ValidationFailed(f"a batch holds at most {BATCH_ITEMS_MAX} transfers", size=len(c.items))
+    results: list[TransferState] = []
+    for index, item in enumerate(c.items):
+        try:
+            results.append(_make_transfer(uow, item))
+        except DomainError as e:
+            # One failure fails the batch; the caller's savepoint undoes every item.
+            e.details["index"] = index
+            raise
+    return BatchResult(atomic=True, results=tuple(results))
+
+
+def _post(uow: UnitOfWork, c: PostTransfer) -> TransferState:
+    t = uow.transfer(c.transfer_id, c.tenant)
+    if t.is_due(uow.now):
+        return _expire_instead(uow, t)
+    held = t.amount_minor
+    amount = t.post_hold(c.amount_minor, uow.now)
+    uow.account(t.debit_account_id, None).settle_debit_hold(t.id, held, amount)
+    uow.account(t.credit_account_id, None).settle_credit_hold(t.id, held, amount)
+    return transfer_state(t)
+
+
+def _void(uow: UnitOfWork, c: VoidTransfer) -> TransferState:
+    t = uow.transfer(c.transfer_id, c.tenant)
+    if t.is_due(uow.now):
+        return _expire_instead(uow, t)
+    t.void_hold(uow.now)
+    uow.account(t.debit_account_id, None).settle_debit_hold(t.id, t.amount_minor, 0)
+    uow.account(t.credit_account_id, None).settle_credit_hold(t.id, t.amount_minor, 0)
+    return transfer_state(t)
+
+
+def _expire(uow: UnitOfWork, t: Transfer) -> None:
+    t.expire_hold(uow.now)
+    uow.account(t.debit_account_id, None).settle_debit_hold(t.id, t.amount_minor, 0)
+    uow.account(t.credit_account_id, None).settle_credit_hold(t.id, t.amount_minor, 0)
+
+
+def _expire_instead(uow: UnitOfWork, t: Transfer) -> TransferExpired:
+    # The hold ran out before anyone expired it: record the expiry (it happened) and reject
+    # the command. Returning, not raising, the error keeps the expiry events in the commit.
+    _expire(uow, t)
+    return TransferExpired("the hold has expired", transfer_id=str(t.id))
+
+
+def _expire_hold(uow: UnitOfWork, c: ExpireHold) -> TransferState:
+    t = uow.transfer(c.transfer_id, None)
+    if t.is_due(uow.now):
+        _expire(uow, t)
+    return transfer_state(t)
+
+
+def _reverse(uow: UnitOfWork, c: ReverseTransfer) -> TransferState:
+    original = uow.transfer(c.transfer_id, c.tenant)
+    reversal_id = c.reversal_id or uuid.uuid5(REVERSAL_NAMESPACE, str(original.id))
+    if original.reversed_by_id is not None and original.reversed_by_id == reversal_id:
+        # The same reverse again: answer with the reversal that was made.
+        return transfer_state(uow.transfer(reversal_id, c.tenant))
+    original.check_can_reverse()
+    if uow.existing(reversal_id, client_supplied=c.reversal_id is not None) is not None:
+        raise ExistsWithDifferentFields("a transfer with this id already exists", transfer_id=str(reversal_id))
+    reversal = _move(
+        uow,
+        tenant=original.tenant,
+        kind=REVERSAL,
+        transfer_id=reversal_id,
+        debit=uow.account(original.credit_account_id, None),
+        credit=uow.account(original.debit_account_id, None),
+        amount_minor=original.posted_amount_minor,
+        currency=original.currency,
+        reference=f"reversal of {original.id}",
+        metadata={},
+        reverses_id=original.id,
+    )
+    original.mark_reversed(reversal.id)
+    return reversal
+
+
+def _freeze(uow: UnitOfWork, c: FreezeAccount) -> AccountState:
+    a = uow.account(c.account_id, c.tenant)
+    a.freeze()
+    return account_state(a)
+
+
+def _unfreeze(uow: UnitOfWork, c: UnfreezeAccount) -> AccountState:
+    a = uow.account(c.account_id, c.tenant)
+    a.unfreeze()
+    return account_state(a)
+
+
+def _close(uow: UnitOfWork, c: CloseAccount) -> AccountState:
+    a = uow.account(c.account_id, c.tenant)
+    a.close()
+    return account_state(a)
+
+
+HANDLERS: dict[type, Callable[[UnitOfWork, Any], Any]] = {
+    OpenAccount: _open_account,
+    MakeTransfer: _make_transfer,
+    Deposit: _deposit,
+    Withdraw: _withdraw,
+    TransferBatch: _atomic_batch,
+    PostTransfer: _post,
+    VoidTransfer: _void,
+    ReverseTransfer: _reverse,
+    FreezeAccount: _freeze,
+    UnfreezeAccount: _unfreeze,
+    CloseAccount: _close,
+    ExpireHold: _expire_hold,
+}

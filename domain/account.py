@@ -1,0 +1,294 @@
+"""The Account aggregate: one currency, a status, an overdraft limit and its balances.
+
+Balances (all `int` minor units):
+  posted            = credits - debits that are final
+  pending_debits    = sum of open holds where this account is debited
+  pending_credits   = sum of open holds where this account is credited
+  available         = posted - pending_debits + overdraft_limit
+
+Every command checks its rule and raises a DomainError before it triggers an event; the
+`apply` method of each event is the only place state changes.
+"""
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID, uuid5
+
+from eventsourcing.domain import Aggregate
+
+from domain.errors import (
+    AccountClosed,
+    AccountFrozen,
+    AccountNotEmpty,
+    BalanceOverflow,
+    InsufficientFunds,
+    SettlementAccountRestricted,
+    ValidationFailed,
+)
+from domain.limits import check_metadata
+from domain.money import BALANCE_MAX_MINOR, BALANCE_MIN_MINOR, check_amount, check_currency
+
+OPEN = "open"
+FROZEN = "frozen"
+CLOSED = "closed"
+
+CUSTOMER = "customer"
+SETTLEMENT = "settlement"
+
+TENANT_MAX_CHARS = 64
+# The namespace for the deterministic ids of settlement accounts (one per tenant and currency).
+SETTLEMENT_NAMESPACE = UUID("6b1f0c1e-8a55-4d7e-9a43-1c6f3d0f2a10")
+
+
+def settlement_account_id(tenant: str, currency: str) -> UUID:
+    return uuid5(SETTLEMENT_NAMESPACE, f"{tenant}\x00{currency}")
+
+
+class Account(Aggregate):
+    class Opened(Aggregate.Created):
+        tenant: str
+        currency: str
+        kind: str
+        overdraft_limit_minor: int
+        holder: dict[str, Any] | None
+        metadata: dict[str, Any]
+
+        def apply(self, aggregate: Account) -> None:
+            aggregate.tenant = self.tenant
+            aggregate.currency = self.currency
+            aggregate.kind = self.kind
+            aggregate.overdraft_limit_minor = self.overdraft_limit_minor
+            aggregate.holder = self.holder
+            aggregate.metadata = self.metadata
+            aggregate.status = OPEN
+            aggregate.posted_minor = 0
+            aggregate.pending_debits_minor = 0
+            aggregate.pending_credits_minor = 0
+
+    class Debited(Aggregate.Event):
+        transfer_id: UUID
+        amount_minor: int
+
+        def apply(self, aggregate: Account) -> None:
+            aggregate.posted_minor -= self.amount_minor
+
+    class Credited(Aggregate.Event):
+        transfer_id: UUID
+        amount_minor: int
+
+        def apply(self, aggregate: Account) -> None:
+            aggregate.posted_minor += self.amount_minor
+
+    class DebitHeld(Aggregate.Event):
+        transfer_id: UUID
+        amount_minor: int
+
+        def apply(self, aggregate: Account) -> None:
+            aggregate.pending_debits_minor += self.amount_minor
+
+    class CreditHeld(Aggregate.Event):
+        transfer_id: UUID
+        amount_minor: int
+
+        def apply(self, aggregate: Account) -> None:
+            aggregate.pending_credits_minor += self.amount_minor
+
+    class DebitHoldSettled(Aggregate.Event):
+        """A debit hold ended: `posted_minor` of `held_minor` became final, the rest was released."""
+
+        transfer_id: UUID
+        held_minor: int
+        posted_minor: int
+
+        def apply(self, aggregate: Account) -> None:
+            aggregate.pending_debits_minor -= self.held_minor
+            aggregate.posted_minor -= self.posted_minor
+
+    class CreditHoldSettled(Aggregate.Event):
+        transfer_id: UUID
+        held_minor: int
+        posted_minor: int
+
+        def apply(self, aggregate: Account) -> None:
+            aggregate.pending_credits_minor -= self.held_minor
+            aggregate.posted_minor += self.posted_minor
+
+    class Frozen(Aggregate.Event):
+        def apply(self, aggregate: Account) -> None:
+            aggregate.status = FROZEN
+
+    class Unfrozen(Aggregate.Event):
+        def apply(self, aggregate: Account) -> None:
+            aggregate.status = OPEN
+
+    class Closed(Aggregate.Event):
+        def apply(self, aggregate: Account) -> None:
+            aggregate.status = CLOSED
+
+    class HolderErased(Aggregate.Event):
+        """The holder's personal data key was destroyed; the stored holder data is unreadable."""
+
+        def apply(self, aggregate: Account) -> None:
+            aggregate.holder = None
+
+    # State attributes are set only by the events' apply methods (the aggregate metaclass
+    # would turn class-level annotations into constructor parameters).
+    @classmethod
+    def open(
+        cls,
+        *,
+        account_id: UUID,
+        tenant: str,
+        currency: str,
+        overdraft_limit_minor: int = 0,
+        holder: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Account:
+        check_currency(currency)
+        if type(overdraft_limit_minor) is not int or not 0 <= overdraft_limit_minor <= BALANCE_MAX_MINOR:
+            raise ValidationFailed("overdraft_limit must be a non-negative integer", overdraft_limit=str(overdraft_limit_minor))
+        _check_tenant(tenant)
+        return cls._create(
+            cls.Opened,
+            id=account_id,
+            tenant=tenant,
+            currency=currency,
+            kind=CUSTOMER,
+            overdraft_limit_minor=overdraft_limit_minor,
+            holder=holder,
+            metadata=dict(check_metadata(metadata)),
+        )
+
+    @classmethod
+    def open_settlement(cls, *, tenant: str, currency: str) -> Account:
+        """The tenant's account for money outside the ledger; it may go negative without limit."""
+        check_currency(currency)
+        _check_tenant(tenant)
+        return cls._create(
+            cls.Opened,
+            id=settlement_account_id(tenant, currency),
+            tenant=tenant,
+            currency=currency,
+            kind=SETTLEMENT,
+            overdraft_limit_minor=0,
+            holder=None,
+            metadata={},
+        )
+
+    # ---- queries -------------------------------------------------------------------------
+
+    @property
+    def is_settlement(self) -> bool:
+        return self.kind == SETTLEMENT
+
+    @property
+    def available_minor(self) -> int:
+        return self.posted_minor - self.pending_debits_minor + self.overdraft_limit_minor
+
+    # ---- rules ---------------------------------------------------------------------------
+
+    def check_can_debit(self, amount_minor: int) -> None:
+        check_amount(amount_minor)
+        if self.status == FROZEN:
+            raise AccountFrozen("account is frozen; debits are not allowed", account_id=str(self.id))
+        if self.status == CLOSED:
+            raise AccountClosed("account is closed", account_id=str(self.id))
+        if self.is_settlement:
+            # Settlement balances are unbounded below, but must stay in 64-bit range.
+            if self.posted_minor - self.pending_debits_minor - amount_minor < BALANCE_MIN_MINOR:
+                raise BalanceOverflow("settlement balance would leave the 64-bit range", account_id=str(self.id))
+            return
+        if self.available_minor - amount_minor < 0:
+            raise InsufficientFunds(
+                "insufficient funds",
+                account_id=str(self.id),
+                available=self.available_minor,
+                amount=amount_minor,
+            )
+
+    def check_can_credit(self, amount_minor: int) -> None:
+        check_amount(amount_minor)
+        if self.status == CLOSED:
+            raise AccountClosed("account is closed", account_id=str(self.id))
+        if self.posted_minor + self.pending_credits_minor + amount_minor > BALANCE_MAX_MINOR:
+            raise BalanceOverflow("balance would leave the 64-bit range", account_id=str(self.id))
+
+    # ---- commands ------------------------------------------------------------------------
+
+    def debit(self, transfer_id: UUID, amount_minor: int) -> None:
+        self.check_can_debit(amount_minor)
+        self.trigger_event(self.Debited, transfer_id=transfer_id, amount_minor=amount_minor)
+
+    def credit(self, transfer_id: UUID, amount_minor: int) -> None:
+        self.check_can_credit(amount_minor)
+        self.trigger_event(self.Credited, transfer_id=transfer_id, amount_minor=amount_minor)
+
+    def hold_debit(self, transfer_id: UUID, amount_minor: int) -> None:
+        self.check_can_debit(amount_minor)
+        self.trigger_event(self.DebitHeld, transfer_id=transfer_id, amount_minor=amount_minor)
+
+    def hold_credit(self, transfer_id: UUID, amount_minor: int) -> None:
+        self.check_can_credit(amount_minor)
+        self.trigger_event(self.CreditHeld, transfer_id=transfer_id, amount_minor=amount_minor)
+
+    def settle_debit_hold(self, transfer_id: UUID, held_minor: int, posted_minor: int) -> None:
+        # Posting a hold never needs new funds: they were reserved when the hold was placed,
+        # so a frozen account's holds can still be posted or released.
+        assert 0 <= posted_minor <= held_minor <= self.pending_debits_minor, "hold bookkeeping broken"
+        self.trigger_event(
+            self.DebitHoldSettled, transfer_id=transfer_id, held_minor=held_minor, posted_minor=posted_minor
+        )
+
+    def settle_credit_hold(self, transfer_id: UUID, held_minor: int, posted_minor: int) -> None:
+        assert 0 <= posted_minor <= held_minor <= self.pending_credits_minor, "hold bookkeeping broken"
+        self.trigger_event(
+            self.CreditHoldSettled, transfer_id=transfer_id, held_minor=held_minor, posted_minor=posted_minor
+        )
+
+    def freeze(self) -> bool:
+        """Returns False (and records nothing) when the account is already frozen."""
+        self._check_customer_status_change()
+        if self.status == FROZEN:
+            return False
+        self.trigger_event(self.Frozen)
+        return True
+
+    def unfreeze(self) -> bool:
+        self._check_customer_status_change()
+        if self.status == OPEN:
+            return False
+        self.trigger_event(self.Unfrozen)
+        return True
+
+    def close(self) -> bool:
+        if self.is_settlement:
+            raise SettlementAccountRestricted("settlement accounts cannot be closed", account_id=str(self.id))
+        if self.status == CLOSED:
+            return False
+        if self.posted_minor != 0 or self.pending_debits_minor != 0 or self.pending_credits_minor != 0:
+            raise AccountNotEmpty(
+                "only an account with zero posted and pending balances can be closed",
+                account_id=str(self.id),
+                posted=self.posted_minor,
+                pending_debits=self.pending_debits_minor,
+                pending_credits=self.pending_credits_minor,
+            )
+        self.trigger_event(self.Closed)
+        return True
+
+    def erase_holder(self) -> bool:
+        if self.holder is None:
+            return False
+        self.trigger_event(self.HolderErased)
+        return True
+
+    def _check_customer_status_change(self) -> None:
+        if self.is_settlement:
+            raise SettlementAccountRestricted("settlement accounts cannot be frozen", account_id=str(self.id))
+        if self.status == CLOSED:
+            raise AccountClosed("account is closed", account_id=str(self.id))
+
+
+def _check_tenant(tenant: str) -> None:
+    if not isinstance(tenant, str) or not 0 < len(tenant) <= TENANT_MAX_CHARS:
+        raise ValidationFailed(f"tenant must be 1..{TENANT_MAX_CHARS} characters")

@@ -1,0 +1,226 @@
+"""The Transfer aggregate: one movement of money from a debit account to a credit account.
+
+A transfer is either posted at once or pending (a two-phase hold). A hold is later posted in
+full or in part (the rest is released), voided, or expires. A posted transfer is never edited:
+it is reversed by a new compensating transfer, and records that it was.
+
+The Transfer only tracks its own lifecycle; the matching balance changes are events of the two
+Accounts, recorded in the same commit by the application.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate
+
+from domain.errors import (
+    AlreadyReversed,
+    CurrencyMismatch,
+    ExceedsHeldAmount,
+    SameAccount,
+    TransferExpired,
+    TransferNotPending,
+    TransferNotPosted,
+    ValidationFailed,
+)
+from domain.limits import check_metadata, check_reference, check_timeout
+from domain.money import check_amount, check_currency
+
+PENDING = "pending"
+POSTED = "posted"
+VOIDED = "voided"
+EXPIRED = "expired"
+
+# What a transfer stands for; deposits and withdrawals are transfers against settlement.
+TRANSFER = "transfer"
+DEPOSIT = "deposit"
+WITHDRAWAL = "withdrawal"
+REVERSAL = "reversal"
+
+
+class Transfer(Aggregate):
+    class Initiated(Aggregate.Created):
+        tenant: str
+        kind: str
+        debit_account_id: UUID
+        credit_account_id: UUID
+        amount_minor: int
+        currency: str
+        reference: str | None
+        metadata: dict[str, Any]
+        pending: bool
+        timeout_s: int | None
+        reverses_id: UUID | None
+
+        def apply(self, aggregate: Transfer) -> None:
+            aggregate.tenant = self.tenant
+            aggregate.kind = self.kind
+            aggregate.debit_account_id = self.debit_account_id
+            aggregate.credit_account_id = self.credit_account_id
+            aggregate.amount_minor = self.amount_minor
+            aggregate.currency = self.currency
+            aggregate.reference = self.reference
+            aggregate.metadata = self.metadata
+            aggregate.pending = self.pending
+            aggregate.timeout_s = self.timeout_s
+            aggregate.reverses_id = self.reverses_id
+            aggregate.status = PENDING if self.pending else POSTED
+            aggregate.posted_amount_minor = 0 if self.pending else self.amount_minor
+            aggregate.reversed_by_id = None
+
+    class HoldPosted(Aggregate.Event):
+        amount_minor: int
+
+        def apply(self, aggregate: Transfer) -> None:
+            aggregate.status = POSTED
+            aggregate.posted_amount_minor = self.amount_minor
+
+    class HoldVoided(Aggregate.Event):
+        def apply(self, aggregate: Transfer) -> None:
+            aggregate.status = VOIDED
+
+    class HoldExpired(Aggregate.Event):
+        def apply(self, aggregate: Transfer) -> None:
+            aggregate.status = EXPIRED
+
+    class Reversed(Aggregate.Event):
+        reversal_id: UUID
+
+        def apply(self, aggregate: Transfer) -> None:
+            aggregate.reversed_by_id = self.reversal_id
+
+    # State attributes are set only by the events' apply methods (the aggregate metaclass
+    # would turn class-level annotations into constructor parameters).
+    @staticmethod
+    def validate(
+        *,
+        debit_account_id: UUID,
+        credit_account_id: UUID,
+        debit_currency: str,
+        credit_currency: str,
+        amount_minor: int,
+        currency: str,
+        reference: str | None,
+        metadata: dict[str, Any] | None,
+        pending: bool,
+        timeout_s: int | None,
+    ) -> None:
+        """All of a new transfer's own rules; the accounts' rules are checked by the accounts."""
+        check_amount(amount_minor)
+        check_currency(currency)
+        check_reference(reference)
+        check_metadata(metadata)
+        check_timeout(timeout_s)
+        if debit_account_id == credit_account_id:
+            raise SameAccount("debit and credit account must differ", account_id=str(debit_account_id))
+        if debit_currency != currency or credit_currency != currency:
+            raise CurrencyMismatch(
+                "transfer currency must equal both accounts' currency",
+                currency=currency,
+                debit_currency=debit_currency,
+                credit_currency=credit_currency,
+            )
+        if timeout_s is not None and not pending:
+            raise ValidationFailed("timeout_seconds applies only to pending transfers")
+
+    @classmethod
+    def initiate(
+        cls,
+        *,
+        transfer_id: UUID,
+        tenant: str,
+        kind: str,
+        debit_account_id: UUID,
+        credit_account_id: UUID,
+        amount_minor: int,
+        currency: str,
+        reference: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        pending: bool = False,
+        timeout_s: int | None = None,
+        reverses_id: UUID | None = None,
+    ) -> Transfer:
+        return cls._create(
+            cls.Initiated,
+            id=transfer_id,
+            tenant=tenant,
+            kind=kind,
+            debit_account_id=debit_account_id,
+            credit_account_id=credit_account_id,
+            amount_minor=amount_minor,
+            currency=currency,
+            reference=reference,
+            metadata=dict(metadata or {}),
+            pending=pending,
+            timeout_s=timeout_s,
+            reverses_id=reverses_id,
+        )
+
+    # ---- queries -------------------------------------------------------------------------
+
+    @property
+    def expires_at(self) -> datetime | None:
+        if not self.pending or self.timeout_s is None:
+            return None
+        return self.created_on + timedelta(seconds=self.timeout_s)
+
+    def is_due(self, now: datetime) -> bool:
+        expires_at = self.expires_at
+        return self.status == PENDING and expires_at is not None and now >= expires_at
+
+    def same_request(self, **fields: Any) -> bool:
+        """True when a repeated create carries exactly the fields this transfer was made with."""
+        mine = {
+            "tenant": self.tenant,
+            "kind": self.kind,
+            "debit_account_id": self.debit_account_id,
+            "credit_account_id": self.credit_account_id,
+            "amount_minor": self.amount_minor,
+            "currency": self.currency,
+            "reference": self.reference,
+            "metadata": self.metadata,
+            "pending": self.pending,
+            "timeout_s": self.timeout_s,
+        }
+        return all(mine[k] == v for k, v in fields.items())
+
+    # ---- rules and commands -----------------------------------------------------------------
+
+    def check_can_finish(self, now: datetime) -> None:
+        if self.status != PENDING:
+            raise TransferNotPending(f"transfer is {self.status}, not pending", transfer_id=str(self.id), status=self.status)
+        if self.is_due(now):
+            raise TransferExpired("the hold has expired", transfer_id=str(self.id))
+
+    def post_hold(self, amount_minor: int | None, now: datetime) -> int:
+        """Posts `amount_minor` (default: all) of the hold; returns the amount posted."""
+        self.check_can_finish(now)
+        amount = self.amount_minor if amount_minor is None else check_amount(amount_minor)
+        if amount > self.amount_minor:
+            raise ExceedsHeldAmount(
+                "cannot post more than is held", transfer_id=str(self.id), held=self.amount_minor, amount=amount
+            )
+        self.trigger_event(self.HoldPosted, amount_minor=amount)
+        return amount
+
+    def void_hold(self, now: datetime) -> None:
+        self.check_can_finish(now)
+        self.trigger_event(self.HoldVoided)
+
+    def expire_hold(self, now: datetime) -> None:
+        assert self.is_due(now), "expire_hold on a hold that is not due"
+        self.trigger_event(self.HoldExpired)
+
+    def check_can_reverse(self) -> None:
+        if self.status != POSTED:
+            raise TransferNotPosted(f"only posted transfers can be reversed; this one is {self.status}", transfer_id=str(self.id))
+        if self.reversed_by_id is not None:
+            raise AlreadyReversed("transfer was already reversed", transfer_id=str(self.id), reversal_id=str(self.reversed_by_id))
+        if self.posted_amount_minor == 0:
+            raise TransferNotPosted("nothing was posted, nothing to reverse", transfer_id=str(self.id))
+
+    def mark_reversed(self, reversal_id: UUID) -> None:
+        self.check_can_reverse()
+        self.trigger_event(self.Reversed, reversal_id=reversal_id)

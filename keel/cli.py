@@ -1,0 +1,72 @@
+"""The `keel` command line. Each subcommand builds what it needs through keel.bootstrap."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+from infrastructure.settings import SettingsError, load_settings
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _settings(args: argparse.Namespace):  # noqa: ANN202
+    return load_settings(os.environ, database_url=getattr(args, "database_url", None))
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from keel.bootstrap import migrate
+
+    settings = _settings(args)
+    migrate(settings)
+    print(f"migrated {settings.database_url.split('@')[-1]}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from keel.demo import run_demo
+
+    return run_demo(_settings(args))
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from keel.bench import main as bench_main
+
+    return bench_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="keel", description="Keel: event-sourced transaction backend")
+    parser.add_argument("--database-url", help="overrides KEEL_DATABASE_URL")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("migrate", help="create every table (run once per database; safe to repeat)")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("demo", help="open accounts, move money, print balances")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench", help="benchmarks (see docs/benchmarks.md)")
+    bench_sub = p.add_subparsers(dest="bench", required=True)
+    from keel.bench import add_arguments
+
+    add_arguments(bench_sub)
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("KEEL_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except SettingsError as e:
+        print(f"keel: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
