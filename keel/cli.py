@@ -37,6 +37,29 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(args)
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from keel.bootstrap import build
+    from keel.workers import WORKERS
+
+    if args.name not in WORKERS:
+        print(f"keel: unknown worker {args.name!r}; known: {', '.join(sorted(WORKERS))}", file=sys.stderr)
+        return 2
+    container = build(_settings(args))
+    worker = WORKERS[args.name](container)
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    signal.signal(signal.SIGINT, lambda *_: stopped.set())
+    worker.start()
+    logging.getLogger("keel").info("worker %s running", args.name)
+    stopped.wait()
+    worker.stop()
+    container.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="keel", description="Keel: event-sourced transaction backend")
     parser.add_argument("--database-url", help="overrides KEEL_DATABASE_URL")
@@ -47,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="open accounts, move money, print balances")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("worker", help="run one background worker until SIGTERM (see keel/workers.py)")
+    p.add_argument("name", help="worker name, e.g. expiry")
+    p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("bench", help="benchmarks (see docs/benchmarks.md)")
     bench_sub = p.add_subparsers(dest="bench", required=True)

@@ -1,0 +1,68 @@
+"""Background workers: long-running loops that follow the log or keep time.
+
+Each entry of `WORKERS` builds a Worker for a Container. On PostgreSQL each runs as its own
+process (`keel worker NAME`); in the embedded SQLite default `keel serve` runs all of them in
+its own process. A Worker must survive SIGKILL at any point: whatever it writes carries its
+tracking position in the same transaction, so a restart resumes without loss or repetition.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Protocol
+
+from application.expiry import HoldExpiry
+from keel.bootstrap import Container
+
+log = logging.getLogger(__name__)
+
+
+class Worker(Protocol):
+    name: str
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class PollingWorker:
+    """Calls `tick()` every `interval_s` on a daemon thread until stopped."""
+
+    def __init__(self, name: str, tick: Callable[[], object], interval_s: float) -> None:
+        self.name = name
+        self._tick = tick
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"keel-{self.name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._tick()
+            except Exception:  # keep going: the next tick retries from the same position
+                log.exception("worker %s tick failed", self.name)
+            self._stop.wait(self._interval_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+
+HOLD_EXPIRY_INTERVAL_S = 1.0
+
+
+def hold_expiry_worker(c: Container) -> Worker:
+    expiry = HoldExpiry(c.ledger, c.writer.submit)
+    return PollingWorker("expiry", expiry.expire_due, HOLD_EXPIRY_INTERVAL_S)
+
+
+# name -> factory. Other modules add their workers here (projections, fraud, checkpoints, ...).
+WORKERS: dict[str, Callable[[Container], Worker]] = {
+    "expiry": hold_expiry_worker,
+}
