@@ -9,6 +9,8 @@ the whole batch against fresh state, a bounded number of times.
 from __future__ import annotations
 
 import logging
+import random
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -55,7 +57,8 @@ from domain.transfer import DEPOSIT, REVERSAL, TRANSFER, WITHDRAWAL, Transfer
 
 log = logging.getLogger(__name__)
 
-CONFLICT_RETRIES_MAX = 8
+CONFLICT_RETRIES_MAX = 30
+CONFLICT_BACKOFF_MAX_S = 0.05
 BATCH_ITEMS_MAX = 1000
 AGGREGATE_CACHE_MAX = 200_000
 # Reversal ids are derived from the original, so a repeated reverse can never reverse twice.
@@ -115,6 +118,8 @@ class Ledger(Application[UUID]):
         # The writer's cache of current aggregates. Only the thread that runs execute_batch
         # touches it; anything that fails to save is evicted and reloaded on retry.
         self._cache: OrderedDict[UUID, Account | Transfer] = OrderedDict()
+        # Time as the ledger sees it when deciding whether a hold is due; tests move it.
+        self.clock: Callable[[], datetime] = utcnow
 
     # ---- queries (read the store; never the writer's cache, which is not thread-safe) ----
 
@@ -186,6 +191,9 @@ class Ledger(Application[UUID]):
                 # idempotency key). Forget what we believed and re-run against fresh state.
                 uow.evict_all()
                 check_existing = True
+                # Jittered exponential backoff, so two writers hammering the same accounts
+                # stop colliding in lock-step.
+                time.sleep(random.uniform(0, min(CONFLICT_BACKOFF_MAX_S, 0.001 * 2**attempt)))
                 log.info("ledger batch conflict, retrying (attempt %d, %d commands)", attempt + 1, len(commands))
                 continue
             except BaseException:
@@ -228,7 +236,7 @@ class UnitOfWork:
         self.check_existing = check_existing
         self.aggregates: dict[UUID, Account | Transfer] = {}
         self._saved: dict[UUID, dict[str, Any] | None] | None = None
-        self.now = utcnow()
+        self.now = ledger.clock()
 
     # ---- savepoints ------------------------------------------------------------------------
 
