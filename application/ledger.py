@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.persistence import IntegrityError
 
 from application.commands import (
@@ -120,6 +120,19 @@ class Ledger(Application[UUID]):
         self._cache: OrderedDict[UUID, Account | Transfer] = OrderedDict()
         # Time as the ledger sees it when deciding whether a hold is due; tests move it.
         self.clock: Callable[[], datetime] = utcnow
+
+    def save(self, *objs: Any, **kwargs: Any) -> Any:
+        """As Application.save, for aggregates only, without its per-object isinstance checks
+        against runtime Protocols (~30 µs each: a third of a 1,000-transfer batch's CPU)."""
+        processing_event: ProcessingEvent[UUID] = ProcessingEvent()
+        for agg in objs:
+            processing_event.events.extend(agg.collect_events())
+            processing_event.aggregates[agg.id] = agg
+        processing_event.saved_kwargs.update(kwargs)
+        recordings = self._record(processing_event)
+        self._take_snapshots(processing_event)
+        self._notify(recordings)
+        return recordings
 
     # ---- queries (read the store; never the writer's cache, which is not thread-safe) ----
 

@@ -14,6 +14,8 @@ HOLD_TIMEOUT_MAX_S = 30 * 24 * 3600
 def check_metadata(metadata: Any) -> dict[str, Any]:
     if metadata is None:
         return {}
+    if metadata == {}:
+        return metadata
     if not isinstance(metadata, dict):
         raise ValidationFailed("metadata must be a JSON object")
     try:

@@ -52,6 +52,33 @@ def _idem_rows(kwargs: dict[str, Any]) -> list[tuple[Any, ...]]:
 
 
 class KeelPostgresApplicationRecorder(PostgresApplicationRecorder):
+    def __init__(self, datastore: Any, *, events_table_name: str = "stored_events") -> None:
+        super().__init__(datastore, events_table_name=events_table_name)
+        # Four plain arrays instead of one array of a composite type: psycopg dumps composites
+        # field by field through regex escaping (~25 µs per event); plain arrays are cheap.
+        self._insert_arrays_statement = SQL(
+            "INSERT INTO {}.{} (originator_id, originator_version, topic, state)"
+            " SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::bytea[])"
+            " RETURNING notification_id"
+        ).format(Identifier(self.datastore.schema), Identifier(self.events_table_name))
+
+    def _insert_stored_events(self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
+        # Same order as the library's: table lock (commit order = id order), NOTIFY, insert.
+        self._lock_table(curs)
+        self._notify_channel(curs)
+        if stored_events:
+            curs.execute(
+                self._insert_arrays_statement,
+                (
+                    [e.originator_id for e in stored_events],
+                    [e.originator_version for e in stored_events],
+                    [e.topic for e in stored_events],
+                    [e.state for e in stored_events],
+                ),
+                prepare=True,
+                binary=True,  # binary dumping skips per-element text escaping
+            )
+
     def _insert_events(self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
         rows = _idem_rows(kwargs)
         if rows:
