@@ -42,6 +42,9 @@ def add_arguments(sub: Any) -> None:
     p.add_argument("--pgbench-clients", type=int, default=8)
     p.add_argument("--json", help="write the results to this JSON file")
     p.add_argument("--report", help="append a Markdown table to this file (e.g. docs/benchmarks.md)")
+    from keel.bench_http import add_arguments as add_http
+
+    add_http(sub)
 
 
 @dataclass
@@ -214,6 +217,10 @@ def _markdown(result: dict[str, Any], command: str) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.bench == "http":
+        from keel.bench_http import main as http_main
+
+        return http_main(args)
     if args.bench == "ledger":
         result = bench_ledger(args)
     else:  # pragma: no cover - argparse restricts choices
