@@ -12,12 +12,18 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from infrastructure.settings import Settings, load_settings
 from keel.bootstrap import migrate
 
 PG_DSN = os.environ.get("KEEL_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+# CI runs a fixed set of examples (reproducible from the log alone); local runs explore anew.
+hypothesis_settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+hypothesis_settings.register_profile("dev", deadline=None, print_blob=True)
+hypothesis_settings.load_profile("ci" if IN_CI else "dev")
 
 _pg_state: dict[str, object] = {}
 
