@@ -86,6 +86,7 @@ def create_app(
             ),
             security=[{"bearer": []}],
             path="/schema",
+            create_examples=True,  # success bodies; problem examples are written per route
         ),
         debug=debug,
     )
