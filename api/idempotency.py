@@ -34,7 +34,7 @@ from litestar import Request, Response
 
 from api.auth import principal_of
 from api.errors import PROBLEM_MEDIA_TYPE, ApiError, domain_problem, problem_response
-from application.commands import Command, Result
+from application.commands import BatchResult, Command, Result, TransferState
 from application.ports import IdempotencyRecord
 from domain.errors import ConcurrencyConflict, DomainError
 
@@ -151,8 +151,18 @@ async def _submit(request: Request[Any, Any, Any], command: Command, render: Ren
             raise ApiError("unavailable", "the event store is unavailable; retry shortly") from None
         if isinstance(outcome, ConcurrencyConflict) and (render is None or not render.superseded):
             continue
+        _count_transfers(request, outcome)
         return outcome
     return outcome
+
+
+def _count_transfers(request: Request[Any, Any, Any], outcome: Any) -> None:
+    if isinstance(outcome, TransferState):
+        request.app.state.metrics.transfers_committed.inc()
+    elif isinstance(outcome, BatchResult):
+        done = sum(isinstance(r, TransferState) for r in outcome.results)
+        if done:
+            request.app.state.metrics.transfers_committed.inc(done)
 
 
 async def run_write(

@@ -332,10 +332,19 @@ def test_ops_routes_need_no_key(api: Api) -> None:
     anon = api.client("anonymous")
     assert ok(anon.get("/healthz")) == {"status": "ok"}
     assert ok(anon.get("/readyz")) == {"status": "ready"}
-    deposit(api.bank, open_account(api.bank)["id"], 5)
+
+    def committed() -> float:
+        for line in anon.get("/metrics").text.splitlines():
+            if line.startswith("keel_transfers_committed_total "):
+                return float(line.split()[1])
+        raise AssertionError("keel_transfers_committed_total missing")
+
+    account = open_account(api.bank)["id"]
+    before = committed()
+    deposit(api.bank, account, 5)
+    assert committed() == before + 1
     metrics = anon.get("/metrics")
     assert metrics.status_code == 200
-    assert "keel_transfers_committed_total" in metrics.text
     assert 'keel_http_request_duration_seconds_bucket{le="0.005",method="POST",route="/v1/deposits",status="2xx"}' in metrics.text
     assert "keel_group_commit_batch_commands_bucket" in metrics.text
 
