@@ -67,3 +67,36 @@ def test_rate_limit_per_key(rate_limited: Settings) -> None:
         # another key has its own bucket; operations routes are never limited
         assert client.get("/v1/accounts", headers={"Authorization": f"Bearer {token_b}"}).status_code == 200
         assert all(client.get("/healthz").status_code == 200 for _ in range(5))
+
+
+@pytest.mark.anyio
+async def test_same_key_while_first_is_in_flight_is_409(tmp_path: object) -> None:
+    import asyncio
+
+    import httpx
+
+    settings = fresh_sqlite_settings(tmp_path)
+    container = build(settings, start_writer=False)  # commands queue until the writer starts
+    key, token = new_key("banking", "t")
+    key_store(container).add(key)
+    app = create_app(container)
+    headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": "k-1"}
+    # httpx's ASGI transport runs requests concurrently on this loop (Litestar's test client
+    # serialises them); the app needs no lifespan here.
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        first = asyncio.ensure_future(client.post("/v1/accounts", json={"currency": "EUR"}, headers=headers))
+        for _ in range(200):  # until the first request is queued at the writer
+            if container.writer._queue:  # noqa: SLF001
+                break
+            await asyncio.sleep(0.01)
+        assert container.writer._queue, "the first request never reached the writer"  # noqa: SLF001
+        second = await client.post("/v1/accounts", json={"currency": "EUR"}, headers=headers)
+        assert second.status_code == 409 and second.json()["code"] == "idempotency_key_in_flight"
+        container.writer.start()
+        done = await first
+        assert done.status_code == 201
+        third = await client.post("/v1/accounts", json={"currency": "EUR"}, headers=headers)
+        assert third.status_code == 201 and third.headers["idempotent-replayed"] == "true"
+        assert third.json()["id"] == done.json()["id"]
+    container.close()
