@@ -114,6 +114,24 @@ def _all_accounts(c: httpx.Client) -> list[dict[str, Any]]:
     raise AssertionError("pagination did not end")
 
 
+def test_transactions_newest_first_with_cursor(api: Api) -> None:
+    c = api.bank
+    a, b = funded_pair(c, 1_000)
+    for amount in (1, 2, 3, 4):
+        ok(transfer(c, a, b, amount), 201)
+    seen: list[tuple[str, int]] = []
+    cursor = None
+    for _ in range(10):
+        params: dict[str, Any] = {"limit": 2} | ({"cursor": cursor} if cursor else {})
+        page = ok(c.get(f"/v1/accounts/{a}/transactions", params=params))
+        assert len(page["items"]) <= 2
+        seen += [(x["type"], x["amount"]) for x in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == [("debited", 4), ("debited", 3), ("debited", 2), ("debited", 1), ("credited", 1_000)]
+
+
 def test_list_pagination_has_no_duplicates(api: Api) -> None:
     c = api.client("bank_b")
     mine = {open_account(c)["id"] for _ in range(5)}
