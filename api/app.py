@@ -22,7 +22,7 @@ from api import routes_banking, routes_ops
 from api.auth import KeyAuthMiddleware, KeyCache, RateLimitMiddleware, TokenBucket
 from api.errors import EXCEPTION_HANDLERS
 from api.metrics import LatencyMiddleware, Metrics
-from keel.bootstrap import Container, key_store
+from keel.bootstrap import Container, idempotency_claims, key_store
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ def create_app(
             "api_keys": KeyCache(key_store(container).get),
             "rate_limiter": TokenBucket(rate, max(1.0, rate * RATE_LIMIT_BURST_S)) if rate > 0 else None,
             "idempotency_in_flight": set(),
+            "idempotency_claims": idempotency_claims(container),
             "metrics": metrics,
         }
     )

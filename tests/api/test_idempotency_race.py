@@ -61,3 +61,21 @@ def test_renderer_never_stores_a_retryable_conflict(settings: Settings) -> None:
         assert r(ConcurrencyConflict("retry")) is None and r.record is None
     finally:
         container.ledger.close()
+
+
+def test_claims_exclude_a_second_holder_until_released_or_stale(settings: Settings) -> None:
+    from keel.bootstrap import idempotency_claims
+
+    container = build(settings, start_writer=False)
+    try:
+        claims = idempotency_claims(container)
+        assert claims.claim("s", "k", 1_000, 0)
+        assert not claims.claim("s", "k", 2_000, 500)  # held, and not stale
+        assert claims.claim("s", "other", 2_000, 500)  # another key is free
+        assert claims.claim("t", "k", 2_000, 500)  # the same key under another API key is free
+        assert claims.claim("s", "k", 3_000, 1_001)  # stale: taken over
+        claims.release("s", "k")
+        assert claims.claim("s", "k", 4_000, 0)
+        assert claims.delete_older_than(3_000) == 2  # ("s","other") and ("t","k")
+    finally:
+        container.ledger.close()

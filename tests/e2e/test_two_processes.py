@@ -111,6 +111,7 @@ def test_same_idempotency_key_on_both_processes_applies_once(pair: tuple[Api, Ap
     b = servers[0].post("/v1/accounts", json={"currency": "EUR"}).json()["id"]
     assert servers[0].post("/v1/deposits", json={"account_id": a, "amount": 10_000, "currency": "EUR"}).status_code == 201
     rounds = 20
+    in_flight = 0
     for n in range(rounds):
         key = {"Idempotency-Key": f"race-{n}-{uuid.uuid4().hex[:8]}"}
         body = {"debit_account_id": a, "credit_account_id": b, "amount": 7, "currency": "EUR"}
@@ -122,10 +123,18 @@ def test_same_idempotency_key_on_both_processes_applies_once(pair: tuple[Api, Ap
 
         with ThreadPoolExecutor(2) as pool:
             responses = list(pool.map(send, servers))
-        assert all(r.status_code == 201 for r in responses), [r.text for r in responses]
-        assert responses[0].json()["id"] == responses[1].json()["id"]
-        # one answered from its own commit, the other replayed the stored response
-        assert sum(r.headers.get("idempotent-replayed") == "true" for r in responses) == 1
+        fresh = [r for r in responses if r.status_code == 201 and "idempotent-replayed" not in r.headers]
+        assert len(fresh) == 1, [(r.status_code, r.headers, r.text) for r in responses]
+        (other,) = [r for r in responses if r is not fresh[0]]
+        # the other process saw the claim: it replays the stored response, or says "in flight"
+        if other.status_code == 201:
+            assert other.headers["idempotent-replayed"] == "true" and other.content == fresh[0].content
+        else:
+            assert other.status_code == 409 and other.json()["code"] == "idempotency_key_in_flight", other.text
+            in_flight += 1
+            retry = servers[0].post("/v1/transfers", json=body, headers=key)
+            assert retry.status_code == 201 and retry.headers["idempotent-replayed"] == "true"
+            assert retry.content == fresh[0].content
     assert servers[1].get(f"/v1/accounts/{b}").json()["posted"] == 7 * rounds
     for c in servers:
         c.close()
