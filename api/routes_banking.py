@@ -7,6 +7,7 @@ like one that does not exist. Handlers convert wire types to commands here and n
 from __future__ import annotations
 
 import time
+import uuid
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
 from uuid import UUID
@@ -19,7 +20,7 @@ from litestar.openapi.spec import Example
 from litestar.params import Body, FromPath, QueryParameter
 
 from api.auth import banking_tenant, require_roles
-from api.errors import PROBLEM_MEDIA_TYPE, ApiError
+from api.errors import PROBLEM_MEDIA_TYPE, ApiError, domain_problem
 from api.idempotency import run_write
 from api.schemas import (
     PAGE_LIMIT_DEFAULT,
@@ -58,7 +59,6 @@ from application.commands import (
     Withdraw,
 )
 from domain.errors import DomainError
-from api.errors import domain_problem
 
 T = TypeVar("T")
 # 1,000 transfers do not fit in the 64 KiB of every other route (SPEC §3 and §5 meet here):
@@ -415,8 +415,6 @@ async def create_batch(request: Request, data: Annotated[BatchCreate, _body("1..
 
 
 def _item_id(base: UUID, index: int) -> UUID:
-    import uuid
-
     return uuid.uuid5(base, str(index))
 
 
