@@ -254,7 +254,9 @@ def _cursor(cursor: str | None) -> int | None:
 @get(
     "/accounts",
     summary="List the tenant's accounts",
-    description="Oldest first. Pass `next_cursor` as `cursor` for the next page; it is null at the end.",
+    description="Oldest first. Pass `next_cursor` as `cursor` for the next page; it is null at the end. "
+    "A page reads a bounded part of the log, so it may hold fewer than `limit` accounts (even none) "
+    "while `next_cursor` is not null.",
     responses=READ_PROBLEMS,
 )
 async def list_accounts(request: Request, cursor: CursorParam = None, limit: LimitParam = PAGE_LIMIT_DEFAULT) -> AccountPage:

@@ -87,10 +87,6 @@ class PostHold(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     amount: Amount | None = None
 
 
-class Empty(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    pass
-
-
 # ---- responses -------------------------------------------------------------------------------
 
 
