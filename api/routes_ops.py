@@ -36,7 +36,7 @@ async def readyz(request: Request) -> Response:
             await anyio.to_thread.run_sync(_store_reachable, container)
     except Exception as e:  # noqa: BLE001 - any failure means "not ready"
         log.warning("readiness check failed: %s", type(e).__name__)
-        return problem_response("shutting_down", "the event store is not reachable")
+        return problem_response("unavailable", "the event store is not reachable")
     return Response({"status": "ready"})
 
 
