@@ -47,7 +47,8 @@ def test_tokens_round_trip_and_reject_garbage() -> None:
 
 @pytest.fixture
 def rate_limited(tmp_path: object) -> Settings:
-    return fresh_sqlite_settings(tmp_path, rate_limit_per_s=1.0)
+    # One token per 5 s and a burst of one: robust however slow the machine is.
+    return fresh_sqlite_settings(tmp_path, rate_limit_per_s=0.2)
 
 
 def test_rate_limit_per_key(rate_limited: Settings) -> None:
@@ -59,9 +60,9 @@ def test_rate_limit_per_key(rate_limited: Settings) -> None:
     app = create_app(container, on_shutdown=[container.close])
     with TestClient(app) as client:
         statuses = [client.get("/v1/accounts", headers={"Authorization": f"Bearer {token_a}"}).status_code for _ in range(5)]
-        assert statuses[:2] == [200, 200] and 429 in statuses
+        assert statuses[0] == 200 and 429 in statuses
         limited = client.get("/v1/accounts", headers={"Authorization": f"Bearer {token_a}"})
-        assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+        assert limited.status_code == 429 and 1 <= int(limited.headers["retry-after"]) <= 5
         assert limited.json()["code"] == "rate_limited"
         assert limited.headers["content-type"].startswith("application/problem+json")
         # another key has its own bucket; operations routes are never limited
@@ -100,3 +101,14 @@ async def test_same_key_while_first_is_in_flight_is_409(tmp_path: object) -> Non
         assert third.status_code == 201 and third.headers["idempotent-replayed"] == "true"
         assert third.json()["id"] == done.json()["id"]
     container.close()
+
+
+def test_readyz_is_503_when_the_store_fails(pg_settings: Settings) -> None:
+    container = build(pg_settings)
+    app = create_app(container)
+    with TestClient(app) as client:
+        assert client.get("/readyz").status_code == 200
+        container.ledger.recorder.datastore.close()  # type: ignore[attr-defined] - the store goes away
+        r = client.get("/readyz")
+        assert r.status_code == 503 and r.json()["code"] == "unavailable" and r.headers["retry-after"]
+    container.writer.stop()
