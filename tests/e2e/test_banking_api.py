@@ -5,6 +5,7 @@ Each test opens its own accounts, so tests share one server per module without i
 from __future__ import annotations
 
 import concurrent.futures
+import re
 import time
 import uuid
 from typing import Any
@@ -344,6 +345,23 @@ def test_every_role_against_banking_routes(api: Api) -> None:
     for method, path in BANKING_ROUTES:
         r = api.bank.request(method, path.replace("{id}", some_id), json={})
         assert r.status_code not in (401, 403, 500), (method, path, r.text)
+
+
+def test_every_v1_route_needs_a_key(api: Api) -> None:
+    """Generic over the OpenAPI document, so routers added later are covered too."""
+    anon = api.client("anonymous")
+    spec = ok(anon.get("/schema/openapi.json"))
+    checked = 0
+    for path, operations in spec["paths"].items():
+        if not path.startswith("/v1/"):
+            continue
+        url = re.sub(r"\{[^}]+\}", str(uuid.uuid4()), path)
+        for method in operations:
+            if method.upper() not in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+                continue
+            problem(anon.request(method.upper(), url, json={}), 401, "unauthorized")
+            checked += 1
+    assert checked >= len(BANKING_ROUTES)
 
 
 def test_ops_routes_need_no_key(api: Api) -> None:
