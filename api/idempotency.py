@@ -41,6 +41,7 @@ from litestar import Request, Response
 from api.auth import principal_of
 from api.errors import PROBLEM_MEDIA_TYPE, ApiError, domain_problem, problem_response
 from application.commands import BatchResult, Command, Result, TransferState
+from application.group_commit import Overloaded, WriterStopped
 from application.ports import IdempotencyRecord
 from domain.errors import ConcurrencyConflict, DomainError
 
@@ -148,13 +149,9 @@ async def _submit(request: Request[Any, Any, Any], command: Command, render: Ren
             outcome = await asyncio.wait_for(asyncio.wrap_future(future), WRITE_TIMEOUT_S)
         except (asyncio.TimeoutError, TimeoutError):
             raise ApiError("unavailable", "the write did not complete in time; retry with the same Idempotency-Key") from None
-        except (ApiError, DomainError):
-            raise
+        except (ApiError, DomainError, Overloaded, WriterStopped):
+            raise  # mapped by api.errors
         except Exception as e:
-            from application.group_commit import Overloaded, WriterStopped
-
-            if isinstance(e, (Overloaded, WriterStopped)):
-                raise
             # A storage failure: nothing of the batch was committed. Safe to retry.
             log.warning("write failed: %s", type(e).__name__)
             raise ApiError("unavailable", "the event store is unavailable; retry shortly") from None
