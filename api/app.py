@@ -3,7 +3,10 @@
 To add a route family, write `api/routes_<name>.py` exporting `router` (a Litestar Router with
 its guards, e.g. `guards=[require_roles("auditor")]` from api.auth) and add one import and one
 entry to ROUTERS below. Authentication, rate limiting, error mapping (api.errors), metrics and
-the 64 KiB body limit apply to every router. The app never builds Applications itself: it is
+the 64 KiB body limit apply to every router. Conventions the routers share: path ids declared
+`{account_id:str}` and parsed with `api.schemas.parse_uuid` (a bad UUID is 422, not 404);
+bodies decoded with `api.schemas.strict_body` (Litestar's own decoding coerces "25" to 25);
+database work in `anyio.to_thread.run_sync`; errors raised as DomainError or `api.errors.ApiError`. The app never builds Applications itself: it is
 handed a Container by the composition root (keel.bootstrap / keel.serve).
 """
 from __future__ import annotations

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 from uuid import UUID
 
 import anyio
@@ -39,6 +39,8 @@ from api.schemas import (
     TransferCreate,
     TransferOut,
     account_out,
+    parse_uuid,
+    strict_body,
     transfer_out,
 )
 from application import queries
@@ -60,7 +62,6 @@ from application.commands import (
 )
 from domain.errors import DomainError
 
-T = TypeVar("T")
 # 1,000 transfers do not fit in the 64 KiB of every other route (SPEC §3 and §5 meet here):
 # a batch may carry 1 MiB, i.e. ~1 KiB per item including metadata.
 BATCH_BODY_MAX_BYTES = 1024 * 1024
@@ -130,26 +131,6 @@ MOVE_PROBLEMS = _problems(
 
 def _body(description: str, example: dict[str, Any]) -> Any:
     return Body(description=description, examples=[Example(summary="example", value=example)])
-
-
-def _parse_uuid(value: str, name: str) -> UUID:
-    try:
-        return UUID(value)
-    except ValueError:
-        raise ApiError("validation_error", f"{name} must be a UUID", field=name) from None
-
-
-async def strict_body(request: Request, type_: type[T], *, empty: T | None = None) -> T:
-    """The body decoded strictly: Litestar's own decoding coerces "25" to 25; money must not."""
-    body = await request.body()
-    if not body.strip() and empty is not None:
-        return empty
-    try:
-        return msgspec.json.decode(body, type=type_, strict=True)
-    except msgspec.ValidationError as e:
-        raise ApiError("validation_error", str(e)) from None
-    except msgspec.DecodeError:
-        raise ApiError("validation_error", "the request body is not valid JSON") from None
 
 
 def _json(value: Any) -> bytes:
@@ -238,7 +219,7 @@ async def open_account(request: Request, data: Annotated[AccountCreate, _body("T
 )
 async def get_account(request: Request, account_id: FromPath[str]) -> AccountOut:
     tenant = banking_tenant(request)
-    aid = _parse_uuid(account_id, "account_id")
+    aid = parse_uuid(account_id, "account_id")
     state = await anyio.to_thread.run_sync(request.app.state.container.ledger.get_account, aid, tenant)
     return account_out(state)
 
@@ -279,7 +260,7 @@ async def account_transactions(
     request: Request, account_id: FromPath[str], cursor: CursorParam = None, limit: LimitParam = PAGE_LIMIT_DEFAULT
 ) -> TransactionPage:
     tenant = banking_tenant(request)
-    aid = _parse_uuid(account_id, "account_id")
+    aid = parse_uuid(account_id, "account_id")
     before = _cursor(cursor)
     page = await anyio.to_thread.run_sync(
         queries.account_movements, request.app.state.container.ledger, aid, tenant, before, limit
@@ -297,7 +278,7 @@ def _account_action(name: str, command_type: type, summary: str):  # noqa: ANN20
     @post(f"/accounts/{{account_id:str}}/{name}", summary=summary, description=IDEMPOTENCY_DOC, status_code=200, responses=WRITE_PROBLEMS)
     async def action(request: Request, account_id: FromPath[str]) -> Response[AccountOut]:
         tenant = banking_tenant(request)
-        aid = _parse_uuid(account_id, "account_id")
+        aid = parse_uuid(account_id, "account_id")
         return await run_write(  # type: ignore[return-value]
             request, lambda _: command_type(tenant=tenant, account_id=aid), _account_presenter(200)
         )
@@ -428,7 +409,7 @@ def _item_id(base: UUID, index: int) -> UUID:
 )
 async def get_transfer(request: Request, transfer_id: FromPath[str]) -> TransferOut:
     tenant = banking_tenant(request)
-    tid = _parse_uuid(transfer_id, "transfer_id")
+    tid = parse_uuid(transfer_id, "transfer_id")
     state = await anyio.to_thread.run_sync(request.app.state.container.ledger.get_transfer, tid, tenant)
     return transfer_out(state)
 
@@ -447,7 +428,7 @@ async def post_transfer(
     data: Annotated[PostHold | None, _body("Optional partial amount", {"amount": 2000})] = None,
 ) -> Response[TransferOut]:
     tenant = banking_tenant(request)
-    tid = _parse_uuid(transfer_id, "transfer_id")
+    tid = parse_uuid(transfer_id, "transfer_id")
     data = await strict_body(request, PostHold, empty=PostHold())
     amount = data.amount
     return await run_write(  # type: ignore[return-value]
@@ -460,7 +441,7 @@ async def post_transfer(
 @post("/transfers/{transfer_id:str}/void", summary="Void a pending transfer", description=IDEMPOTENCY_DOC, status_code=200, responses=WRITE_PROBLEMS)
 async def void_transfer(request: Request, transfer_id: FromPath[str]) -> Response[TransferOut]:
     tenant = banking_tenant(request)
-    tid = _parse_uuid(transfer_id, "transfer_id")
+    tid = parse_uuid(transfer_id, "transfer_id")
     return await run_write(  # type: ignore[return-value]
         request, lambda _: VoidTransfer(tenant=tenant, transfer_id=tid), _transfer_presenter(None, 200)
     )
@@ -475,7 +456,7 @@ async def void_transfer(request: Request, transfer_id: FromPath[str]) -> Respons
 )
 async def reverse_transfer(request: Request, transfer_id: FromPath[str]) -> Response[TransferOut]:
     tenant = banking_tenant(request)
-    tid = _parse_uuid(transfer_id, "transfer_id")
+    tid = parse_uuid(transfer_id, "transfer_id")
     received_at = time.time()
     return await run_write(  # type: ignore[return-value]
         request, lambda _: ReverseTransfer(tenant=tenant, transfer_id=tid), _transfer_presenter(received_at, 201)
