@@ -51,7 +51,7 @@ class Principal(msgspec.Struct, frozen=True):
 
 
 class KeyCache:
-    """Verified keys by token hash input, for a short time; misses go to the key store."""
+    """Stored keys (or their absence) by key id, for `ttl_s`; the secret is checked on every request."""
 
     def __init__(self, lookup: Callable[[str], ApiKey | None], ttl_s: float = KEY_CACHE_TTL_S) -> None:
         self._lookup = lookup
