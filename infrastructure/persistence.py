@@ -158,7 +158,9 @@ def persistence_env(settings: Settings, *, create_table: bool = False) -> dict[s
 
 
 def extra_ddl(settings: Settings) -> list[str]:
+    from infrastructure.readmodels import readmodel_ddl  # read models (issue 4)
+
     if settings.is_postgres:
         schema = settings.database_schema
-        return [s.replace("{schema}", f'"{schema}"') for s in _PG_DDL]
-    return list(_SQLITE_DDL)
+        return [s.replace("{schema}", f'"{schema}"') for s in _PG_DDL] + readmodel_ddl(settings)
+    return list(_SQLITE_DDL) + readmodel_ddl(settings)

@@ -60,6 +60,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from keel.projections import replay_check, replay_rebuild
+
+    settings = _settings(args)
+    if args.rebuild:
+        replay_rebuild(settings)
+        return 0
+    return 1 if replay_check(settings) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="keel", description="Keel: event-sourced transaction backend")
     parser.add_argument("--database-url", help="overrides KEEL_DATABASE_URL")
@@ -74,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run one background worker until SIGTERM (see keel/workers.py)")
     p.add_argument("name", help="worker name, e.g. expiry")
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("replay", help="rebuild the read models from the event log: compare (--check) or replace (--rebuild)")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--check", action="store_true", help="replay into scratch tables and compare; exit 1 on any difference")
+    mode.add_argument("--rebuild", action="store_true", help="replay into scratch tables and replace the live views")
+    p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("bench", help="benchmarks (see docs/benchmarks.md)")
     bench_sub = p.add_subparsers(dest="bench", required=True)

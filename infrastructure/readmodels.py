@@ -1,0 +1,402 @@
+"""Read-model tables, the view writer and the replay machinery, for PostgreSQL and SQLite.
+
+The view writer applies one batch of projected changes and moves the tracking row in ONE
+database transaction, so a crash at any point leaves rows and position in step. Live tables
+are `rm_*`; `keel replay` builds `rm_scratch_*` beside them. On PostgreSQL they live in the
+configured schema, on SQLite in the same file as the events. This module never stores holder
+personal data and never writes to the event store.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from psycopg.rows import tuple_row
+
+from application.projections import (
+    ACCOUNT_COLUMNS,
+    ENTRY_COLUMNS,
+    FLOW_COLUMNS,
+    TRANSFER_COLUMNS,
+    VIEWS,
+    VOLUME_COLUMNS,
+    Changes,
+    PositionMoved,
+)
+from infrastructure.settings import Settings
+
+log = logging.getLogger(__name__)
+
+LIVE = "rm_"
+SCRATCH = "rm_scratch_"
+VIEW_TABLES = ("accounts", "entries", "transfers", "volumes", "flows")
+# Primary keys (also the order in which `keel replay --check` lists differences).
+KEYS = {
+    "accounts": ("account_id",),
+    "entries": ("account_id", "position"),
+    "transfers": ("transfer_id",),
+    "volumes": ("period", "bucket_s", "currency"),
+    "flows": ("account_id", "day_s"),
+    "tracking": ("name",),
+}
+COLUMNS = {
+    "accounts": ACCOUNT_COLUMNS,
+    "entries": ENTRY_COLUMNS,
+    "transfers": TRANSFER_COLUMNS,
+    "volumes": VOLUME_COLUMNS,
+    "flows": FLOW_COLUMNS,
+    "tracking": ("name", "position"),
+}
+
+_TEXT, _INT = "text", "bigint"
+_TYPES = {
+    "accounts": (_TEXT, _TEXT, _TEXT, _TEXT, _TEXT, _INT, _INT, _INT, _INT, _INT, _INT),
+    "entries": (_TEXT, _INT, _TEXT, _TEXT, _TEXT, _INT, _TEXT, _TEXT, _TEXT, _TEXT, _INT, _TEXT),
+    "transfers": (_TEXT, _INT, _TEXT, _TEXT, _TEXT, _TEXT, _INT, _INT, _TEXT, _TEXT, _TEXT, _TEXT, _TEXT, _INT),
+    "volumes": (_TEXT, _INT, _TEXT, _INT, _INT),
+    "flows": (_TEXT, _INT, _INT, _INT, _INT, _INT),
+    "tracking": (_TEXT, _INT),
+}
+# Columns that may be NULL; every other column is NOT NULL.
+_NULLABLE = {"reference", "reverses_id", "reversed_by_id"}
+_INDEXES = {
+    "accounts": [("currency", "account_id"), ("tenant", "account_id")],
+    "entries": [("transfer_id",)],
+    "transfers": [("position",)],
+    "flows": [("day_s",)],
+}
+
+
+def _ddl(prefix: str, qualify: Callable[[str], str], pg: bool) -> list[str]:
+    statements = []
+    for table, columns in COLUMNS.items():
+        cols = []
+        for name, typ in zip(columns, _TYPES[table], strict=True):
+            sql_type = typ if pg else ("INTEGER" if typ == _INT else "TEXT")
+            cols.append(f"{name} {sql_type}{'' if name in _NULLABLE else ' NOT NULL'}")
+        cols.append(f"PRIMARY KEY ({', '.join(KEYS[table])})")
+        statements.append(f"CREATE TABLE IF NOT EXISTS {qualify(prefix + table)} ({', '.join(cols)})")
+        for index_cols in _INDEXES.get(table, []):
+            index = f"{prefix}{table}_{'_'.join(index_cols)}_idx"
+            statements.append(f"CREATE INDEX IF NOT EXISTS {index} ON {qualify(prefix + table)} ({', '.join(index_cols)})")
+    statements.append(
+        f"INSERT INTO {qualify(prefix + 'tracking')} (name, position) VALUES ('{VIEWS}', 0) ON CONFLICT DO NOTHING"
+    )
+    return statements
+
+
+def _qualifier(settings: Settings) -> Callable[[str], str]:
+    if settings.is_postgres:
+        schema = settings.database_schema
+        return lambda table: f'"{schema}".{table}'
+    return lambda table: table
+
+
+def readmodel_ddl(settings: Settings, prefix: str = LIVE) -> list[str]:
+    """The read-model tables (run by `keel migrate` through `extra_ddl`)."""
+    return _ddl(prefix, _qualifier(settings), settings.is_postgres)
+
+
+class Database:
+    """Transactions over the ledger's own connection pool, with tuple rows on both databases."""
+
+    def __init__(self, settings: Settings, datastore: Any) -> None:
+        self.settings = settings
+        self.is_pg = settings.is_postgres
+        self.datastore = datastore
+        self.qualify = _qualifier(settings)
+
+    @contextmanager
+    def transaction(self, *, commit: bool) -> Iterator[Any]:
+        if self.is_pg:
+            with self.datastore.get_connection() as conn:
+                with conn.transaction(force_rollback=not commit), conn.cursor(row_factory=tuple_row) as cur:
+                    yield cur
+        else:
+            with self.datastore.transaction(commit=commit) as cur:
+                yield cur.sqlite_cursor  # the raw sqlite3 cursor (rowcount, executemany)
+
+    def sql(self, statement: str) -> str:
+        return statement if self.is_pg else statement.replace("%s", "?")
+
+    def fetchall(self, statement: str, params: Any = ()) -> list[tuple[Any, ...]]:
+        with self.transaction(commit=False) as cur:
+            cur.execute(self.sql(statement), params)
+            return [tuple(r) for r in cur.fetchall()]
+
+    def fetchone(self, statement: str, params: Any = ()) -> tuple[Any, ...] | None:
+        rows = self.fetchall(statement, params)
+        return rows[0] if rows else None
+
+
+class Tables:
+    """Qualified names of one set of view tables (live or scratch)."""
+
+    def __init__(self, db: Database, prefix: str) -> None:
+        self.prefix = prefix
+        for table in (*VIEW_TABLES, "tracking"):
+            setattr(self, table, db.qualify(prefix + table))
+
+    def name(self, table: str) -> str:
+        return getattr(self, table)
+
+
+class SqlViewStore:
+    """The `ViewStore` port of application/projections.py over one set of tables."""
+
+    def __init__(self, db: Database, prefix: str = LIVE) -> None:
+        self.db = db
+        self.t = Tables(db, prefix)
+
+    def position(self) -> int:
+        row = self.db.fetchone(f"SELECT position FROM {self.t.tracking} WHERE name = %s", (VIEWS,))
+        if row is None:
+            raise RuntimeError("read-model tracking row is missing: run `keel migrate`")
+        return int(row[0])
+
+    @contextmanager
+    def transaction(self) -> Iterator[_ViewTx]:
+        with self.db.transaction(commit=True) as cur:
+            yield (_PgViewTx if self.db.is_pg else _SqliteViewTx)(cur, self.t)
+
+
+class _ViewTx:
+    def __init__(self, cur: Any, t: Tables) -> None:
+        self.cur = cur
+        self.t = t
+
+
+def _cols(table: str) -> str:
+    return ", ".join(COLUMNS[table])
+
+
+class _PgViewTx(_ViewTx):
+    """One statement per table and batch: arrays of columns through `unnest` (fast on PostgreSQL)."""
+
+    def advance(self, expected: int, position: int) -> None:
+        assert position > expected, f"tracking must move forward: {expected} -> {position}"
+        self.cur.execute(
+            f"UPDATE {self.t.tracking} SET position = %s WHERE name = %s AND position = %s", (position, VIEWS, expected)
+        )
+        if self.cur.rowcount != 1:
+            raise PositionMoved(f"expected tracking at {expected}")
+
+    def transfer_currencies(self, transfer_ids: set[str]) -> dict[str, str]:
+        self.cur.execute(
+            f"SELECT transfer_id, currency FROM {self.t.transfers} WHERE transfer_id = ANY(%s::text[])", (list(transfer_ids),)
+        )
+        return dict(self.cur.fetchall())
+
+    def _insert(self, table: str, rows: list[list[Any]], conflict: str = "") -> None:
+        if not rows:
+            return
+        columns = list(zip(*rows, strict=True))
+        types = _TYPES[table]
+        unnest = ", ".join(f"%s::{t}[]" for t in types)
+        self.cur.execute(
+            f"INSERT INTO {self.t.name(table)} ({_cols(table)}) SELECT * FROM unnest({unnest}) {conflict}",
+            [list(c) for c in columns],
+        )
+
+    def write(self, ch: Changes) -> None:
+        t = self.t
+        self._insert("accounts", list(ch.new_accounts.values()))
+        if ch.account_deltas:
+            ids = list(ch.account_deltas)
+            d = list(ch.account_deltas.values())
+            self.cur.execute(
+                f"UPDATE {t.accounts} AS a SET posted_minor = a.posted_minor + v.dp,"
+                " pending_debits_minor = a.pending_debits_minor + v.dpd,"
+                " pending_credits_minor = a.pending_credits_minor + v.dpc"
+                " FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::bigint[]) AS v(id, dp, dpd, dpc)"
+                " WHERE a.account_id = v.id",
+                (ids, [x[0] for x in d], [x[1] for x in d], [x[2] for x in d]),
+            )
+            assert self.cur.rowcount == len(ids), "balance change for an account the view never saw opened"
+        if ch.account_status:
+            self.cur.execute(
+                f"UPDATE {t.accounts} AS a SET status = v.s FROM unnest(%s::text[], %s::text[]) AS v(id, s)"
+                " WHERE a.account_id = v.id",
+                (list(ch.account_status), list(ch.account_status.values())),
+            )
+        self._insert("transfers", list(ch.new_transfers.values()))
+        self._insert("entries", ch.entry_rows())
+        if ch.transfer_updates:
+            ids = list(ch.transfer_updates)
+            u = list(ch.transfer_updates.values())
+            status = [x.get("status") for x in u]
+            posted = [x.get("posted_amount_minor") for x in u]
+            reversed_by = [x.get("reversed_by_id") for x in u]
+            self.cur.execute(
+                f"UPDATE {t.transfers} AS x SET status = COALESCE(v.s, x.status),"
+                " posted_amount_minor = COALESCE(v.p, x.posted_amount_minor),"
+                " reversed_by_id = COALESCE(v.r, x.reversed_by_id)"
+                " FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[]) AS v(id, s, p, r)"
+                " WHERE x.transfer_id = v.id",
+                (ids, status, posted, reversed_by),
+            )
+            assert self.cur.rowcount == len(ids), "change to a transfer the view never saw initiated"
+            legs = [(i, s, p) for i, s, p in zip(ids, status, posted, strict=True) if s is not None or p is not None]
+            if legs:
+                self.cur.execute(
+                    f"UPDATE {t.entries} AS e SET status = COALESCE(v.s, e.status), amount_minor = COALESCE(v.p, e.amount_minor)"
+                    " FROM unnest(%s::text[], %s::text[], %s::bigint[]) AS v(id, s, p) WHERE e.transfer_id = v.id",
+                    ([x[0] for x in legs], [x[1] for x in legs], [x[2] for x in legs]),
+                )
+        self._insert(
+            "volumes",
+            [[*k, *v] for k, v in ch.volumes.items()],
+            f"ON CONFLICT (period, bucket_s, currency) DO UPDATE SET amount_minor = {t.volumes}.amount_minor"
+            f" + excluded.amount_minor, count = {t.volumes}.count + excluded.count",
+        )
+        self._insert(
+            "flows",
+            [[*k, *v] for k, v in ch.flows.items()],
+            f"ON CONFLICT (account_id, day_s) DO UPDATE SET inflow_minor = {t.flows}.inflow_minor + excluded.inflow_minor,"
+            f" outflow_minor = {t.flows}.outflow_minor + excluded.outflow_minor,"
+            f" inflow_count = {t.flows}.inflow_count + excluded.inflow_count,"
+            f" outflow_count = {t.flows}.outflow_count + excluded.outflow_count",
+        )
+
+
+class _SqliteViewTx(_ViewTx):
+    """Row statements through `executemany` (in-process SQLite makes them cheap)."""
+
+    def advance(self, expected: int, position: int) -> None:
+        assert position > expected, f"tracking must move forward: {expected} -> {position}"
+        self.cur.execute(f"UPDATE {self.t.tracking} SET position = ? WHERE name = ? AND position = ?", (position, VIEWS, expected))
+        if self.cur.rowcount != 1:
+            raise PositionMoved(f"expected tracking at {expected}")
+
+    def transfer_currencies(self, transfer_ids: set[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        ids = list(transfer_ids)
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            self.cur.execute(
+                f"SELECT transfer_id, currency FROM {self.t.transfers} WHERE transfer_id IN ({','.join('?' * len(chunk))})", chunk
+            )
+            out.update((r[0], r[1]) for r in self.cur.fetchall())
+        return out
+
+    def _insert(self, table: str, rows: list[list[Any]], conflict: str = "") -> None:
+        if rows:
+            marks = ", ".join("?" * len(COLUMNS[table]))
+            self.cur.executemany(f"INSERT INTO {self.t.name(table)} ({_cols(table)}) VALUES ({marks}) {conflict}", rows)
+
+    def write(self, ch: Changes) -> None:
+        t = self.t
+        self._insert("accounts", list(ch.new_accounts.values()))
+        if ch.account_deltas:
+            self.cur.executemany(
+                f"UPDATE {t.accounts} SET posted_minor = posted_minor + ?, pending_debits_minor = pending_debits_minor + ?,"
+                " pending_credits_minor = pending_credits_minor + ? WHERE account_id = ?",
+                [(*d, k) for k, d in ch.account_deltas.items()],
+            )
+            assert self.cur.rowcount == len(ch.account_deltas), "balance change for an account the view never saw opened"
+        if ch.account_status:
+            self.cur.executemany(
+                f"UPDATE {t.accounts} SET status = ? WHERE account_id = ?", [(s, k) for k, s in ch.account_status.items()]
+            )
+        self._insert("transfers", list(ch.new_transfers.values()))
+        self._insert("entries", ch.entry_rows())
+        if ch.transfer_updates:
+            rows = [
+                (u.get("status"), u.get("posted_amount_minor"), u.get("reversed_by_id"), k)
+                for k, u in ch.transfer_updates.items()
+            ]
+            self.cur.executemany(
+                f"UPDATE {t.transfers} SET status = COALESCE(?, status), posted_amount_minor = COALESCE(?, posted_amount_minor),"
+                " reversed_by_id = COALESCE(?, reversed_by_id) WHERE transfer_id = ?",
+                rows,
+            )
+            assert self.cur.rowcount == len(rows), "change to a transfer the view never saw initiated"
+            self.cur.executemany(
+                f"UPDATE {t.entries} SET status = COALESCE(?, status), amount_minor = COALESCE(?, amount_minor)"
+                " WHERE transfer_id = ?",
+                [(s, p, k) for s, p, _, k in rows if s is not None or p is not None],
+            )
+        self._insert(
+            "volumes",
+            [[*k, *v] for k, v in ch.volumes.items()],
+            "ON CONFLICT (period, bucket_s, currency) DO UPDATE SET amount_minor = amount_minor + excluded.amount_minor,"
+            " count = count + excluded.count",
+        )
+        self._insert(
+            "flows",
+            [[*k, *v] for k, v in ch.flows.items()],
+            "ON CONFLICT (account_id, day_s) DO UPDATE SET inflow_minor = inflow_minor + excluded.inflow_minor,"
+            " outflow_minor = outflow_minor + excluded.outflow_minor, inflow_count = inflow_count + excluded.inflow_count,"
+            " outflow_count = outflow_count + excluded.outflow_count",
+        )
+
+
+# ---- replay: rebuild into scratch tables, compare, replace --------------------------------
+
+DIFF_SHOWN_MAX = 50
+
+
+def create_scratch(db: Database) -> SqlViewStore:
+    """Fresh, empty scratch tables (dropping any left by an interrupted replay)."""
+    with db.transaction(commit=True) as cur:
+        for table in (*VIEW_TABLES, "tracking"):
+            cur.execute(f"DROP TABLE IF EXISTS {db.qualify(SCRATCH + table)}")
+        for statement in _ddl(SCRATCH, db.qualify, db.is_pg):
+            cur.execute(statement)
+    return SqlViewStore(db, SCRATCH)
+
+
+def drop_scratch(db: Database) -> None:
+    with db.transaction(commit=True) as cur:
+        for table in (*VIEW_TABLES, "tracking"):
+            cur.execute(f"DROP TABLE IF EXISTS {db.qualify(SCRATCH + table)}")
+
+
+def compare(db: Database, live: Tables, scratch: Tables, cur: Any) -> list[str]:
+    """Row-by-row differences between two sets of view tables, read through `cur` (one snapshot)."""
+    diffs: list[str] = []
+    for table in VIEW_TABLES:
+        cols = _cols(table)
+        order = ", ".join(KEYS[table])
+        for label, a, b in (("live only", live, scratch), ("replay only", scratch, live)):
+            cur.execute(
+                f"SELECT COUNT(*) FROM (SELECT {cols} FROM {a.name(table)} EXCEPT SELECT {cols} FROM {b.name(table)}) AS d"
+            )
+            count = cur.fetchone()[0]
+            if not count:
+                continue
+            diffs.append(f"{table}: {count} row(s) {label}")
+            cur.execute(
+                f"SELECT * FROM (SELECT {cols} FROM {a.name(table)} EXCEPT SELECT {cols} FROM {b.name(table)}) AS d"
+                f" ORDER BY {order} LIMIT {DIFF_SHOWN_MAX}"
+            )
+            for row in cur.fetchall():
+                diffs.append(f"  {label} {table}: " + ", ".join(f"{c}={v!r}" for c, v in zip(COLUMNS[table], row, strict=True)))
+    return diffs
+
+
+def replace_live(db: Database, scratch_position: int, catch_up: Callable[[Any, int], int]) -> int:
+    """Copies the scratch views over the live ones in one transaction; returns the new position.
+
+    The live tracking row is locked first, so a running worker waits, then finds its position
+    moved and resumes from the new one. `catch_up(cur, live_position)` brings the scratch
+    tables up to at least the live position inside this same transaction.
+    """
+    live, scratch = Tables(db, LIVE), Tables(db, SCRATCH)
+    with db.transaction(commit=True) as cur:
+        lock = " FOR UPDATE" if db.is_pg else ""
+        cur.execute(db.sql(f"SELECT position FROM {live.tracking} WHERE name = %s{lock}"), (VIEWS,))
+        live_position = int(cur.fetchone()[0])
+        position = max(scratch_position, catch_up(cur, live_position))
+        for table in VIEW_TABLES:
+            cur.execute(f"DELETE FROM {live.name(table)}")
+            cur.execute(f"INSERT INTO {live.name(table)} ({_cols(table)}) SELECT {_cols(table)} FROM {scratch.name(table)}")
+        cur.execute(db.sql(f"UPDATE {live.tracking} SET position = %s WHERE name = %s"), (position, VIEWS))
+    return position
+
+
+def view_tx(db: Database, cur: Any, prefix: str) -> _ViewTx:
+    """A view transaction on an already open cursor (for work inside a larger transaction)."""
+    return (_PgViewTx if db.is_pg else _SqliteViewTx)(cur, Tables(db, prefix))

@@ -1,0 +1,270 @@
+"""Composition of the read models: the projection worker, the read side, and `keel replay`.
+
+On PostgreSQL the worker follows the log with LISTEN/NOTIFY on its own connection (never one of
+the pool's, so a small pool cannot stall it) plus catch-up reads; on SQLite it polls. It must
+never write anything but view rows together with their tracking position.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import psycopg
+from prometheus_client import Gauge, Histogram
+
+from application.projections import READ_BATCH_MAX, VIEWS, ViewFollower, project
+from infrastructure.readmodels import (
+    LIVE,
+    SCRATCH,
+    Database,
+    SqlViewStore,
+    Tables,
+    compare,
+    create_scratch,
+    drop_scratch,
+    replace_live,
+    view_tx,
+)
+from infrastructure.readside import ReadSide
+from infrastructure.settings import Settings
+from keel.bootstrap import Container, build_ledger
+
+log = logging.getLogger(__name__)
+
+SQLITE_POLL_S = 0.02
+LISTEN_TIMEOUT_S = 0.5
+ERROR_BACKOFF_S = 1.0
+REBUILD_BATCH_MAX = 10_000
+CHECK_CHASE_MAX = 20
+
+POSITION = Gauge("keel_projection_position", "Last log position applied to the views", ["projection"])
+LAG_EVENTS = Gauge("keel_projection_lag_events", "Events in the log not yet applied to the views", ["projection"])
+LAG_MS = Gauge("keel_projection_lag_ms", "Age of the oldest event in the last applied batch, at commit", ["projection"])
+APPLY_LAG = Histogram(
+    "keel_projection_apply_lag_seconds",
+    "Event time to view commit, per event",
+    ["projection"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
+
+def database(container: Container) -> Database:
+    return Database(container.settings, container.ledger.recorder.datastore)  # type: ignore[attr-defined]
+
+
+def read_side(container: Container) -> ReadSide:
+    """The container's ReadSide (made once, kept in `container.extras["read_side"]`)."""
+    rs = container.extras.get("read_side")
+    if rs is None:
+        ledger = container.ledger
+
+        def event_time_after(position: int) -> datetime | None:
+            notes = ledger.recorder.select_notifications(position, 1, inclusive_of_start=False)
+            return ledger.mapper.to_domain_event(notes[0]).timestamp if notes else None
+
+        rs = ReadSide(database(container), ledger.recorder.max_notification_id, event_time_after)
+        container.extras["read_side"] = rs
+    return rs
+
+
+def _observe(position: int, events: Sequence[tuple[int, Any]]) -> None:
+    now = datetime.now(tz=timezone.utc)
+    POSITION.labels(VIEWS).set(position)
+    hist = APPLY_LAG.labels(VIEWS)
+    for _, e in events:
+        hist.observe((now - e.timestamp).total_seconds())
+    LAG_MS.labels(VIEWS).set(max(0.0, (now - events[0][1].timestamp).total_seconds() * 1000))
+
+
+class ProjectionWorker:
+    """Follows the ledger's log into the views until stopped (a daemon thread)."""
+
+    name = "projections"
+
+    def __init__(self, container: Container, *, batch_max: int = READ_BATCH_MAX) -> None:
+        self.container = container
+        self.ledger = container.ledger
+        self.store = SqlViewStore(database(container), LIVE)
+        self.batch_max = batch_max
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="keel-projections", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(15)
+
+    def _listener(self) -> psycopg.Connection | None:
+        if not self.container.settings.is_postgres:
+            return None
+        pg = self.container.settings.postgres()
+        conn = psycopg.connect(
+            host=pg.host, port=pg.port, user=pg.user, password=pg.password or None, dbname=pg.dbname, autocommit=True
+        )
+        channel = self.ledger.recorder.channel_name  # type: ignore[attr-defined]
+        conn.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(channel)))
+        return conn
+
+    def _run(self) -> None:
+        follower: ViewFollower | None = None
+        listener: psycopg.Connection | None = None
+        while not self._stop.is_set():
+            try:
+                if listener is None and self.container.settings.is_postgres:
+                    listener = self._listener()
+                if follower is None:
+                    follower = ViewFollower(
+                        self.ledger.recorder, self.ledger.mapper.to_domain_event, self.store,
+                        batch_max=self.batch_max, on_applied=_observe,
+                    )  # fmt: skip
+                    log.info("projection %s resuming after position %d", VIEWS, follower.position)
+                n = follower.step()
+                if n >= self.batch_max:
+                    continue  # more is waiting: read on before anything else
+                head = self.ledger.recorder.max_notification_id() or 0
+                LAG_EVENTS.labels(VIEWS).set(max(0, head - follower.position))
+                if head > follower.position:
+                    continue
+                LAG_MS.labels(VIEWS).set(0)
+                if listener is not None:
+                    for _ in listener.notifies(timeout=LISTEN_TIMEOUT_S, stop_after=1):
+                        pass
+                else:
+                    self._stop.wait(SQLITE_POLL_S)
+            except Exception:
+                # Nothing half-applied survives a failed transaction; start again from the
+                # committed position after a pause (the database may be restarting).
+                log.exception("projection %s failed; retrying", VIEWS)
+                follower = None
+                if listener is not None:
+                    listener.close()
+                    listener = None
+                self._stop.wait(ERROR_BACKOFF_S)
+        if listener is not None:
+            listener.close()
+
+
+def projection_worker(container: Container) -> ProjectionWorker:
+    return ProjectionWorker(container)
+
+
+# ---- keel replay --------------------------------------------------------------------------
+
+
+class _Progress:
+    """A one-line progress bar on stderr."""
+
+    def __init__(self, total: int, label: str) -> None:
+        self.total = max(total, 1)
+        self.label = label
+        self.started = time.monotonic()
+        self.done_events = 0
+        self.last_draw = 0.0
+
+    def __call__(self, position: int, events: int) -> None:
+        self.done_events = events
+        now = time.monotonic()
+        if now - self.last_draw < 0.2 and position < self.total:
+            return
+        self.last_draw = now
+        width = 30
+        filled = int(width * min(position, self.total) / self.total)
+        rate = events / max(now - self.started, 1e-9)
+        sys.stderr.write(
+            f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {position:,}/{self.total:,} ({rate:,.0f} events/s)"
+        )
+        sys.stderr.flush()
+
+    def finish(self) -> float:
+        sys.stderr.write("\n")
+        return self.done_events / max(time.monotonic() - self.started, 1e-9)
+
+
+def _rebuild_scratch(ledger: Any, db: Database, stop: int | None, label: str) -> tuple[ViewFollower, float]:
+    scratch = create_scratch(db)
+    follower = ViewFollower(ledger.recorder, ledger.mapper.to_domain_event, scratch, batch_max=REBUILD_BATCH_MAX)
+    target = stop if stop is not None else (ledger.recorder.max_notification_id() or 0)
+    bar = _Progress(target, label)
+    applied = 0
+    while follower.position < target:
+        n = follower.step(target)
+        if n == 0:
+            break
+        applied += n
+        bar(follower.position, applied)
+    return follower, bar.finish() if applied else 0.0
+
+
+def replay_check(settings: Settings, out: Any = sys.stdout) -> int:
+    """Rebuilds every view into scratch tables and compares them with the live ones.
+
+    Returns the number of differences (0: identical). The comparison runs in one snapshot
+    taken when the live tracking position equals the replayed one.
+    """
+    ledger = build_ledger(settings)
+    db = Database(settings, ledger.recorder.datastore)  # type: ignore[attr-defined]
+    live = SqlViewStore(db, LIVE)
+    try:
+        follower, rate = _rebuild_scratch(ledger, db, live.position(), "replaying")
+        diffs: list[str] = []
+        for _ in range(CHECK_CHASE_MAX):
+            with db.transaction(commit=False) as cur:
+                if db.is_pg:
+                    cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                cur.execute(db.sql(f"SELECT position FROM {live.t.tracking} WHERE name = %s"), (VIEWS,))
+                live_position = int(cur.fetchone()[0])
+                if live_position == follower.position:
+                    diffs = compare(db, Tables(db, LIVE), Tables(db, SCRATCH), cur)
+                    break
+            if live_position < follower.position or follower.catch_up(stop=live_position) == 0:
+                diffs = [f"tracking: live views claim position {live_position}, the log replays to {follower.position}"]
+                break
+        else:
+            diffs = ["tracking: the live views kept moving; stop the projection worker and check again"]
+        print(f"replayed {follower.position:,} positions ({rate:,.0f} events/s)", file=out)
+        for line in diffs:
+            print(line, file=out)
+        print("read models match the log" if not diffs else f"read models DIFFER from the log ({len(diffs)} line(s))", file=out)
+        return len(diffs)
+    finally:
+        drop_scratch(db)
+        ledger.close()
+
+
+def replay_rebuild(settings: Settings, out: Any = sys.stdout) -> float:
+    """Rebuilds every view from the log and swaps it in; returns the rebuild rate in events/s."""
+    ledger = build_ledger(settings)
+    db = Database(settings, ledger.recorder.datastore)  # type: ignore[attr-defined]
+    try:
+        follower, rate = _rebuild_scratch(ledger, db, None, "rebuilding")
+
+        def catch_up(cur: Any, live_position: int) -> int:
+            # Events the live views already hold that the scratch tables do not: apply them
+            # inside the swap transaction, so the new live position is never behind the old.
+            position = follower.position
+            tx = view_tx(db, cur, SCRATCH)
+            while position < live_position:
+                notes = ledger.recorder.select_notifications(position, REBUILD_BATCH_MAX, live_position, inclusive_of_start=False)
+                if not notes:
+                    break
+                events = [(n.id, ledger.mapper.to_domain_event(n)) for n in notes]
+                tx.advance(position, notes[-1].id)
+                tx.write(project(events, tx.transfer_currencies))
+                position = notes[-1].id
+            return position
+
+        position = replace_live(db, follower.position, catch_up)
+        print(f"rebuilt read models to position {position:,} ({rate:,.0f} events/s)", file=out)
+        return rate
+    finally:
+        drop_scratch(db)
+        ledger.close()
