@@ -72,6 +72,37 @@ def read_side(container: Container) -> ReadSide:
     return rs
 
 
+class ProjectionLagCollector:
+    """Projection position and lag read from the database at scrape time, for the API's /metrics.
+
+    The worker may be another process (PostgreSQL), so the API reports what the views hold.
+    """
+
+    def __init__(self, container: Container) -> None:
+        self.container = container
+
+    def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        try:
+            status = read_side(self.container).projections()
+        except Exception:  # a scrape must not fail because the database is restarting
+            log.warning("projection status unavailable for /metrics", exc_info=True)
+            return
+        families = {
+            "position": GaugeMetricFamily("keel_projection_position", "Last log position applied to the views", labels=["projection"]),
+            "lag_events": GaugeMetricFamily("keel_projection_lag_events", "Log events not yet in the views", labels=["projection"]),
+            "lag_ms": GaugeMetricFamily("keel_projection_lag_ms", "Age of the oldest event not yet in the views", labels=["projection"]),
+        }
+        for p in status["projections"]:
+            for key, family in families.items():
+                family.add_metric([p["name"]], p[key])
+        head = GaugeMetricFamily("keel_event_log_head", "Highest notification position in the ledger's log")
+        head.add_metric([], status["head"])
+        yield from families.values()
+        yield head
+
+
 def _observe(position: int, events: Sequence[tuple[int, Any]]) -> None:
     now = datetime.now(tz=timezone.utc)
     POSITION.labels(VIEWS).set(position)
