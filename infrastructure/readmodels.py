@@ -15,16 +15,21 @@ from typing import Any
 
 from psycopg.rows import tuple_row
 
+import msgspec
+
 from application.projections import (
     ACCOUNT_COLUMNS,
     ENTRY_COLUMNS,
     FLOW_COLUMNS,
+    SEEN_EVENTS,
     TRANSFER_COLUMNS,
     VIEWS,
     VOLUME_COLUMNS,
     Changes,
     PositionMoved,
+    SeenEvent,
 )
+from infrastructure.mapper import _ENCRYPTED_MAGIC, KeyRing
 from infrastructure.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -69,7 +74,7 @@ _INDEXES = {
 }
 
 
-def _ddl(prefix: str, qualify: Callable[[str], str], pg: bool) -> list[str]:
+def _ddl(prefix: str, qualify: Callable[[str], str], pg: bool, *, unlogged: bool = False) -> list[str]:
     statements = []
     for table, columns in COLUMNS.items():
         cols = []
@@ -77,7 +82,8 @@ def _ddl(prefix: str, qualify: Callable[[str], str], pg: bool) -> list[str]:
             sql_type = typ if pg else ("INTEGER" if typ == _INT else "TEXT")
             cols.append(f"{name} {sql_type}{'' if name in _NULLABLE else ' NOT NULL'}")
         cols.append(f"PRIMARY KEY ({', '.join(KEYS[table])})")
-        statements.append(f"CREATE TABLE IF NOT EXISTS {qualify(prefix + table)} ({', '.join(cols)})")
+        kind = "UNLOGGED TABLE" if unlogged and pg else "TABLE"
+        statements.append(f"CREATE {kind} IF NOT EXISTS {qualify(prefix + table)} ({', '.join(cols)})")
         for index_cols in _INDEXES.get(table, []):
             index = f"{prefix}{table}_{'_'.join(index_cols)}_idx"
             statements.append(f"CREATE INDEX IF NOT EXISTS {index} ON {qualify(prefix + table)} ({', '.join(index_cols)})")
@@ -131,6 +137,51 @@ class Database:
         return rows[0] if rows else None
 
 
+class LogReader:
+    """Reads the ledger's log for the views: positions in order, each event decoded straight
+    into the Struct of the fields the views need (see application.projections.SEEN_EVENTS).
+
+    On PostgreSQL it selects only the four columns it needs with tuple rows; on SQLite it uses
+    the recorder's own select. Encrypted states are opened with the mapper's key ring.
+    """
+
+    def __init__(self, db: Database, recorder: Any, keyring: KeyRing | None) -> None:
+        self.db = db
+        self.recorder = recorder
+        self.keyring = keyring
+        self._decoders = {topic: msgspec.json.Decoder(cls) for topic, cls in SEEN_EVENTS.items()}
+        if db.is_pg:
+            table = db.qualify(f'"{recorder.events_table_name}"')
+            self._sql = (
+                f"SELECT notification_id, originator_id, topic, state FROM {table}"
+                " WHERE notification_id > %s AND notification_id <= %s ORDER BY notification_id LIMIT %s"
+            )
+
+    def _rows(self, after: int, limit: int, stop: int | None) -> list[tuple[int, Any, str, bytes]]:
+        if self.db.is_pg:
+            with self.db.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
+                cur.execute(self._sql, (after, stop if stop is not None else 2**63 - 1, limit), prepare=True)
+                return cur.fetchall()
+        notes = self.recorder.select_notifications(after, limit, stop, inclusive_of_start=False)
+        return [(n.id, n.originator_id, n.topic, n.state) for n in notes]
+
+    def __call__(self, after: int, limit: int, stop: int | None = None) -> list[tuple[int, SeenEvent | None]]:
+        out: list[tuple[int, SeenEvent | None]] = []
+        for position, originator_id, topic, state in self._rows(after, limit, stop):
+            decoder = self._decoders.get(topic)
+            if decoder is None:
+                out.append((position, None))
+                continue
+            if state[:2] == _ENCRYPTED_MAGIC:
+                if self.keyring is None:
+                    raise RuntimeError("stored event is encrypted but no KEEL_DATA_KEY is configured")
+                state = self.keyring.decrypt(bytes(state))
+            event = decoder.decode(state)
+            event.originator_id = str(originator_id)
+            out.append((position, event))
+        return out
+
+
 class Tables:
     """Qualified names of one set of view tables (live or scratch)."""
 
@@ -172,8 +223,19 @@ def _cols(table: str) -> str:
     return ", ".join(COLUMNS[table])
 
 
+# Session-local staging tables for set-based updates (emptied at every commit).
+_PG_STAGING = {
+    "keel_rm_deltas": "(id text, dp bigint, dpd bigint, dpc bigint)",
+    "keel_rm_status": "(id text, s text)",
+    "keel_rm_tupd": "(id text, s text, p bigint, r text)",
+    "keel_rm_volumes": "(period text, bucket_s bigint, currency text, amount_minor bigint, count bigint)",
+    "keel_rm_flows": "(account_id text, day_s bigint, inflow_minor bigint, outflow_minor bigint,"
+    " inflow_count bigint, outflow_count bigint)",
+}
+
+
 class _PgViewTx(_ViewTx):
-    """One statement per table and batch: arrays of columns through `unnest` (fast on PostgreSQL)."""
+    """Rows travel by COPY (formatted in C by psycopg), one set-based statement per table."""
 
     def advance(self, expected: int, position: int) -> None:
         assert position > expected, f"tracking must move forward: {expected} -> {position}"
@@ -189,76 +251,68 @@ class _PgViewTx(_ViewTx):
         )
         return dict(self.cur.fetchall())
 
-    def _insert(self, table: str, rows: list[list[Any]], conflict: str = "") -> None:
-        if not rows:
-            return
-        columns = list(zip(*rows, strict=True))
-        types = _TYPES[table]
-        unnest = ", ".join(f"%s::{t}[]" for t in types)
-        self.cur.execute(
-            f"INSERT INTO {self.t.name(table)} ({_cols(table)}) SELECT * FROM unnest({unnest}) {conflict}",
-            [list(c) for c in columns],
-        )
+    def _copy(self, table: str, columns: str, rows: Any) -> None:
+        with self.cur.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+
+    def _stage(self, name: str, rows: Any) -> None:
+        self.cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {name} {_PG_STAGING[name]} ON COMMIT DELETE ROWS")
+        columns = ", ".join(c.split()[0] for c in _PG_STAGING[name].strip("()").split(","))
+        self._copy(name, columns, rows)
 
     def write(self, ch: Changes) -> None:
         t = self.t
-        self._insert("accounts", list(ch.new_accounts.values()))
+        if ch.new_accounts:
+            self._copy(t.accounts, _cols("accounts"), ch.new_accounts.values())
         if ch.account_deltas:
-            ids = list(ch.account_deltas)
-            d = list(ch.account_deltas.values())
+            self._stage("keel_rm_deltas", ((k, *d) for k, d in ch.account_deltas.items()))
             self.cur.execute(
                 f"UPDATE {t.accounts} AS a SET posted_minor = a.posted_minor + v.dp,"
                 " pending_debits_minor = a.pending_debits_minor + v.dpd,"
                 " pending_credits_minor = a.pending_credits_minor + v.dpc"
-                " FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::bigint[]) AS v(id, dp, dpd, dpc)"
-                " WHERE a.account_id = v.id",
-                (ids, [x[0] for x in d], [x[1] for x in d], [x[2] for x in d]),
+                " FROM keel_rm_deltas AS v WHERE a.account_id = v.id"
             )
-            assert self.cur.rowcount == len(ids), "balance change for an account the view never saw opened"
+            assert self.cur.rowcount == len(ch.account_deltas), "balance change for an account the view never saw opened"
         if ch.account_status:
-            self.cur.execute(
-                f"UPDATE {t.accounts} AS a SET status = v.s FROM unnest(%s::text[], %s::text[]) AS v(id, s)"
-                " WHERE a.account_id = v.id",
-                (list(ch.account_status), list(ch.account_status.values())),
-            )
-        self._insert("transfers", list(ch.new_transfers.values()))
-        self._insert("entries", ch.entry_rows())
+            self._stage("keel_rm_status", ch.account_status.items())
+            self.cur.execute(f"UPDATE {t.accounts} AS a SET status = v.s FROM keel_rm_status AS v WHERE a.account_id = v.id")
+        if ch.new_transfers:
+            self._copy(t.transfers, _cols("transfers"), ch.new_transfers.values())
+        if ch.new_entries:
+            self._copy(t.entries, _cols("entries"), ch.entry_rows())
         if ch.transfer_updates:
-            ids = list(ch.transfer_updates)
-            u = list(ch.transfer_updates.values())
-            status = [x.get("status") for x in u]
-            posted = [x.get("posted_amount_minor") for x in u]
-            reversed_by = [x.get("reversed_by_id") for x in u]
+            self._stage(
+                "keel_rm_tupd",
+                ((k, u.get("status"), u.get("posted_amount_minor"), u.get("reversed_by_id")) for k, u in ch.transfer_updates.items()),
+            )
             self.cur.execute(
                 f"UPDATE {t.transfers} AS x SET status = COALESCE(v.s, x.status),"
                 " posted_amount_minor = COALESCE(v.p, x.posted_amount_minor),"
                 " reversed_by_id = COALESCE(v.r, x.reversed_by_id)"
-                " FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[]) AS v(id, s, p, r)"
-                " WHERE x.transfer_id = v.id",
-                (ids, status, posted, reversed_by),
+                " FROM keel_rm_tupd AS v WHERE x.transfer_id = v.id"
             )
-            assert self.cur.rowcount == len(ids), "change to a transfer the view never saw initiated"
-            legs = [(i, s, p) for i, s, p in zip(ids, status, posted, strict=True) if s is not None or p is not None]
-            if legs:
-                self.cur.execute(
-                    f"UPDATE {t.entries} AS e SET status = COALESCE(v.s, e.status), amount_minor = COALESCE(v.p, e.amount_minor)"
-                    " FROM unnest(%s::text[], %s::text[], %s::bigint[]) AS v(id, s, p) WHERE e.transfer_id = v.id",
-                    ([x[0] for x in legs], [x[1] for x in legs], [x[2] for x in legs]),
-                )
-        self._insert(
-            "volumes",
-            [[*k, *v] for k, v in ch.volumes.items()],
-            f"ON CONFLICT (period, bucket_s, currency) DO UPDATE SET amount_minor = {t.volumes}.amount_minor"
-            f" + excluded.amount_minor, count = {t.volumes}.count + excluded.count",
-        )
-        self._insert(
-            "flows",
-            [[*k, *v] for k, v in ch.flows.items()],
-            f"ON CONFLICT (account_id, day_s) DO UPDATE SET inflow_minor = {t.flows}.inflow_minor + excluded.inflow_minor,"
-            f" outflow_minor = {t.flows}.outflow_minor + excluded.outflow_minor,"
-            f" inflow_count = {t.flows}.inflow_count + excluded.inflow_count,"
-            f" outflow_count = {t.flows}.outflow_count + excluded.outflow_count",
-        )
+            assert self.cur.rowcount == len(ch.transfer_updates), "change to a transfer the view never saw initiated"
+            self.cur.execute(
+                f"UPDATE {t.entries} AS e SET status = COALESCE(v.s, e.status), amount_minor = COALESCE(v.p, e.amount_minor)"
+                " FROM keel_rm_tupd AS v WHERE e.transfer_id = v.id AND (v.s IS NOT NULL OR v.p IS NOT NULL)"
+            )
+        if ch.volumes:
+            self._stage("keel_rm_volumes", ((*k, *v) for k, v in ch.volumes.items()))
+            self.cur.execute(
+                f"INSERT INTO {t.volumes} ({_cols('volumes')}) SELECT * FROM keel_rm_volumes"
+                f" ON CONFLICT (period, bucket_s, currency) DO UPDATE SET amount_minor = {t.volumes}.amount_minor"
+                f" + excluded.amount_minor, count = {t.volumes}.count + excluded.count"
+            )
+        if ch.flows:
+            self._stage("keel_rm_flows", ((*k, *v) for k, v in ch.flows.items()))
+            self.cur.execute(
+                f"INSERT INTO {t.flows} ({_cols('flows')}) SELECT * FROM keel_rm_flows"
+                f" ON CONFLICT (account_id, day_s) DO UPDATE SET inflow_minor = {t.flows}.inflow_minor + excluded.inflow_minor,"
+                f" outflow_minor = {t.flows}.outflow_minor + excluded.outflow_minor,"
+                f" inflow_count = {t.flows}.inflow_count + excluded.inflow_count,"
+                f" outflow_count = {t.flows}.outflow_count + excluded.outflow_count"
+            )
 
 
 class _SqliteViewTx(_ViewTx):
@@ -343,7 +397,9 @@ def create_scratch(db: Database) -> SqlViewStore:
     with db.transaction(commit=True) as cur:
         for table in (*VIEW_TABLES, "tracking"):
             cur.execute(f"DROP TABLE IF EXISTS {db.qualify(SCRATCH + table)}")
-        for statement in _ddl(SCRATCH, db.qualify, db.is_pg):
+        # Scratch tables are rebuilt from the log whenever needed: skipping the WAL (UNLOGGED)
+        # roughly halves the database's work during a replay.
+        for statement in _ddl(SCRATCH, db.qualify, db.is_pg, unlogged=True):
             cur.execute(statement)
     return SqlViewStore(db, SCRATCH)
 

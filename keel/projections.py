@@ -22,6 +22,7 @@ from infrastructure.readmodels import (
     LIVE,
     SCRATCH,
     Database,
+    LogReader,
     SqlViewStore,
     Tables,
     compare,
@@ -55,6 +56,10 @@ APPLY_LAG = Histogram(
 
 def database(container: Container) -> Database:
     return Database(container.settings, container.ledger.recorder.datastore)  # type: ignore[attr-defined]
+
+
+def log_reader(ledger: Any, db: Database) -> LogReader:
+    return LogReader(db, ledger.recorder, ledger.mapper.keyring)
 
 
 def read_side(container: Container) -> ReadSide:
@@ -107,9 +112,13 @@ def _observe(position: int, events: Sequence[tuple[int, Any]]) -> None:
     now = datetime.now(tz=timezone.utc)
     POSITION.labels(VIEWS).set(position)
     hist = APPLY_LAG.labels(VIEWS)
+    oldest = None
     for _, e in events:
-        hist.observe((now - e.timestamp).total_seconds())
-    LAG_MS.labels(VIEWS).set(max(0.0, (now - events[0][1].timestamp).total_seconds() * 1000))
+        if e is not None:
+            hist.observe((now - e.timestamp).total_seconds())
+            oldest = oldest or e.timestamp
+    if oldest is not None:
+        LAG_MS.labels(VIEWS).set(max(0.0, (now - oldest).total_seconds() * 1000))
 
 
 class ProjectionWorker:
@@ -154,9 +163,8 @@ class ProjectionWorker:
                     listener = self._listener()
                 if follower is None:
                     follower = ViewFollower(
-                        self.ledger.recorder, self.ledger.mapper.to_domain_event, self.store,
-                        batch_max=self.batch_max, on_applied=_observe,
-                    )  # fmt: skip
+                        log_reader(self.ledger, self.store.db), self.store, batch_max=self.batch_max, on_applied=_observe
+                    )
                     log.info("projection %s resuming after position %d", VIEWS, follower.position)
                 n = follower.step()
                 if n >= self.batch_max:
@@ -222,7 +230,7 @@ class _Progress:
 
 def _rebuild_scratch(ledger: Any, db: Database, stop: int | None, label: str) -> tuple[ViewFollower, float]:
     scratch = create_scratch(db)
-    follower = ViewFollower(ledger.recorder, ledger.mapper.to_domain_event, scratch, batch_max=REBUILD_BATCH_MAX)
+    follower = ViewFollower(log_reader(ledger, db), scratch, batch_max=REBUILD_BATCH_MAX)
     target = stop if stop is not None else (ledger.recorder.max_notification_id() or 0)
     bar = _Progress(target, label)
     applied = 0
@@ -283,14 +291,14 @@ def replay_rebuild(settings: Settings, out: Any = sys.stdout) -> float:
             # inside the swap transaction, so the new live position is never behind the old.
             position = follower.position
             tx = view_tx(db, cur, SCRATCH)
+            read = log_reader(ledger, db)
             while position < live_position:
-                notes = ledger.recorder.select_notifications(position, REBUILD_BATCH_MAX, live_position, inclusive_of_start=False)
-                if not notes:
+                events = read(position, REBUILD_BATCH_MAX, live_position)
+                if not events:
                     break
-                events = [(n.id, ledger.mapper.to_domain_event(n)) for n in notes]
-                tx.advance(position, notes[-1].id)
+                tx.advance(position, events[-1][0])
                 tx.write(project(events, tx.transfer_currencies))
-                position = notes[-1].id
+                position = events[-1][0]
             return position
 
         position = replace_live(db, follower.position, catch_up)

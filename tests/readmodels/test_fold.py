@@ -17,6 +17,7 @@ from application.projections import ViewFollower
 from infrastructure.readmodels import Database, SqlViewStore
 from infrastructure.settings import load_settings
 from keel.bootstrap import build_ledger, migrate
+from keel.projections import log_reader
 from tests.readmodels.helpers import dump_views, literal_fold, log_events, run_history
 
 small = st.integers(0, 40)
@@ -48,7 +49,7 @@ def test_views_equal_the_literal_fold_of_the_log(ops: list, batch_max: int) -> N
         try:
             run_history(ledger, SEED + ops)
             db = Database(s, ledger.recorder.datastore)
-            follower = ViewFollower(ledger.recorder, ledger.mapper.to_domain_event, SqlViewStore(db), batch_max=batch_max)
+            follower = ViewFollower(log_reader(ledger, db), SqlViewStore(db), batch_max=batch_max)
             follower.catch_up()
             events = log_events(ledger)
             assert follower.position == events[-1][0]
