@@ -417,14 +417,17 @@ class ViewTransaction(Protocol):
 
 
 class ViewStore(Protocol):
+    reads_in_transaction: bool
+
     def position(self) -> int: ...
 
     def transaction(self) -> AbstractContextManager[ViewTransaction]: ...
 
 
 # Reads the log: up to `limit` positions after `after` (and not beyond `stop`), in order, each
-# with its decoded event, or None where the event changes no view.
-LogReader = Callable[[int, int, "int | None"], Sequence[tuple[int, SeenEvent | None]]]
+# with its decoded event, or None where the event changes no view. The last argument is the
+# open view transaction when the store reads inside it (saves round trips), else None.
+LogReader = Callable[[int, int, "int | None", Any], Sequence[tuple[int, SeenEvent | None]]]
 
 
 class ViewFollower:
@@ -453,27 +456,40 @@ class ViewFollower:
     def step(self, stop: int | None = None) -> int:
         """Applies the next batch (not beyond `stop`); returns how many events it applied."""
         start = self.position
-        events = self.read(start, self.batch_max, stop)
-        if not events:
-            return 0
-        previous = start
-        for position, _ in events:
-            assert position > previous, f"log positions must increase: {position} after {previous}"
-            previous = position
+        events: Sequence[tuple[int, SeenEvent | None]] = ()
         try:
-            with self.store.transaction() as tx:
-                # Tracking first: a second runner blocks here and then finds the row moved,
-                # before it has written a single view row.
-                tx.advance(start, previous)
-                tx.write(project(events, tx.transfer_currencies))
+            if self.store.reads_in_transaction:
+                with self.store.transaction() as tx:
+                    events = self.read(start, self.batch_max, stop, tx)
+                    if events:
+                        self._apply(tx, start, events)
+            else:
+                # Read before taking the write transaction (SQLite has one writer at a time).
+                events = self.read(start, self.batch_max, stop, None)
+                if events:
+                    with self.store.transaction() as tx:
+                        self._apply(tx, start, events)
         except PositionMoved:
             self.position = self.store.position()
             log.warning("view tracking moved under us (rebuild or second runner); resuming at %d", self.position)
             return 0
-        self.position = previous
+        if not events:
+            return 0
+        self.position = events[-1][0]
         if self.on_applied is not None:
-            self.on_applied(previous, events)
+            self.on_applied(self.position, events)
         return len(events)
+
+    @staticmethod
+    def _apply(tx: ViewTransaction, start: int, events: Sequence[tuple[int, SeenEvent | None]]) -> None:
+        previous = start
+        for position, _ in events:
+            assert position > previous, f"log positions must increase: {position} after {previous}"
+            previous = position
+        # Tracking first: a second runner blocks there and then finds the row moved, before
+        # it has written a single view row.
+        tx.advance(start, previous)
+        tx.write(project(events, tx.transfer_currencies))
 
     def catch_up(self, stop: int | None = None, progress: Callable[[int], None] | None = None) -> int:
         """Applies batches until the log (or `stop`) is reached; returns the events applied."""

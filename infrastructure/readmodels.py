@@ -156,18 +156,31 @@ class LogReader:
                 f"SELECT notification_id, originator_id, topic, state FROM {table}"
                 " WHERE notification_id > %s AND notification_id <= %s ORDER BY notification_id LIMIT %s"
             )
+        else:
+            self._sql = (
+                f"SELECT rowid, originator_id, topic, state FROM {recorder.events_table_name}"
+                " WHERE rowid > ? AND rowid <= ? ORDER BY rowid LIMIT ?"
+            )
 
-    def _rows(self, after: int, limit: int, stop: int | None) -> list[tuple[int, Any, str, bytes]]:
+    def _rows(self, after: int, limit: int, stop: int | None, tx: Any) -> list[tuple[int, Any, str, bytes]]:
         if self.db.is_pg:
+            params = (after, stop if stop is not None else 2**63 - 1, limit)
+            if tx is not None:
+                tx.cur.execute(self._sql, params, prepare=True)
+                return tx.cur.fetchall()
             with self.db.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
-                cur.execute(self._sql, (after, stop if stop is not None else 2**63 - 1, limit), prepare=True)
+                cur.execute(self._sql, params, prepare=True)
                 return cur.fetchall()
+        if tx is not None:
+            tx.cur.execute(self._sql, (after, stop if stop is not None else 2**63 - 1, limit))
+            convert = self.recorder.convert_originator_id  # stored as hex text
+            return [(r[0], convert(r[1]), r[2], r[3]) for r in tx.cur.fetchall()]
         notes = self.recorder.select_notifications(after, limit, stop, inclusive_of_start=False)
         return [(n.id, n.originator_id, n.topic, n.state) for n in notes]
 
-    def __call__(self, after: int, limit: int, stop: int | None = None) -> list[tuple[int, SeenEvent | None]]:
+    def __call__(self, after: int, limit: int, stop: int | None = None, tx: Any = None) -> list[tuple[int, SeenEvent | None]]:
         out: list[tuple[int, SeenEvent | None]] = []
-        for position, originator_id, topic, state in self._rows(after, limit, stop):
+        for position, originator_id, topic, state in self._rows(after, limit, stop, tx):
             decoder = self._decoders.get(topic)
             if decoder is None:
                 out.append((position, None))
@@ -200,6 +213,8 @@ class SqlViewStore:
     def __init__(self, db: Database, prefix: str = LIVE) -> None:
         self.db = db
         self.t = Tables(db, prefix)
+        # PostgreSQL: read the log on the view transaction's own connection (fewer round trips).
+        self.reads_in_transaction = db.is_pg
 
     def position(self) -> int:
         row = self.db.fetchone(f"SELECT position FROM {self.t.tracking} WHERE name = %s", (VIEWS,))
@@ -234,16 +249,112 @@ _PG_STAGING = {
 }
 
 
+# Up to this many rows a batch goes in ONE statement (live following: a round trip costs more
+# than the work); larger batches (replays) go by COPY.
+ONE_STATEMENT_ROWS_MAX = 3000
+# Views are derived data: a crash may lose the last few view commits, but never rows without
+# their tracking position (one atomic commit, applied in WAL order), and the worker then simply
+# re-applies them. Not waiting for the WAL flush keeps the lag low.
+_ASYNC_COMMIT = "SET LOCAL synchronous_commit = off"
+
+
 class _PgViewTx(_ViewTx):
-    """Rows travel by COPY (formatted in C by psycopg), one set-based statement per table."""
+    """Small batches: one statement of data-modifying CTEs over `unnest` arrays, guarded by the
+    tracking update. Large batches: rows by COPY (formatted in C), one statement per table."""
+
+    def __init__(self, cur: Any, t: Tables) -> None:
+        super().__init__(cur, t)
+        self._advance: tuple[int, int] | None = None
 
     def advance(self, expected: int, position: int) -> None:
+        """Takes effect with `write()`, as its first step (a second runner stops there)."""
         assert position > expected, f"tracking must move forward: {expected} -> {position}"
+        self._advance = (expected, position)
+
+    def _advance_now(self) -> None:
+        assert self._advance is not None, "advance() must come before write()"
+        expected, position = self._advance
+        self._advance = None
         self.cur.execute(
             f"UPDATE {self.t.tracking} SET position = %s WHERE name = %s AND position = %s", (position, VIEWS, expected)
         )
         if self.cur.rowcount != 1:
             raise PositionMoved(f"expected tracking at {expected}")
+
+    def _one_statement(self, ch: Changes) -> None:
+        assert self._advance is not None, "advance() must come before write()"
+        expected, position = self._advance
+        self._advance = None
+        t = self.t
+        ctes = [
+            "cfg AS (SELECT set_config('synchronous_commit', 'off', true) AS v)",
+            f"adv AS (UPDATE {t.tracking} SET position = %s WHERE name = %s AND position = %s RETURNING 1)",
+        ]
+        params: list[Any] = [position, VIEWS, expected]
+        guard = "EXISTS (SELECT 1 FROM adv)"
+
+        def insert(name: str, table: str, rows: list[Any], conflict: str = "") -> None:
+            if rows:
+                arrays = ", ".join(f"%s::{ty}[]" for ty in _TYPES[table])
+                ctes.append(
+                    f"{name} AS (INSERT INTO {t.name(table)} ({_cols(table)}) SELECT * FROM unnest({arrays}) WHERE {guard}"
+                    f" {conflict})"
+                )
+                params.extend(list(c) for c in zip(*rows, strict=True))
+
+        insert("ia", "accounts", list(ch.new_accounts.values()))
+        # Deltas and status in one UPDATE: a statement may change each row only once.
+        account_ids = list(ch.account_deltas.keys() | ch.account_status.keys())
+        if account_ids:
+            zero = (0, 0, 0)
+            rows = [(k, *ch.account_deltas.get(k, zero), ch.account_status.get(k)) for k in account_ids]
+            ctes.append(
+                f"ua AS (UPDATE {t.accounts} AS a SET posted_minor = a.posted_minor + v.dp,"
+                " pending_debits_minor = a.pending_debits_minor + v.dpd,"
+                " pending_credits_minor = a.pending_credits_minor + v.dpc, status = COALESCE(v.s, a.status)"
+                " FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::bigint[], %s::text[]) AS v(id, dp, dpd, dpc, s)"
+                f" WHERE a.account_id = v.id AND {guard} RETURNING 1)"
+            )
+            params.extend(list(c) for c in zip(*rows, strict=True))
+        insert("it", "transfers", list(ch.new_transfers.values()))
+        insert("ie", "entries", ch.entry_rows())
+        if ch.transfer_updates:
+            rows = [(k, u.get("status"), u.get("posted_amount_minor"), u.get("reversed_by_id")) for k, u in ch.transfer_updates.items()]
+            ctes.append(
+                f"ut AS (UPDATE {t.transfers} AS x SET status = COALESCE(v.s, x.status),"
+                " posted_amount_minor = COALESCE(v.p, x.posted_amount_minor), reversed_by_id = COALESCE(v.r, x.reversed_by_id)"
+                " FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[]) AS v(id, s, p, r)"
+                f" WHERE x.transfer_id = v.id AND {guard} RETURNING 1)"
+            )
+            params.extend(list(c) for c in zip(*rows, strict=True))
+            ctes.append(
+                f"ue AS (UPDATE {t.entries} AS e SET status = COALESCE(v.s, e.status), amount_minor = COALESCE(v.p, e.amount_minor)"
+                " FROM unnest(%s::text[], %s::text[], %s::bigint[]) AS v(id, s, p)"
+                f" WHERE e.transfer_id = v.id AND (v.s IS NOT NULL OR v.p IS NOT NULL) AND {guard})"
+            )
+            params.extend(list(c) for c in zip(*[r[:3] for r in rows], strict=True))
+        insert(
+            "iv", "volumes", [[*k, *v] for k, v in ch.volumes.items()],
+            f"ON CONFLICT (period, bucket_s, currency) DO UPDATE SET amount_minor = {t.volumes}.amount_minor"
+            f" + excluded.amount_minor, count = {t.volumes}.count + excluded.count",
+        )  # fmt: skip
+        insert(
+            "if", "flows", [[*k, *v] for k, v in ch.flows.items()],
+            f"ON CONFLICT (account_id, day_s) DO UPDATE SET inflow_minor = {t.flows}.inflow_minor + excluded.inflow_minor,"
+            f" outflow_minor = {t.flows}.outflow_minor + excluded.outflow_minor,"
+            f" inflow_count = {t.flows}.inflow_count + excluded.inflow_count,"
+            f" outflow_count = {t.flows}.outflow_count + excluded.outflow_count",
+        )  # fmt: skip
+        counts = ", ".join(
+            f"(SELECT count(*) FROM {name})" if present else "0"
+            for name, present in (("adv", True), ("ua", bool(account_ids)), ("ut", bool(ch.transfer_updates)), ("cfg", True))
+        )
+        self.cur.execute("WITH " + ", ".join(ctes) + " SELECT " + counts, params)
+        advanced, accounts, transfers, _ = self.cur.fetchone()
+        if advanced != 1:
+            raise PositionMoved(f"expected tracking at {expected}")
+        assert accounts == len(account_ids), "balance change for an account the view never saw opened"
+        assert transfers == len(ch.transfer_updates), "change to a transfer the view never saw initiated"
 
     def transfer_currencies(self, transfer_ids: set[str]) -> dict[str, str]:
         self.cur.execute(
@@ -262,6 +373,15 @@ class _PgViewTx(_ViewTx):
         self._copy(name, columns, rows)
 
     def write(self, ch: Changes) -> None:
+        rows = (
+            len(ch.new_accounts) + len(ch.account_deltas) + len(ch.account_status) + 3 * len(ch.new_transfers)
+            + 3 * len(ch.transfer_updates) + len(ch.volumes) + len(ch.flows)
+        )  # fmt: skip
+        if rows <= ONE_STATEMENT_ROWS_MAX:
+            self._one_statement(ch)
+            return
+        self.cur.execute(_ASYNC_COMMIT)
+        self._advance_now()
         t = self.t
         if ch.new_accounts:
             self._copy(t.accounts, _cols("accounts"), ch.new_accounts.values())

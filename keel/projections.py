@@ -7,10 +7,11 @@ never write anything but view rows together with their tracking position.
 from __future__ import annotations
 
 import logging
+from collections import deque
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 
 SQLITE_POLL_S = 0.02
 LISTEN_TIMEOUT_S = 0.5
+GAUGE_INTERVAL_S = 1.0
 ERROR_BACKOFF_S = 1.0
 REBUILD_BATCH_MAX = 10_000
 CHECK_CHASE_MAX = 20
@@ -108,17 +110,35 @@ class ProjectionLagCollector:
         yield head
 
 
-def _observe(position: int, events: Sequence[tuple[int, Any]]) -> None:
+LAG_SAMPLES_MAX = 1_000_000
+
+
+def _observe(position: int, events: Sequence[tuple[int, Any]], samples: deque[float] | None = None) -> None:
+    """Metrics after a commit; `samples` collects each event's lag in ms (event time to commit)."""
     now = datetime.now(tz=timezone.utc)
     POSITION.labels(VIEWS).set(position)
     hist = APPLY_LAG.labels(VIEWS)
     oldest = None
     for _, e in events:
         if e is not None:
-            hist.observe((now - e.timestamp).total_seconds())
+            lag_s = (now - e.timestamp).total_seconds()
+            hist.observe(lag_s)
+            if samples is not None:
+                samples.append(lag_s * 1000)
             oldest = oldest or e.timestamp
     if oldest is not None:
         LAG_MS.labels(VIEWS).set(max(0.0, (now - oldest).total_seconds() * 1000))
+
+
+def lag_summary(samples: Sequence[float]) -> str:
+    if not samples:
+        return "projection lag: no events applied"
+    s = sorted(samples)
+
+    def q(x: float) -> float:
+        return s[min(len(s) - 1, int(x * len(s)))]
+
+    return f"projection lag over {len(s)} events: p50 {q(0.5):.1f} ms, p99 {q(0.99):.1f} ms, max {s[-1]:.1f} ms"
 
 
 class ProjectionWorker:
@@ -132,6 +152,8 @@ class ProjectionWorker:
         self.store = SqlViewStore(database(container), LIVE)
         self.batch_max = batch_max
         self._stop = threading.Event()
+        # Each applied event's lag (event time to view commit), reported when the worker stops.
+        self.lag_samples_ms: deque[float] = deque(maxlen=LAG_SAMPLES_MAX)
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -142,6 +164,8 @@ class ProjectionWorker:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(15)
+        log.info("%s", lag_summary(self.lag_samples_ms))
+
 
     def _listener(self) -> psycopg.Connection | None:
         if not self.container.settings.is_postgres:
@@ -157,23 +181,27 @@ class ProjectionWorker:
     def _run(self) -> None:
         follower: ViewFollower | None = None
         listener: psycopg.Connection | None = None
+        gauges_due = 0.0
         while not self._stop.is_set():
             try:
                 if listener is None and self.container.settings.is_postgres:
                     listener = self._listener()
                 if follower is None:
                     follower = ViewFollower(
-                        log_reader(self.ledger, self.store.db), self.store, batch_max=self.batch_max, on_applied=_observe
+                        log_reader(self.ledger, self.store.db), self.store, batch_max=self.batch_max,
+                        on_applied=lambda p, ev: _observe(p, ev, self.lag_samples_ms),
                     )
                     log.info("projection %s resuming after position %d", VIEWS, follower.position)
                 n = follower.step()
+                if time.monotonic() >= gauges_due:
+                    gauges_due = time.monotonic() + GAUGE_INTERVAL_S
+                    head = self.ledger.recorder.max_notification_id() or 0
+                    LAG_EVENTS.labels(VIEWS).set(max(0, head - follower.position))
                 if n >= self.batch_max:
                     continue  # more is waiting: read on before anything else
-                head = self.ledger.recorder.max_notification_id() or 0
-                LAG_EVENTS.labels(VIEWS).set(max(0, head - follower.position))
-                if head > follower.position:
-                    continue
-                LAG_MS.labels(VIEWS).set(0)
+                # Everything committed before the read is applied. A commit after it has sent
+                # a NOTIFY that is already queued on the listener, so the wait below returns
+                # at once: no head query is needed on the hot path.
                 if listener is not None:
                     for _ in listener.notifies(timeout=LISTEN_TIMEOUT_S, stop_after=1):
                         pass
@@ -279,29 +307,33 @@ def replay_check(settings: Settings, out: Any = sys.stdout) -> int:
         ledger.close()
 
 
+def scratch_catch_up(ledger: Any, db: Database, scratch_position: int) -> Callable[[Any, int], int]:
+    """For replace_live: applies to the scratch tables, inside the swap transaction, the events
+    the live views already hold beyond `scratch_position`, so the live position never goes back."""
+
+    def catch_up(cur: Any, live_position: int) -> int:
+        position = scratch_position
+        tx = view_tx(db, cur, SCRATCH)
+        read = log_reader(ledger, db)
+        while position < live_position:
+            events = read(position, REBUILD_BATCH_MAX, live_position, tx)
+            if not events:
+                break
+            tx.advance(position, events[-1][0])
+            tx.write(project(events, tx.transfer_currencies))
+            position = events[-1][0]
+        return position
+
+    return catch_up
+
+
 def replay_rebuild(settings: Settings, out: Any = sys.stdout) -> float:
     """Rebuilds every view from the log and swaps it in; returns the rebuild rate in events/s."""
     ledger = build_ledger(settings)
     db = Database(settings, ledger.recorder.datastore)  # type: ignore[attr-defined]
     try:
         follower, rate = _rebuild_scratch(ledger, db, None, "rebuilding")
-
-        def catch_up(cur: Any, live_position: int) -> int:
-            # Events the live views already hold that the scratch tables do not: apply them
-            # inside the swap transaction, so the new live position is never behind the old.
-            position = follower.position
-            tx = view_tx(db, cur, SCRATCH)
-            read = log_reader(ledger, db)
-            while position < live_position:
-                events = read(position, REBUILD_BATCH_MAX, live_position)
-                if not events:
-                    break
-                tx.advance(position, events[-1][0])
-                tx.write(project(events, tx.transfer_currencies))
-                position = events[-1][0]
-            return position
-
-        position = replace_live(db, follower.position, catch_up)
+        position = replace_live(db, follower.position, scratch_catch_up(ledger, db, follower.position))
         print(f"rebuilt read models to position {position:,} ({rate:,.0f} events/s)", file=out)
         return rate
     finally:

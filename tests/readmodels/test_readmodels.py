@@ -154,3 +154,31 @@ def test_wait_for_position_is_bounded(c: Container) -> None:
     started = time.monotonic()
     assert rs.wait_for_position(10**9, timeout_s=60) is False
     assert time.monotonic() - started < 2.5
+
+
+def test_second_runner_and_swap_with_catch_up_never_double_apply(c: Container) -> None:
+    from application.projections import ViewFollower
+    from infrastructure.readmodels import SqlViewStore, create_scratch, drop_scratch, replace_live
+    from keel.projections import log_reader, scratch_catch_up
+
+    run_history(c.ledger, random_ops(random.Random(8), 200))
+    db = db_of(c)
+    a = ViewFollower(log_reader(c.ledger, db), SqlViewStore(db), batch_max=50)
+    b = ViewFollower(log_reader(c.ledger, db), SqlViewStore(db), batch_max=50)
+    assert a.step() > 0
+    # b starts from the same position: it must notice the move, apply nothing, and resume.
+    assert b.step() == 0 and b.position == a.position
+    assert b.catch_up() > 0 and a.step() == 0
+    head = c.ledger.recorder.max_notification_id()
+    assert a.position == b.position == head
+    assert dump_views(db) == literal_fold(log_events(c.ledger))
+
+    # A rebuilt copy that is behind the live views is caught up inside the swap.
+    scratch = create_scratch(db)
+    behind = ViewFollower(log_reader(c.ledger, db), scratch, batch_max=64)
+    behind.catch_up(stop=head // 2)
+    assert 0 < behind.position < head
+    assert replace_live(db, behind.position, scratch_catch_up(c.ledger, db, behind.position)) == head
+    drop_scratch(db)
+    assert SqlViewStore(db).position() == head
+    assert dump_views(db) == literal_fold(log_events(c.ledger))
