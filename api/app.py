@@ -21,11 +21,12 @@ from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
-from api import routes_banking, routes_ops
+from api import routes_analytics, routes_banking, routes_history, routes_ops
 from api.auth import KeyAuthMiddleware, KeyCache, RateLimitMiddleware, TokenBucket
 from api.errors import EXCEPTION_HANDLERS
 from api.metrics import LatencyMiddleware, Metrics
 from keel.bootstrap import Container, idempotency_claims, key_store
+from keel.projections import ProjectionLagCollector
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ RATE_LIMIT_BURST_S = 2.0  # a key may burst this many seconds' worth of requests
 ROUTERS = [
     routes_ops.router,
     routes_banking.router,
+    routes_history.router,
+    routes_analytics.router,
 ]
 
 
@@ -46,6 +49,7 @@ def create_app(
     debug: bool = False,
 ) -> Litestar:
     metrics = Metrics()
+    metrics.registry.register(ProjectionLagCollector(container))
     # The writer reports each commit; chain any hook that was already installed.
     previous_hook = container.writer._on_commit  # noqa: SLF001
 

@@ -471,7 +471,6 @@ router = Router(
         open_account,
         get_account,
         list_accounts,
-        account_transactions,
         freeze_account,
         unfreeze_account,
         close_account,

@@ -60,6 +60,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from keel.projections import replay_check, replay_rebuild
+
+    settings = _settings(args)
+    if args.rebuild:
+        replay_rebuild(settings)
+        return 0
+    return 1 if replay_check(settings) else 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from keel.serve import serve
 
@@ -110,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run one background worker until SIGTERM (see keel/workers.py)")
     p.add_argument("name", help="worker name, e.g. expiry")
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("replay", help="rebuild the read models from the event log: compare (--check) or replace (--rebuild)")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--check", action="store_true", help="replay into scratch tables and compare; exit 1 on any difference")
+    mode.add_argument("--rebuild", action="store_true", help="replay into scratch tables and replace the live views")
+    p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("serve", help="run the HTTP API (uvicorn); on SQLite also migrates and runs every worker")
     p.add_argument("--host", default="127.0.0.1")

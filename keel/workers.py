@@ -62,9 +62,17 @@ def hold_expiry_worker(c: Container) -> Worker:
     return PollingWorker("expiry", expiry.expire_due, HOLD_EXPIRY_INTERVAL_S)
 
 
+def projection_worker(c: Container) -> Worker:
+    """Read models (keel/projections.py): follows the log into the views, tracking in the same commit."""
+    from keel.projections import ProjectionWorker
+
+    return ProjectionWorker(c)
+
+
 # name -> factory. Other modules add their workers here (projections, fraud, checkpoints, ...).
 WORKERS: dict[str, Callable[[Container], Worker]] = {
     "expiry": hold_expiry_worker,
+    "projections": projection_worker,
 }
 
 

@@ -1,6 +1,9 @@
 """One real server per test module and database (module-scoped), with keys of every role."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,6 +25,8 @@ class Api:
     settings: Settings
     tokens: dict[str, str]
     clients: dict[str, httpx.Client] = field(default_factory=dict)
+    # Worker processes beside the server (on PostgreSQL: `keel worker projections`).
+    workers: list[subprocess.Popen] = field(default_factory=list)
 
     def client(self, who: str) -> httpx.Client:
         if who not in self.clients:
@@ -36,6 +41,9 @@ class Api:
     def close(self) -> None:
         for c in self.clients.values():
             c.close()
+        for w in self.workers:
+            w.terminate()
+            w.wait(15)
         self.server.stop()
 
 
@@ -63,7 +71,13 @@ def start_pg_api(tmp: Path, schemas: list[str], settings: Settings | None = None
         cwd=tmp,
         log_path=tmp / f"serve-{uuid.uuid4().hex[:6]}.log",
     )
-    return Api(server=server, settings=settings, tokens=_tokens(settings))
+    # On PostgreSQL the read models are kept by their own worker process (SPEC §10).
+    worker_env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
+    worker_env.update(KEEL_DATABASE_URL=PG_DSN, KEEL_DATABASE_SCHEMA=settings.database_schema, KEEL_LOG_LEVEL="WARNING", **env)
+    projections = subprocess.Popen(  # noqa: S603
+        [sys.executable, "-m", "keel.cli", "worker", "projections"], cwd=Path(__file__).resolve().parents[2], env=worker_env
+    )
+    return Api(server=server, settings=settings, tokens=_tokens(settings), workers=[projections])
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

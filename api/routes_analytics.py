@@ -1,0 +1,233 @@
+"""Analyst routes (SPEC §5, analytics) over the read models, for `analyst` keys.
+
+Every filter is validated (422 `validation_error`), every list is bounded and paginated with an
+opaque cursor. Responses carry no holder personal data: the views never store it. Handlers
+only parse, call the read side in a worker thread, and shape the answer.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from datetime import datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+import anyio
+import msgspec
+from litestar import Request, Response, Router, get
+from litestar.params import QueryParameter
+
+from api.auth import require_roles
+from domain.errors import ValidationFailed
+from infrastructure.readside import (
+    CSV_ROWS_MAX,
+    PAGE_DEFAULT,
+    PAGE_MAX,
+    TOP_MAX,
+    TRANSFER_CSV_FIELDS,
+    ReadSide,
+    to_us,
+)
+from keel.projections import read_side
+
+AMOUNT_MAX = 2**63 - 1
+CSV_MEDIA_TYPE = "text/csv"
+TIME_CHARS_MAX = 40
+
+Currency = Annotated[str | None, QueryParameter(name="currency", pattern="^[A-Z]{3}$", description="ISO 4217 code")]
+Cursor = Annotated[str | None, QueryParameter(name="cursor", max_length=64, description="`next_cursor` of the previous page")]
+From = Annotated[str | None, QueryParameter(name="from", max_length=TIME_CHARS_MAX, description="RFC 3339 time, inclusive")]
+To = Annotated[str | None, QueryParameter(name="to", max_length=TIME_CHARS_MAX, description="RFC 3339 time, exclusive")]
+
+
+class CurrencyTotal(msgspec.Struct, frozen=True):
+    currency: str
+    kind: str
+    accounts: int
+    posted: int
+    pending_debits: int
+    pending_credits: int
+
+
+class AccountBalance(msgspec.Struct, frozen=True):
+    id: UUID
+    tenant: str
+    currency: str
+    kind: str
+    status: str
+    overdraft_limit: int
+    posted: int
+    pending_debits: int
+    pending_credits: int
+    available: int
+    opened_at: str
+
+
+class BalancesOut(msgspec.Struct, frozen=True):
+    totals: list[CurrencyTotal]
+    accounts: list[AccountBalance]
+    next_cursor: str | None
+
+
+class VolumeBucket(msgspec.Struct, frozen=True):
+    bucket_start: str
+    currency: str
+    amount: int  # sum of posted amounts (minor units)
+    count: int  # postings
+
+
+class VolumesOut(msgspec.Struct, frozen=True):
+    interval: str
+    items: list[VolumeBucket]
+
+
+class TransferRow(msgspec.Struct, frozen=True):
+    id: UUID
+    tenant: str
+    kind: str
+    debit_account_id: UUID
+    credit_account_id: UUID
+    amount: int
+    posted_amount: int
+    currency: str
+    status: str
+    reference: str | None
+    reverses_id: UUID | None
+    reversed_by_id: UUID | None
+    timestamp: str
+    position: int
+
+
+class TransactionsOut(msgspec.Struct, frozen=True):
+    items: list[TransferRow]
+    next_cursor: str | None
+
+
+class TopAccount(msgspec.Struct, frozen=True, omit_defaults=True):
+    account_id: UUID
+    tenant: str
+    currency: str
+    kind: str
+    count: int
+    inflow: int | None = None
+    outflow: int | None = None
+
+
+class TopAccountsOut(msgspec.Struct, frozen=True):
+    by: str
+    items: list[TopAccount]
+
+
+class ProjectionStatus(msgspec.Struct, frozen=True):
+    name: str
+    position: int
+    lag_events: int
+    lag_ms: int
+
+
+class ProjectionsOut(msgspec.Struct, frozen=True):
+    head: int
+    projections: list[ProjectionStatus]
+
+
+def parse_time(value: str | None, name: str) -> int | None:
+    """RFC 3339 with an offset, as integer microseconds since the epoch."""
+    if value is None:
+        return None
+    try:
+        ts = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValidationFailed(f"'{name}' must be an RFC 3339 time, e.g. 2026-01-31T00:00:00Z", field=name) from None
+    if ts.tzinfo is None:
+        raise ValidationFailed(f"'{name}' must carry a UTC offset (Z or +hh:mm)", field=name)
+    return to_us(ts)
+
+
+def _rs(request: Request) -> ReadSide:
+    return read_side(request.app.state.container)
+
+
+@get("/balances", summary="Balances per currency and kind, and every account's balance (paginated)")
+async def balances(
+    request: Request,
+    currency: Currency = None,
+    cursor: Cursor = None,
+    limit: Annotated[int, QueryParameter(name="limit", ge=1, le=PAGE_MAX)] = PAGE_DEFAULT,
+) -> BalancesOut:
+    out = await anyio.to_thread.run_sync(_rs(request).balances, currency, cursor, limit)
+    return msgspec.convert(out, BalancesOut)
+
+
+@get("/volumes", summary="Posted volume and count per hour or day and currency")
+async def volumes(
+    request: Request,
+    currency: Currency = None,
+    interval: Annotated[str, QueryParameter(name="interval", pattern="^(hour|day)$")] = "day",
+    from_: From = None,
+    to: To = None,
+) -> VolumesOut:
+    from_us, to_us_ = parse_time(from_, "from"), parse_time(to, "to")
+    items = await anyio.to_thread.run_sync(_rs(request).volumes, currency, interval, from_us, to_us_)
+    return VolumesOut(interval=interval, items=msgspec.convert(items, list[VolumeBucket]))
+
+
+@get(
+    "/transactions",
+    summary="Transfers matching the filters, oldest first (JSON, or CSV with Accept: text/csv)",
+    description=f"JSON pages hold up to {PAGE_MAX} rows; CSV up to {CSV_ROWS_MAX}, with the next cursor in the "
+    "`Keel-Next-Cursor` response header.",
+)
+async def transactions(
+    request: Request,
+    account: Annotated[UUID | None, QueryParameter(name="account")] = None,
+    min_amount: Annotated[int | None, QueryParameter(name="min_amount", ge=0, le=AMOUNT_MAX)] = None,
+    max_amount: Annotated[int | None, QueryParameter(name="max_amount", ge=0, le=AMOUNT_MAX)] = None,
+    from_: From = None,
+    to: To = None,
+    cursor: Cursor = None,
+    limit: Annotated[int | None, QueryParameter(name="limit", ge=1, le=CSV_ROWS_MAX)] = None,
+) -> Response[Any]:
+    wants_csv = CSV_MEDIA_TYPE in (request.headers.get("accept") or "")
+    maximum = CSV_ROWS_MAX if wants_csv else PAGE_MAX
+    page = await anyio.to_thread.run_sync(
+        lambda: _rs(request).transactions(
+            account=str(account) if account else None, min_amount=min_amount, max_amount=max_amount,
+            from_us=parse_time(from_, "from"), to_us_=parse_time(to, "to"), cursor=cursor,
+            limit=limit if limit is not None else (maximum if wants_csv else PAGE_DEFAULT), maximum=maximum,
+        )
+    )  # fmt: skip
+    if wants_csv:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(TRANSFER_CSV_FIELDS)
+        for item in page.items:
+            w.writerow(["" if item[f] is None else item[f] for f in TRANSFER_CSV_FIELDS])
+        headers = {"Keel-Next-Cursor": page.next_cursor} if page.next_cursor else {}
+        return Response(buf.getvalue(), media_type=f"{CSV_MEDIA_TYPE}; charset=utf-8", headers=headers)
+    return Response(TransactionsOut(items=msgspec.convert(page.items, list[TransferRow]), next_cursor=page.next_cursor))
+
+
+@get("/top-accounts", summary="Accounts with the largest posted inflow or outflow over whole UTC days")
+async def top_accounts(
+    request: Request,
+    by: Annotated[str, QueryParameter(name="by", pattern="^(inflow|outflow)$")] = "inflow",
+    from_: From = None,
+    to: To = None,
+    limit: Annotated[int, QueryParameter(name="limit", ge=1, le=TOP_MAX)] = 10,
+) -> TopAccountsOut:
+    from_us, to_us_ = parse_time(from_, "from"), parse_time(to, "to")
+    items = await anyio.to_thread.run_sync(_rs(request).top_accounts, by, from_us, to_us_, limit)
+    return TopAccountsOut(by=by, items=msgspec.convert(items, list[TopAccount]))
+
+
+@get("/projections", summary="Each projection's position, the log head, and the lag")
+async def projections(request: Request) -> ProjectionsOut:
+    return msgspec.convert(await anyio.to_thread.run_sync(_rs(request).projections), ProjectionsOut)
+
+
+router = Router(
+    path="/v1/analytics",
+    guards=[require_roles("analyst")],
+    tags=["analytics"],
+    route_handlers=[balances, volumes, transactions, top_accounts, projections],
+)

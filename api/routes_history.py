@@ -1,0 +1,90 @@
+"""`GET /v1/accounts/{id}/transactions` for `banking` keys: an account's history from the read model.
+
+Read-your-writes: before reading, the handler waits (at most WAIT_MAX_S) until the projection
+has applied every event that was in the log when the request arrived, so a client always sees
+the transfers it was told succeeded. If the wait runs out the page is served as it stands and
+`Keel-Projection-Stale: true` says so. Another tenant's account answers 404, like a missing one.
+"""
+from __future__ import annotations
+
+from typing import Annotated
+from uuid import UUID
+
+import anyio
+import msgspec
+from litestar import Request, Response, Router, get
+from litestar.params import QueryParameter
+
+from api.auth import banking_tenant, require_roles
+from api.schemas import PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX
+from domain.errors import NotFound, ValidationFailed
+from infrastructure.readside import WAIT_MAX_S, Page
+from keel.bootstrap import Container
+from keel.projections import read_side
+
+
+class HistoryItem(msgspec.Struct, frozen=True):
+    transfer_id: UUID
+    account_id: UUID
+    counterparty_id: UUID
+    direction: str  # debit | credit
+    # debited | credited once posted; otherwise <direction>_<status>, e.g. debit_pending, credit_voided
+    type: str
+    amount: int  # minor units; for a posted hold, the amount posted
+    currency: str
+    kind: str  # transfer | deposit | withdrawal | reversal
+    status: str  # pending | posted | voided | expired
+    reference: str | None
+    timestamp: str
+    position: int
+
+
+class HistoryPage(msgspec.Struct, frozen=True):
+    items: list[HistoryItem]
+    next_cursor: str | None
+
+
+def _type(direction: str, status: str) -> str:
+    if status == "posted":
+        return "debited" if direction == "debit" else "credited"
+    return f"{direction}_{status}"
+
+
+def _history(container: Container, account_id: UUID, tenant: str, cursor: str | None, limit: int) -> tuple[Page, bool]:
+    rs = read_side(container)
+    head = container.ledger.recorder.max_notification_id() or 0
+    fresh = rs.wait_for_position(head, WAIT_MAX_S)
+    owner = rs.account_tenant(str(account_id))
+    if owner is None:
+        # Not in the view (yet): the ledger decides between 404 and an empty history.
+        container.ledger.get_account(account_id, tenant)
+        return Page([], None), fresh
+    if owner != tenant:
+        raise NotFound("account not found", account_id=str(account_id))
+    return rs.account_transactions(str(account_id), cursor, limit), fresh
+
+
+@get(
+    "/accounts/{account_id:str}/transactions",
+    summary="An account's transactions, newest first (read model)",
+    description="One row per transfer leg of this account, with counterparty, direction, status and reference. "
+    "Waits up to 2 s for the read model to include every write acknowledged before the request. Cursor-paginated.",
+)
+async def account_transactions(
+    request: Request,
+    account_id: str,
+    cursor: Annotated[str | None, QueryParameter(name="cursor", max_length=64)] = None,
+    limit: Annotated[int, QueryParameter(name="limit", ge=1, le=PAGE_LIMIT_MAX)] = PAGE_LIMIT_DEFAULT,
+) -> Response[HistoryPage]:
+    tenant = banking_tenant(request)
+    try:
+        aid = UUID(account_id)
+    except ValueError:
+        raise ValidationFailed("account_id must be a UUID", field="account_id") from None
+    page, fresh = await anyio.to_thread.run_sync(_history, request.app.state.container, aid, tenant, cursor, limit)
+    items = msgspec.convert([{**i, "type": _type(i["direction"], i["status"])} for i in page.items], list[HistoryItem])
+    headers = {} if fresh else {"Keel-Projection-Stale": "true"}
+    return Response(HistoryPage(items=items, next_cursor=page.next_cursor), headers=headers)
+
+
+router = Router(path="/v1", guards=[require_roles("banking")], tags=["banking"], route_handlers=[account_transactions])

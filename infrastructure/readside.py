@@ -1,0 +1,357 @@
+"""The read side: plain SQL queries over the read models, for the API and the CLI.
+
+Every query is bounded (page size, time range, number of buckets) and paginates with an opaque
+cursor over a unique, stable key, so pages never overlap or skip when rows are added. Nothing
+here returns holder personal data (the views never store it), and nothing writes.
+
+Read-your-writes: the ledger's save returns notification ids (positions). A handler that wants
+a client to see its own write passes the last position to `wait_for_position(position)`, which
+waits (at most WAIT_MAX_S) until the projection has applied it.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+import msgspec
+
+from application.projections import (
+    ACCOUNT_COLUMNS,
+    DAY_S,
+    ENTRY_COLUMNS,
+    INTERVALS,
+    TRANSFER_COLUMNS,
+    VIEWS,
+)
+from domain.errors import ValidationFailed
+from infrastructure.readmodels import LIVE, Database, Tables
+
+PAGE_MAX = 1000
+PAGE_DEFAULT = 100
+CSV_ROWS_MAX = 10_000
+TOP_MAX = 100
+BUCKETS_MAX = 10_000
+WAIT_MAX_S = 2.0
+WAIT_POLL_S = 0.005
+CURSOR_CHARS_MAX = 64
+
+
+def _iso(us: int) -> str:
+    return datetime.fromtimestamp(us / 1_000_000, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _iso_s(s: int) -> str:
+    return datetime.fromtimestamp(s, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def encode_cursor(*key: Any) -> str:
+    return base64.urlsafe_b64encode(msgspec.json.encode(["v1", *key])).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None, types: tuple[type, ...]) -> tuple[Any, ...] | None:
+    """The key inside a cursor made by encode_cursor; a ValidationFailed for anything else."""
+    if cursor is None:
+        return None
+    if len(cursor) > CURSOR_CHARS_MAX:
+        raise ValidationFailed("cursor is not valid", cursor="too long")
+    try:
+        raw = msgspec.json.decode(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (binascii.Error, ValueError, msgspec.DecodeError):
+        raise ValidationFailed("cursor is not valid") from None
+    if (
+        not isinstance(raw, list) or len(raw) != len(types) + 1 or raw[0] != "v1"
+        or not all(type(v) is t for v, t in zip(raw[1:], types, strict=True))
+    ):  # fmt: skip
+        raise ValidationFailed("cursor is not valid")
+    return tuple(raw[1:])
+
+
+def check_limit(limit: int | None, default: int = PAGE_DEFAULT, maximum: int = PAGE_MAX) -> int:
+    if limit is None:
+        return default
+    if type(limit) is not int or not 1 <= limit <= maximum:
+        raise ValidationFailed(f"limit must be 1..{maximum}", limit=str(limit))
+    return limit
+
+
+def to_us(ts: datetime | None) -> int | None:
+    if ts is None:
+        return None
+    if ts.tzinfo is None:
+        raise ValidationFailed("times must carry a UTC offset (RFC 3339)")
+    d = ts - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    return (d.days * 86400 + d.seconds) * 1_000_000 + d.microseconds
+
+
+def _check_range(from_us: int | None, to_us_: int | None) -> None:
+    if from_us is not None and to_us_ is not None and from_us > to_us_:
+        raise ValidationFailed("'from' must not be after 'to'")
+
+
+class Page(msgspec.Struct, frozen=True):
+    items: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+def account_view(row: tuple[Any, ...]) -> dict[str, Any]:
+    r = dict(zip(ACCOUNT_COLUMNS, row, strict=True))
+    return {
+        "id": r["account_id"],
+        "tenant": r["tenant"],
+        "currency": r["currency"],
+        "kind": r["kind"],
+        "status": r["status"],
+        "overdraft_limit": r["overdraft_limit_minor"],
+        "posted": r["posted_minor"],
+        "pending_debits": r["pending_debits_minor"],
+        "pending_credits": r["pending_credits_minor"],
+        "available": r["posted_minor"] - r["pending_debits_minor"] + r["overdraft_limit_minor"],
+        "opened_at": _iso(r["opened_at_us"]),
+    }
+
+
+def entry_view(row: tuple[Any, ...]) -> dict[str, Any]:
+    r = dict(zip(ENTRY_COLUMNS, row, strict=True))
+    return {
+        "transfer_id": r["transfer_id"],
+        "account_id": r["account_id"],
+        "counterparty_id": r["counterparty_id"],
+        "direction": r["direction"],
+        "amount": r["amount_minor"],
+        "currency": r["currency"],
+        "kind": r["kind"],
+        "status": r["status"],
+        "reference": r["reference"],
+        "timestamp": _iso(r["at_us"]),
+        "position": r["position"],
+    }
+
+
+def transfer_view(row: tuple[Any, ...]) -> dict[str, Any]:
+    r = dict(zip(TRANSFER_COLUMNS, row, strict=True))
+    return {
+        "id": r["transfer_id"],
+        "tenant": r["tenant"],
+        "kind": r["kind"],
+        "debit_account_id": r["debit_account_id"],
+        "credit_account_id": r["credit_account_id"],
+        "amount": r["amount_minor"],
+        "posted_amount": r["posted_amount_minor"],
+        "currency": r["currency"],
+        "status": r["status"],
+        "reference": r["reference"],
+        "reverses_id": r["reverses_id"],
+        "reversed_by_id": r["reversed_by_id"],
+        "timestamp": _iso(r["at_us"]),
+        "position": r["position"],
+    }
+
+
+TRANSFER_CSV_FIELDS = (
+    "id", "timestamp", "position", "tenant", "kind", "status", "currency", "amount", "posted_amount",
+    "debit_account_id", "credit_account_id", "reference", "reverses_id", "reversed_by_id",
+)  # fmt: skip
+
+
+class ReadSide:
+    """Queries over the live views. `head()` and `decode_first_after()` read the event log."""
+
+    def __init__(
+        self,
+        db: Database,
+        head: Callable[[], int | None],
+        event_time_after: Callable[[int], datetime | None],
+    ) -> None:
+        self.db = db
+        self.t = Tables(db, LIVE)
+        self._head = head
+        self._event_time_after = event_time_after
+
+    # ---- tracking -----------------------------------------------------------------------
+
+    def position(self) -> int:
+        row = self.db.fetchone(f"SELECT position FROM {self.t.tracking} WHERE name = %s", (VIEWS,))
+        return int(row[0]) if row else 0
+
+    def wait_for_position(self, position: int, timeout_s: float = WAIT_MAX_S) -> bool:
+        """True once the views include `position`; False after `timeout_s` (capped at WAIT_MAX_S)."""
+        deadline = time.monotonic() + min(max(timeout_s, 0.0), WAIT_MAX_S)
+        while True:
+            if self.position() >= position:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(WAIT_POLL_S)
+
+    def projections(self) -> dict[str, Any]:
+        head = self._head() or 0
+        position = self.position()
+        lag_ms = 0
+        if head > position:
+            oldest = self._event_time_after(position)
+            if oldest is not None:
+                lag_ms = max(0, int((datetime.now(tz=timezone.utc) - oldest).total_seconds() * 1000))
+        return {
+            "head": head,
+            "projections": [
+                {"name": VIEWS, "position": position, "lag_events": max(0, head - position), "lag_ms": lag_ms}
+            ],
+        }
+
+    # ---- banking: one account's history ----------------------------------------------------
+
+    def account_tenant(self, account_id: str) -> str | None:
+        row = self.db.fetchone(f"SELECT tenant FROM {self.t.accounts} WHERE account_id = %s", (account_id,))
+        return row[0] if row else None
+
+    def account_transactions(self, account_id: str, cursor: str | None, limit: int | None) -> Page:
+        """Legs of one account, newest first; the cursor is the last position returned."""
+        n = check_limit(limit)
+        key = decode_cursor(cursor, (int,))
+        sql = f"SELECT {', '.join(ENTRY_COLUMNS)} FROM {self.t.entries} WHERE account_id = %s"
+        params: list[Any] = [account_id]
+        if key is not None:
+            sql += " AND position < %s"
+            params.append(key[0])
+        sql += " ORDER BY position DESC LIMIT %s"
+        params.append(n + 1)
+        rows = self.db.fetchall(sql, params)
+        more = len(rows) > n
+        rows = rows[:n]
+        return Page([entry_view(r) for r in rows], encode_cursor(rows[-1][1]) if more else None)
+
+    # ---- analytics ------------------------------------------------------------------------
+
+    def balances(self, currency: str | None, cursor: str | None, limit: int | None) -> dict[str, Any]:
+        n = check_limit(limit)
+        key = decode_cursor(cursor, (str,))
+        where, params = ("WHERE currency = %s", [currency]) if currency else ("", [])
+        totals = self.db.fetchall(
+            f"SELECT currency, kind, COUNT(*), SUM(posted_minor), SUM(pending_debits_minor), SUM(pending_credits_minor)"
+            f" FROM {self.t.accounts} {where} GROUP BY currency, kind ORDER BY currency, kind",
+            params,
+        )
+        sql = f"SELECT {', '.join(ACCOUNT_COLUMNS)} FROM {self.t.accounts}"
+        conds, args = ([], [])
+        if currency:
+            conds.append("currency = %s")
+            args.append(currency)
+        if key is not None:
+            conds.append("account_id > %s")
+            args.append(key[0])
+        if conds:
+            sql += " WHERE " + " AND ".join(conds)
+        sql += " ORDER BY account_id LIMIT %s"
+        args.append(n + 1)
+        rows = self.db.fetchall(sql, args)
+        more = len(rows) > n
+        rows = rows[:n]
+        return {
+            "totals": [
+                {
+                    "currency": c, "kind": k, "accounts": int(cnt), "posted": int(p),
+                    "pending_debits": int(pd), "pending_credits": int(pc),
+                }
+                for c, k, cnt, p, pd, pc in totals
+            ],
+            "accounts": [account_view(r) for r in rows],
+            "next_cursor": encode_cursor(rows[-1][0]) if more else None,
+        }  # fmt: skip
+
+    def volumes(self, currency: str | None, interval: str, from_us: int | None, to_us_: int | None) -> list[dict[str, Any]]:
+        if interval not in INTERVALS:
+            raise ValidationFailed("interval must be hour or day", interval=interval)
+        _check_range(from_us, to_us_)
+        sql = f"SELECT bucket_s, currency, amount_minor, count FROM {self.t.volumes} WHERE period = %s"
+        params: list[Any] = [interval]
+        if currency:
+            sql += " AND currency = %s"
+            params.append(currency)
+        if from_us is not None:
+            # The bucket that contains `from` is included.
+            sql += " AND bucket_s >= %s"
+            params.append(from_us // 1_000_000 // INTERVALS[interval] * INTERVALS[interval])
+        if to_us_ is not None:
+            sql += " AND bucket_s < %s"
+            params.append(-(-to_us_ // 1_000_000))
+        sql += " ORDER BY bucket_s, currency LIMIT %s"
+        params.append(BUCKETS_MAX + 1)
+        rows = self.db.fetchall(sql, params)
+        if len(rows) > BUCKETS_MAX:
+            raise ValidationFailed(f"more than {BUCKETS_MAX} buckets: narrow the range or use a wider interval")
+        return [
+            {"bucket_start": _iso_s(b), "currency": c, "amount": int(a), "count": int(k)} for b, c, a, k in rows
+        ]
+
+    def transactions(
+        self,
+        *,
+        account: str | None,
+        min_amount: int | None,
+        max_amount: int | None,
+        from_us: int | None,
+        to_us_: int | None,
+        cursor: str | None,
+        limit: int | None,
+        maximum: int = PAGE_MAX,
+    ) -> Page:
+        """Transfers in log order (oldest first); the cursor is the last position returned."""
+        n = check_limit(limit, maximum=maximum)
+        _check_range(from_us, to_us_)
+        if min_amount is not None and max_amount is not None and min_amount > max_amount:
+            raise ValidationFailed("min_amount must not exceed max_amount")
+        key = decode_cursor(cursor, (int,))
+        conds: list[str] = []
+        params: list[Any] = []
+        if account is not None:
+            conds.append(f"position IN (SELECT position FROM {self.t.entries} WHERE account_id = %s)")
+            params.append(account)
+        for cond, value in (
+            ("amount_minor >= %s", min_amount),
+            ("amount_minor <= %s", max_amount),
+            ("at_us >= %s", from_us),
+            ("at_us < %s", to_us_),
+            ("position > %s", key[0] if key else None),
+        ):
+            if value is not None:
+                conds.append(cond)
+                params.append(value)
+        sql = f"SELECT {', '.join(TRANSFER_COLUMNS)} FROM {self.t.transfers}"
+        if conds:
+            sql += " WHERE " + " AND ".join(conds)
+        sql += " ORDER BY position LIMIT %s"
+        params.append(n + 1)
+        rows = self.db.fetchall(sql, params)
+        more = len(rows) > n
+        rows = rows[:n]
+        return Page([transfer_view(r) for r in rows], encode_cursor(rows[-1][1]) if more else None)
+
+    def top_accounts(self, by: str, from_us: int | None, to_us_: int | None, limit: int | None) -> list[dict[str, Any]]:
+        if by not in ("inflow", "outflow"):
+            raise ValidationFailed("by must be inflow or outflow", by=by)
+        n = check_limit(limit, default=10, maximum=TOP_MAX)
+        _check_range(from_us, to_us_)
+        conds, params = [], []
+        if from_us is not None:
+            conds.append("f.day_s >= %s")
+            params.append(from_us // 1_000_000 // DAY_S * DAY_S)
+        if to_us_ is not None:
+            conds.append("f.day_s < %s")
+            params.append(-(-to_us_ // 1_000_000))
+        where = ("WHERE " + " AND ".join(conds)) if conds else ""
+        column = f"{by}_minor"
+        rows = self.db.fetchall(
+            f"SELECT f.account_id, a.tenant, a.currency, a.kind, SUM(f.{column}) AS total, SUM(f.{by}_count)"
+            f" FROM {self.t.flows} f JOIN {self.t.accounts} a ON a.account_id = f.account_id {where}"
+            f" GROUP BY f.account_id, a.tenant, a.currency, a.kind HAVING SUM(f.{column}) > 0"
+            f" ORDER BY total DESC, f.account_id LIMIT %s",
+            [*params, n],
+        )
+        return [
+            {"account_id": a, "tenant": t, "currency": c, "kind": k, by: int(total), "count": int(cnt)}
+            for a, t, c, k, total, cnt in rows
+        ]

@@ -1,0 +1,238 @@
+"""Helpers for the read-model tests: random ledger histories, a literal fold, view dumps."""
+from __future__ import annotations
+
+import calendar
+import random
+from collections import defaultdict
+from typing import Any
+from uuid import UUID
+
+from application.commands import (
+    Deposit,
+    FreezeAccount,
+    MakeTransfer,
+    OpenAccount,
+    PostTransfer,
+    ReverseTransfer,
+    UnfreezeAccount,
+    VoidTransfer,
+    Withdraw,
+)
+from application.ledger import Ledger
+from application.projections import ACCOUNT_COLUMNS, ENTRY_COLUMNS, FLOW_COLUMNS, TRANSFER_COLUMNS, VOLUME_COLUMNS
+from domain.account import Account
+from domain.errors import DomainError
+from domain.transfer import Transfer
+from infrastructure.readmodels import COLUMNS, KEYS, VIEW_TABLES, Database, Tables
+
+TENANT = "t1"
+CURRENCIES = ("USD", "EUR")
+
+# One operation of a generated history; indices are taken modulo what exists at that point.
+Op = tuple[Any, ...]
+
+
+def run_history(ledger: Ledger, ops: list[Op]) -> None:
+    """Executes `ops` against the ledger; ("commit",) ends a batch (one execute_batch call)."""
+    accounts: list[tuple[UUID, str]] = []
+    transfers: list[UUID] = []
+    pending: list[UUID] = []  # holds not yet known to be finished: what post and void pick from
+    batch: list[Any] = []
+
+    def flush() -> None:
+        if not batch:
+            return
+        for outcome in ledger.execute_batch(list(batch)):
+            if isinstance(outcome, DomainError):
+                continue
+            if type(outcome).__name__ == "AccountState" and outcome.kind == "customer":
+                if (outcome.id, outcome.currency) not in accounts:
+                    accounts.append((outcome.id, outcome.currency))
+            elif type(outcome).__name__ == "TransferState":
+                if outcome.id not in transfers:
+                    transfers.append(outcome.id)
+                if outcome.status == "pending" and outcome.id not in pending:
+                    pending.append(outcome.id)
+                elif outcome.status != "pending" and outcome.id in pending:
+                    pending.remove(outcome.id)
+        batch.clear()
+
+    for op in ops:
+        kind = op[0]
+        if kind == "commit":
+            flush()
+        elif kind == "open":
+            batch.append(OpenAccount(tenant=TENANT, currency=CURRENCIES[op[1] % len(CURRENCIES)], overdraft_limit_minor=op[2]))
+        elif not accounts:
+            continue
+        elif kind in ("deposit", "withdraw"):
+            acct, cur = accounts[op[1] % len(accounts)]
+            cls = Deposit if kind == "deposit" else Withdraw
+            batch.append(cls(tenant=TENANT, account_id=acct, amount_minor=op[2], currency=cur))
+        elif kind == "transfer":
+            a, cur = accounts[op[1] % len(accounts)]
+            b, _ = accounts[op[2] % len(accounts)]
+            batch.append(
+                MakeTransfer(tenant=TENANT, debit_account_id=a, credit_account_id=b, amount_minor=op[3], currency=cur, pending=op[4])
+            )
+        elif kind == "freeze":
+            batch.append(FreezeAccount(tenant=TENANT, account_id=accounts[op[1] % len(accounts)][0]))
+        elif kind == "unfreeze":
+            batch.append(UnfreezeAccount(tenant=TENANT, account_id=accounts[op[1] % len(accounts)][0]))
+        elif not transfers:
+            continue
+        elif kind == "post" and pending:
+            batch.append(PostTransfer(tenant=TENANT, transfer_id=pending[op[1] % len(pending)], amount_minor=op[2]))
+        elif kind == "void" and pending:
+            batch.append(VoidTransfer(tenant=TENANT, transfer_id=pending[op[1] % len(pending)]))
+        elif kind == "reverse":
+            batch.append(ReverseTransfer(tenant=TENANT, transfer_id=transfers[op[1] % len(transfers)]))
+    flush()
+
+
+def random_ops(rng: random.Random, n: int) -> list[Op]:
+    ops: list[Op] = [("open", 0, 0), ("open", 0, 500), ("open", 1, 0), ("commit",)]
+    for _ in range(n):
+        r = rng.random()
+        if r < 0.05:
+            ops.append(("open", rng.randrange(2), rng.choice((0, 1000))))
+        elif r < 0.2:
+            ops.append(("deposit", rng.randrange(50), rng.randint(1, 5000)))
+        elif r < 0.25:
+            ops.append(("withdraw", rng.randrange(50), rng.randint(1, 3000)))
+        elif r < 0.7:
+            ops.append(("transfer", rng.randrange(50), rng.randrange(50), rng.randint(1, 2000), rng.random() < 0.3))
+        elif r < 0.78:
+            ops.append(("post", rng.randrange(50), rng.choice((None, 1, 100))))
+        elif r < 0.83:
+            ops.append(("void", rng.randrange(50)))
+        elif r < 0.88:
+            ops.append(("reverse", rng.randrange(50)))
+        elif r < 0.9:
+            ops.append(("freeze" if rng.random() < 0.5 else "unfreeze", rng.randrange(50)))
+        else:
+            ops.append(("commit",))
+    return ops
+
+
+def log_events(ledger: Ledger) -> list[tuple[int, Any]]:
+    notes = ledger.recorder.select_notifications(start=1, limit=10**9)
+    return [(n.id, ledger.mapper.to_domain_event(n)) for n in notes]
+
+
+def _us(ts: Any) -> int:
+    return calendar.timegm(ts.utctimetuple()) * 1_000_000 + ts.microsecond
+
+
+def literal_fold(events: list[tuple[int, Any]]) -> dict[str, list[tuple[Any, ...]]]:
+    """Every view, by applying one event at a time to dicts: the specification of the views."""
+    accounts: dict[str, dict[str, Any]] = {}
+    transfers: dict[str, dict[str, Any]] = {}
+    entries: dict[tuple[str, int], dict[str, Any]] = {}
+    volumes: dict[tuple[str, int, str], list[int]] = defaultdict(lambda: [0, 0])
+    flows: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+
+    def flow(account_id: Any, ts: Any, inflow: int, outflow: int) -> None:
+        f = flows[(str(account_id), _us(ts) // 1_000_000 // 86400 * 86400)]
+        f[0] += inflow
+        f[1] += outflow
+        f[2] += inflow > 0
+        f[3] += outflow > 0
+
+    def volume(ts: Any, currency: str, amount: int) -> None:
+        s = _us(ts) // 1_000_000
+        for period, width in (("hour", 3600), ("day", 86400)):
+            v = volumes[(period, s // width * width, currency)]
+            v[0] += amount
+            v[1] += 1
+
+    def legs(tid: str) -> list[dict[str, Any]]:
+        t = transfers[tid]
+        return [entries[(t["debit_account_id"], t["position"])], entries[(t["credit_account_id"], t["position"])]]
+
+    for pos, e in events:
+        aid = str(e.originator_id)
+        if isinstance(e, Account.Opened):
+            accounts[aid] = dict(
+                account_id=aid, tenant=e.tenant, currency=e.currency, kind=e.kind, status="open",
+                overdraft_limit_minor=e.overdraft_limit_minor, posted_minor=0, pending_debits_minor=0,
+                pending_credits_minor=0, opened_at_us=_us(e.timestamp), position=pos,
+            )  # fmt: skip
+        elif isinstance(e, Account.Debited):
+            accounts[aid]["posted_minor"] -= e.amount_minor
+            flow(aid, e.timestamp, 0, e.amount_minor)
+        elif isinstance(e, Account.Credited):
+            accounts[aid]["posted_minor"] += e.amount_minor
+            flow(aid, e.timestamp, e.amount_minor, 0)
+        elif isinstance(e, Account.DebitHeld):
+            accounts[aid]["pending_debits_minor"] += e.amount_minor
+        elif isinstance(e, Account.CreditHeld):
+            accounts[aid]["pending_credits_minor"] += e.amount_minor
+        elif isinstance(e, Account.DebitHoldSettled):
+            accounts[aid]["pending_debits_minor"] -= e.held_minor
+            accounts[aid]["posted_minor"] -= e.posted_minor
+            if e.posted_minor:
+                flow(aid, e.timestamp, 0, e.posted_minor)
+        elif isinstance(e, Account.CreditHoldSettled):
+            accounts[aid]["pending_credits_minor"] -= e.held_minor
+            accounts[aid]["posted_minor"] += e.posted_minor
+            if e.posted_minor:
+                flow(aid, e.timestamp, e.posted_minor, 0)
+        elif isinstance(e, Account.Frozen):
+            accounts[aid]["status"] = "frozen"
+        elif isinstance(e, Account.Unfrozen):
+            accounts[aid]["status"] = "open"
+        elif isinstance(e, Account.Closed):
+            accounts[aid]["status"] = "closed"
+        elif isinstance(e, Transfer.Initiated):
+            status = "pending" if e.pending else "posted"
+            transfers[aid] = dict(
+                transfer_id=aid, position=pos, tenant=e.tenant, kind=e.kind,
+                debit_account_id=str(e.debit_account_id), credit_account_id=str(e.credit_account_id),
+                amount_minor=e.amount_minor, posted_amount_minor=0 if e.pending else e.amount_minor,
+                currency=e.currency, status=status, reference=e.reference,
+                reverses_id=str(e.reverses_id) if e.reverses_id else None, reversed_by_id=None, at_us=_us(e.timestamp),
+            )  # fmt: skip
+            for me, other, direction in (
+                (e.debit_account_id, e.credit_account_id, "debit"),
+                (e.credit_account_id, e.debit_account_id, "credit"),
+            ):
+                entries[(str(me), pos)] = dict(
+                    account_id=str(me), position=pos, transfer_id=aid, counterparty_id=str(other), direction=direction,
+                    amount_minor=e.amount_minor, currency=e.currency, kind=e.kind, status=status,
+                    reference=e.reference, at_us=_us(e.timestamp), tenant=e.tenant,
+                )  # fmt: skip
+            if not e.pending:
+                volume(e.timestamp, e.currency, e.amount_minor)
+        elif isinstance(e, Transfer.HoldPosted):
+            transfers[aid].update(status="posted", posted_amount_minor=e.amount_minor)
+            for leg in legs(aid):
+                leg.update(status="posted", amount_minor=e.amount_minor)
+            volume(e.timestamp, transfers[aid]["currency"], e.amount_minor)
+        elif isinstance(e, (Transfer.HoldVoided, Transfer.HoldExpired)):
+            status = "voided" if isinstance(e, Transfer.HoldVoided) else "expired"
+            transfers[aid]["status"] = status
+            for leg in legs(aid):
+                leg["status"] = status
+        elif isinstance(e, Transfer.Reversed):
+            transfers[aid]["reversed_by_id"] = str(e.reversal_id)
+    return {
+        "accounts": sorted(tuple(r[c] for c in ACCOUNT_COLUMNS) for r in accounts.values()),
+        "entries": sorted(tuple(r[c] for c in ENTRY_COLUMNS) for r in entries.values()),
+        "transfers": sorted(tuple(r[c] for c in TRANSFER_COLUMNS) for r in transfers.values()),
+        "volumes": sorted((*k, *v) for k, v in volumes.items()),
+        "flows": sorted((*k, *v) for k, v in flows.items()),
+    }
+
+
+def dump_views(db: Database, prefix: str = "rm_") -> dict[str, list[tuple[Any, ...]]]:
+    t = Tables(db, prefix)
+    out = {}
+    for table in VIEW_TABLES:
+        rows = db.fetchall(f"SELECT {', '.join(COLUMNS[table])} FROM {t.name(table)} ORDER BY {', '.join(KEYS[table])}")
+        out[table] = sorted(rows)
+    return out
+
+
+assert VOLUME_COLUMNS == ("period", "bucket_s", "currency", "amount_minor", "count")
+assert FLOW_COLUMNS == ("account_id", "day_s", "inflow_minor", "outflow_minor", "inflow_count", "outflow_count")

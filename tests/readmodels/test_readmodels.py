@@ -1,0 +1,184 @@
+"""Read models against real stores (SQLite file and a fresh PostgreSQL schema): the worker,
+the read side's queries, and `keel replay --check/--rebuild`."""
+from __future__ import annotations
+
+import io
+import random
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+
+import pytest
+
+from application.commands import Deposit, MakeTransfer, OpenAccount
+from domain.errors import ValidationFailed
+from infrastructure.readmodels import Database
+from infrastructure.settings import Settings
+from keel.bootstrap import Container, build
+from keel.projections import ProjectionWorker, read_side, replay_check, replay_rebuild
+from tests.readmodels.helpers import TENANT, dump_views, literal_fold, log_events, random_ops, run_history
+
+
+@pytest.fixture
+def c(settings: Settings) -> Iterator[Container]:
+    container = build(settings)
+    yield container
+    container.close()
+
+
+def caught_up(c: Container, timeout_s: float = 20.0) -> int:
+    head = c.ledger.recorder.max_notification_id() or 0
+    rs = read_side(c)
+    deadline = time.monotonic() + timeout_s
+    while not rs.wait_for_position(head):
+        assert time.monotonic() < deadline, f"projection stuck at {rs.position()} of {head}"
+    return head
+
+
+def db_of(c: Container) -> Database:
+    return Database(c.settings, c.ledger.recorder.datastore)
+
+
+def test_worker_follows_log_and_replay_detects_tampering(c: Container) -> None:
+    worker = ProjectionWorker(c, batch_max=37)
+    worker.start()
+    try:
+        run_history(c.ledger, random_ops(random.Random(3), 300))
+        caught_up(c)
+        assert dump_views(db_of(c)) == literal_fold(log_events(c.ledger))
+        out = io.StringIO()
+        assert replay_check(c.settings, out=out) == 0, out.getvalue()
+
+        # Tamper with one history row: the check names the table and exits non-zero.
+        with db_of(c).transaction(commit=True) as cur:
+            cur.execute(
+                db_of(c).sql(
+                    f"UPDATE {db_of(c).qualify('rm_entries')} SET amount_minor = amount_minor + 1"
+                    f" WHERE position = (SELECT MAX(position) FROM {db_of(c).qualify('rm_entries')}) AND direction = %s"
+                ),
+                ("credit",),
+            )
+        out = io.StringIO()
+        assert replay_check(c.settings, out=out) > 0
+        assert "entries: 1 row(s) live only" in out.getvalue()
+
+        # Rebuild while the worker runs; the worker resumes from the swapped-in position.
+        replay_rebuild(c.settings, out=io.StringIO())
+        run_history(c.ledger, random_ops(random.Random(4), 100))
+        caught_up(c)
+        assert dump_views(db_of(c)) == literal_fold(log_events(c.ledger))
+        assert replay_check(c.settings, out=io.StringIO()) == 0
+    finally:
+        worker.stop()
+
+
+def test_read_side_queries(c: Container) -> None:
+    worker = ProjectionWorker(c)
+    worker.start()
+    try:
+        ids = [c.writer.execute(OpenAccount(tenant=TENANT, currency="USD")).id for _ in range(4)]
+        other = c.writer.execute(OpenAccount(tenant="other", currency="USD")).id
+        for i, a in enumerate(ids):
+            c.writer.execute(Deposit(tenant=TENANT, account_id=a, amount_minor=10_000 * (i + 1), currency="USD"))
+        rng = random.Random(5)
+        for _ in range(60):
+            a, b = rng.sample(ids, 2)
+            c.writer.execute(MakeTransfer(tenant=TENANT, debit_account_id=a, credit_account_id=b, amount_minor=rng.randint(1, 500), currency="USD"))
+        caught_up(c)
+        rs = read_side(c)
+
+        # One account's history: newest first, pages neither overlap nor skip.
+        legs, cursor = [], None
+        while True:
+            page = rs.account_transactions(str(ids[0]), cursor, 7)
+            legs += page.items
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        positions = [x["position"] for x in legs]
+        assert positions == sorted(positions, reverse=True) and len(set(positions)) == len(positions)
+        everything = rs.account_transactions(str(ids[0]), None, 1000).items
+        assert legs == everything
+        signed = sum(x["amount"] if x["direction"] == "credit" else -x["amount"] for x in legs)
+        assert signed == c.ledger.get_account(ids[0]).posted_minor
+        assert rs.account_tenant(str(other)) == "other"
+
+        # Balances equal the aggregates; totals per currency and kind sum to zero overall.
+        bal = rs.balances("USD", None, 1000)
+        by_id = {x["id"]: x for x in bal["accounts"]}
+        for a in [*ids, other]:
+            agg = c.ledger.get_account(a)
+            assert (by_id[str(a)]["posted"], by_id[str(a)]["available"]) == (agg.posted_minor, agg.available_minor)
+            assert "holder" not in by_id[str(a)]
+        assert sum(t["posted"] for t in bal["totals"]) == 0
+
+        # Volumes sum to the committed amounts; transactions filter and paginate.
+        committed = defaultdict(int)
+        all_transfers, cursor = [], None
+        while True:
+            page = rs.transactions(account=None, min_amount=None, max_amount=None, from_us=None, to_us_=None, cursor=cursor, limit=9)
+            all_transfers += page.items
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        assert len(all_transfers) == 64
+        for t in all_transfers:
+            committed[t["currency"]] += t["posted_amount"]
+        for interval in ("hour", "day"):
+            assert sum(v["amount"] for v in rs.volumes("USD", interval, None, None)) == committed["USD"]
+            assert sum(v["count"] for v in rs.volumes(None, interval, None, None)) == 64
+        big = rs.transactions(account=None, min_amount=250, max_amount=None, from_us=None, to_us_=None, cursor=None, limit=1000)
+        assert big.items and all(t["amount"] >= 250 for t in big.items)
+        mine = rs.transactions(account=str(ids[1]), min_amount=None, max_amount=None, from_us=None, to_us_=None, cursor=None, limit=1000)
+        assert all(str(ids[1]) in (t["debit_account_id"], t["credit_account_id"]) for t in mine.items)
+
+        top = rs.top_accounts("inflow", None, None, 3)
+        assert len(top) == 3 and [x["inflow"] for x in top] == sorted((x["inflow"] for x in top), reverse=True)
+
+        status = rs.projections()
+        assert status["projections"][0]["lag_events"] == 0 and status["head"] == status["projections"][0]["position"]
+
+        for bad in (lambda: rs.account_transactions(str(ids[0]), "garbage!", 5),
+                    lambda: rs.account_transactions(str(ids[0]), None, 0),
+                    lambda: rs.volumes(None, "week", None, None),
+                    lambda: rs.top_accounts("sideways", None, None, 5),
+                    lambda: rs.transactions(account=None, min_amount=5, max_amount=1, from_us=None, to_us_=None, cursor=None, limit=5)):  # fmt: skip
+            with pytest.raises(ValidationFailed):
+                bad()
+    finally:
+        worker.stop()
+
+
+def test_wait_for_position_is_bounded(c: Container) -> None:
+    rs = read_side(c)
+    started = time.monotonic()
+    assert rs.wait_for_position(10**9, timeout_s=60) is False
+    assert time.monotonic() - started < 2.5
+
+
+def test_second_runner_and_swap_with_catch_up_never_double_apply(c: Container) -> None:
+    from application.projections import ViewFollower
+    from infrastructure.readmodels import SqlViewStore, create_scratch, drop_scratch, replace_live
+    from keel.projections import log_reader, scratch_catch_up
+
+    run_history(c.ledger, random_ops(random.Random(8), 200))
+    db = db_of(c)
+    a = ViewFollower(log_reader(c.ledger, db), SqlViewStore(db), batch_max=50)
+    b = ViewFollower(log_reader(c.ledger, db), SqlViewStore(db), batch_max=50)
+    assert a.step() > 0
+    # b starts from the same position: it must notice the move, apply nothing, and resume.
+    assert b.step() == 0 and b.position == a.position
+    assert b.catch_up() > 0 and a.step() == 0
+    head = c.ledger.recorder.max_notification_id()
+    assert a.position == b.position == head
+    assert dump_views(db) == literal_fold(log_events(c.ledger))
+
+    # A rebuilt copy that is behind the live views is caught up inside the swap.
+    scratch = create_scratch(db)
+    behind = ViewFollower(log_reader(c.ledger, db), scratch, batch_max=64)
+    behind.catch_up(stop=head // 2)
+    assert 0 < behind.position < head
+    assert replace_live(db, behind.position, scratch_catch_up(c.ledger, db, behind.position)) == head
+    drop_scratch(db)
+    assert SqlViewStore(db).position() == head
+    assert dump_views(db) == literal_fold(log_events(c.ledger))
