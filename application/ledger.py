@@ -39,6 +39,7 @@ from application.commands import (
     Withdraw,
 )
 from application.ports import IdempotencyRecord
+from application.privacy import EraseHolder, HolderVault
 from domain.account import Account, settlement_account_id
 from domain.errors import (
     ConcurrencyConflict,
@@ -66,7 +67,9 @@ def utcnow() -> datetime:
     return datetime.now(tz=timezone.utc)
 
 
-def account_state(a: Account) -> AccountState:
+def account_state(a: Account, vault: HolderVault | None = None) -> AccountState:
+    # The aggregate holds the holder sealed (application/privacy.py); only here is it revealed.
+    holder = vault.reveal(a.holder) if vault is not None and a.holder is not None else a.holder
     return AccountState(
         id=a.id,
         tenant=a.tenant,
@@ -78,7 +81,7 @@ def account_state(a: Account) -> AccountState:
         pending_debits_minor=a.pending_debits_minor,
         pending_credits_minor=a.pending_credits_minor,
         available_minor=a.available_minor,
-        holder=a.holder,
+        holder=holder,
         metadata=a.metadata,
         version=a.version,
     )
@@ -115,11 +118,13 @@ class Ledger(Application[UUID]):
         # The writer's cache of current aggregates. Only the thread that runs execute_batch
         # touches it; anything that fails to save is evicted and reloaded on retry.
         self._cache: OrderedDict[UUID, Account | Transfer] = OrderedDict()
+        # Seals holder personal data before it enters an event; set by the composition root.
+        self.holder_vault: HolderVault | None = None
 
     # ---- queries (read the store; never the writer's cache, which is not thread-safe) ----
 
     def get_account(self, account_id: UUID, tenant: str | None = None) -> AccountState:
-        return account_state(self._load_account(account_id, tenant))
+        return account_state(self._load_account(account_id, tenant), self.holder_vault)
 
     def get_transfer(self, transfer_id: UUID, tenant: str | None = None) -> TransferState:
         try:
@@ -137,7 +142,7 @@ class Ledger(Application[UUID]):
             raise NotFound("account not found", account_id=str(account_id)) from None
         if not isinstance(a, Account):
             raise NotFound("account not found", account_id=str(account_id))
-        return account_state(a)
+        return account_state(a, self.holder_vault)
 
     def _load_account(self, account_id: UUID, tenant: str | None) -> Account:
         try:
@@ -363,17 +368,25 @@ def _open_account(uow: UnitOfWork, c: OpenAccount) -> AccountState:
                 # Never reveal another tenant's account; the id is simply unavailable.
                 raise ExistsWithDifferentFields("an account with this id already exists", account_id=str(account_id))
             raise ExistsWithDifferentFields("an account with this id exists with different fields", account_id=str(account_id))
-        return account_state(found)
+        return account_state(found, uow.ledger.holder_vault)
     account = Account.open(
         account_id=account_id,
         tenant=c.tenant,
         currency=c.currency,
         overdraft_limit_minor=c.overdraft_limit_minor,
-        holder=c.holder,
+        holder=_seal_holder(uow.ledger.holder_vault, account_id, c.holder),
         metadata=metadata,
     )
     uow.add(account)
-    return account_state(account)
+    return account_state(account, uow.ledger.holder_vault)
+
+
+def _seal_holder(vault: HolderVault | None, account_id: UUID, holder: dict[str, Any] | None) -> dict[str, Any] | None:
+    if holder is None or vault is None:
+        return holder
+    if not isinstance(holder, dict):
+        raise ValidationFailed("holder must be an object")
+    return vault.seal(account_id, holder)
 
 
 def _move(
@@ -603,19 +616,25 @@ def _reverse(uow: UnitOfWork, c: ReverseTransfer) -> TransferState:
 def _freeze(uow: UnitOfWork, c: FreezeAccount) -> AccountState:
     a = uow.account(c.account_id, c.tenant)
     a.freeze()
-    return account_state(a)
+    return account_state(a, uow.ledger.holder_vault)
 
 
 def _unfreeze(uow: UnitOfWork, c: UnfreezeAccount) -> AccountState:
     a = uow.account(c.account_id, c.tenant)
     a.unfreeze()
-    return account_state(a)
+    return account_state(a, uow.ledger.holder_vault)
 
 
 def _close(uow: UnitOfWork, c: CloseAccount) -> AccountState:
     a = uow.account(c.account_id, c.tenant)
     a.close()
-    return account_state(a)
+    return account_state(a, uow.ledger.holder_vault)
+
+
+def _erase_holder(uow: UnitOfWork, c: EraseHolder) -> AccountState:
+    a = uow.account(c.account_id, c.tenant)
+    a.erase_holder()
+    return account_state(a, uow.ledger.holder_vault)
 
 
 HANDLERS: dict[type, Callable[[UnitOfWork, Any], Any]] = {
@@ -631,4 +650,5 @@ HANDLERS: dict[type, Callable[[UnitOfWork, Any], Any]] = {
     UnfreezeAccount: _unfreeze,
     CloseAccount: _close,
     ExpireHold: _expire_hold,
+    EraseHolder: _erase_holder,
 }

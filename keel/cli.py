@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(bench_sub)
     p.set_defaults(func=cmd_bench)
+
+    from keel.audit_cli import add_audit_parser, add_keys_commands
+
+    add_audit_parser(sub)
+    p = sub.add_parser("keys", help="keys: audit signing key, data-key rotation")
+    add_keys_commands(p.add_subparsers(dest="keys", required=True))
     return parser
 
 
