@@ -7,7 +7,7 @@ that it exists, never what it is. This module must never write to the event stor
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any, Protocol
 from uuid import UUID
@@ -209,10 +209,12 @@ class Audit:
 
     def _point(self, a: Account) -> PointInTime:
         ts = getattr(a, "modified_on", None)
+        # An aggregate restored from a snapshot carries its timestamps as stored (RFC 3339 text).
+        as_of = ts.isoformat() if isinstance(ts, datetime) else parse_instant(ts).isoformat() if ts else None
         return PointInTime(
             account_id=a.id,
             version=a.version,
-            as_of=ts.isoformat() if ts else None,
+            as_of=as_of,
             currency=a.currency,
             status=a.status,
             posted_minor=a.posted_minor,
@@ -273,5 +275,3 @@ class _Positionless:
         self.state = s.state
         self.id = 0
 
-
-AccessRecorder = Callable[[str, str, str, str, str], None]

@@ -194,3 +194,18 @@ def _gaps(settings: Settings) -> int:
         return mx - n
     finally:
         r.close()
+
+
+def test_a_failing_chain_write_stores_no_event(ac: Container, raw: Raw) -> None:
+    """The chain row and its event commit together or not at all (here the chain row clashes)."""
+    a, _ = make_history(ac, transfers=1)
+    before = positions(raw)
+    if raw.pg:
+        (nxt,) = raw.q("SELECT last_value + 1 FROM ledger_events_notification_id_seq")[0]
+    else:
+        nxt = before[-1] + 1
+    for p in range(nxt, nxt + 100):  # every retry of the write clashes too
+        raw.q("INSERT INTO ledger_chain (notification_id, hash) VALUES (?, ?)", (p, b"\x00" * 32))
+    with pytest.raises(Exception):  # noqa: B017 - any failure will do; what matters is below
+        ac.ledger.execute(Deposit(tenant=T, account_id=a, amount_minor=1, currency="USD"))
+    assert positions(raw) == before
