@@ -79,36 +79,48 @@ class SqlAuditStore:
     # ---- the chain -------------------------------------------------------------------------
 
     def records(self, after: int = 0, stop: int | None = None) -> Iterator[ChainRecord]:
-        """Every position in order, merging event rows with chain rows so that either missing
-        shows up (a deleted event leaves its hash behind; a forged event has none)."""
+        """Every position in order, events with their hashes, so that either missing shows up
+        (a deleted event leaves its hash behind; a forged event has none).
+
+        Walks windows of positions (not LIMIT pages), so every query is bounded on both sides
+        and costs the same at the end of a long log as at its start.
+        """
         pos = self._pos
-        while True:
-            bound = f" AND {pos} <= ?" if stop is not None else ""
-            params: list[Any] = [after] + ([stop] if stop is not None else []) + [CHAIN_PAGE_ROWS]
-            events = self.db.query(
-                f"SELECT {pos}, originator_id, originator_version, topic, state FROM {self.events}"
-                f" WHERE {pos} > ?{bound} ORDER BY {pos} LIMIT ?",
-                params,
-            )
-            last = events[-1][0] if len(events) == CHAIN_PAGE_ROWS else stop
-            cbound = " AND notification_id <= ?" if last is not None else ""
-            chain = self.db.query(
-                f"SELECT notification_id, hash FROM {self.chain} WHERE notification_id > ?{cbound} ORDER BY notification_id",
-                [after] + ([last] if last is not None else []),
-            )
-            hashes = {p: bytes(h) for p, h in chain}
-            positions = sorted(hashes.keys() | {e[0] for e in events})
-            by_pos = {e[0]: e for e in events}
-            for p in positions:
-                e = by_pos.get(p)
-                h = hashes.get(p)
-                if e is None:
-                    yield ChainRecord(p, None, None, None, None, h)
-                else:
-                    yield ChainRecord(p, id_bytes(e[1]), e[2], e[3], bytes(e[4]), h)
-            if len(events) < CHAIN_PAGE_ROWS:
-                return
-            after = events[-1][0]
+        (last_event,) = self.db.query(f"SELECT max({pos}) FROM {self.events}")[0]
+        (last_chain,) = self.db.query(f"SELECT max(notification_id) FROM {self.chain}")[0]
+        end = max(last_event or 0, last_chain or 0)
+        if stop is not None:
+            end = min(end, stop)
+        page_sql = (
+            f"SELECT e.{pos}, e.originator_id, e.originator_version, e.topic, e.state, c.hash FROM {self.events} e"
+            f" LEFT JOIN {self.chain} c ON c.notification_id = e.{pos} AND c.notification_id > ? AND c.notification_id <= ?"
+            f" WHERE e.{pos} > ? AND e.{pos} <= ? ORDER BY e.{pos}"
+        )
+        while after < end:
+            hi = min(after + CHAIN_PAGE_ROWS, end)
+            events = self.db.query(page_sql, [after, hi, after, hi])
+            # Chain entries whose event row is gone: rare, so counted first and merged only then.
+            (n_chain,) = self.db.query(
+                f"SELECT count(*) FROM {self.chain} WHERE notification_id > ? AND notification_id <= ?", [after, hi]
+            )[0]
+            if n_chain == sum(1 for e in events if e[5] is not None):
+                for e in events:
+                    yield ChainRecord(e[0], id_bytes(e[1]), e[2], e[3], bytes(e[4]), bytes(e[5]) if e[5] is not None else None)
+            else:
+                present = {e[0] for e in events}
+                chain = self.db.query(
+                    f"SELECT notification_id, hash FROM {self.chain} WHERE notification_id > ? AND notification_id <= ?",
+                    [after, hi],
+                )
+                merged: list[tuple[int, Any]] = [(e[0], e) for e in events]
+                merged += [(c[0], c) for c in chain if c[0] not in present]
+                for p, row in sorted(merged, key=lambda x: x[0]):
+                    if len(row) == 2:
+                        yield ChainRecord(p, None, None, None, None, bytes(row[1]))
+                    else:
+                        h = row[5]
+                        yield ChainRecord(p, id_bytes(row[1]), row[2], row[3], bytes(row[4]), bytes(h) if h is not None else None)
+            after = hi
 
     def hashes(self, positions: Sequence[int]) -> dict[int, bytes]:
         if not positions:
