@@ -44,6 +44,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     group_commit_queue_max: int = 100_000
     pg_pool_size: int = 8
     log_level: str = "INFO"
+    # Requests per second per API key (token bucket; bursts up to 2 s worth). 0 disables it.
+    rate_limit_per_s: float = 10_000.0
 
     @property
     def is_postgres(self) -> bool:
@@ -81,6 +83,7 @@ ENV_VARS: dict[str, str] = {
     "KEEL_GROUP_COMMIT_QUEUE_MAX": "group_commit_queue_max",
     "KEEL_PG_POOL_SIZE": "pg_pool_size",
     "KEEL_LOG_LEVEL": "log_level",
+    "KEEL_RATE_LIMIT_PER_S": "rate_limit_per_s",
 }
 
 

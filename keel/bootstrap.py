@@ -107,3 +107,11 @@ def build(settings: Settings, *, start_writer: bool = True) -> Container:
     container = Container(settings=settings, ledger=ledger, writer=writer, idempotency=idempotency)
     container.extras["audit"] = build_audit(settings, ledger)
     return container
+
+
+def key_store(container: Container) -> Any:
+    """The API key store of this deployment (table `keel_api_keys`, created by migrate)."""
+    from infrastructure.keys import PostgresKeyStore, SQLiteKeyStore
+
+    datastore = container.ledger.recorder.datastore  # type: ignore[attr-defined]
+    return PostgresKeyStore(datastore) if container.settings.is_postgres else SQLiteKeyStore(datastore)
