@@ -37,6 +37,7 @@ class AuditStore(Protocol):
     def list_checkpoints(self, after_id: int = 0, limit: int | None = None) -> list[tuple[int, Checkpoint]]: ...
     def last_checkpoint(self) -> Checkpoint | None: ...
     def append_access(self, at: str, key_id: str, role: str, route: str, target: str, outcome: str) -> None: ...
+    def append_access_many(self, rows: Sequence[tuple[str, str, str, str, str, str]]) -> None: ...
     def access_entries(self, after_id: int, limit: int, key_id: str | None = None) -> list[tuple[Any, ...]]: ...
 
 
@@ -256,6 +257,11 @@ class Audit:
         when = (at or datetime.now(tz=timezone.utc)).isoformat(timespec="microseconds")
         f = FIELD_MAX_CHARS
         self.store.append_access(when, key_id[:f], role[:f], route[:f], target[:f], outcome[:f])
+
+    def record_access_many(self, entries: Sequence[tuple[str, str, str, str, str, str]]) -> None:
+        """Appends (at, key_id, role, route, target, outcome) rows in one write."""
+        f = FIELD_MAX_CHARS
+        self.store.append_access_many([tuple(v[:f] for v in e) for e in entries])  # type: ignore[misc]
 
     def access_log(self, after_id: int = 0, limit: int = 100, key_id: str | None = None) -> list[AccessEntry]:
         if after_id < 0 or not 0 < limit <= ACCESS_PAGE_MAX:

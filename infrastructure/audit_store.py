@@ -65,6 +65,15 @@ class Db:
             return c.sqlite_cursor.rowcount
 
 
+    def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if self.postgres:
+            with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
+                curs.executemany(sql.replace("?", "%s"), rows)  # type: ignore[arg-type]
+            return
+        with self.datastore.transaction(commit=True) as c:
+            c.executemany(sql, [tuple(r) for r in rows])
+
+
 class SqlAuditStore:
     """The chain as stored (events joined with their hashes), checkpoints and the access log."""
 
@@ -167,6 +176,11 @@ class SqlAuditStore:
         self.db.execute(
             f"INSERT INTO {self.access} (at, key_id, role, route, target, outcome) VALUES (?, ?, ?, ?, ?, ?)",
             [at, key_id, role, route, target, outcome],
+        )
+
+    def append_access_many(self, rows: Sequence[tuple[str, str, str, str, str, str]]) -> None:
+        self.db.execute_many(
+            f"INSERT INTO {self.access} (at, key_id, role, route, target, outcome) VALUES (?, ?, ?, ?, ?, ?)", rows
         )
 
     def access_entries(self, after_id: int, limit: int, key_id: str | None = None) -> list[tuple[Any, ...]]:
