@@ -24,7 +24,6 @@ EVENTS_PAGE_MAX = 1000
 EVENTS_PAGE_DEFAULT = 100
 ACCESS_PAGE_MAX = 1000
 CHECKPOINTS_PAGE_MAX = 1000
-ACCOUNT_EVENTS_SCAN_MAX = 1_000_000  # bound on one point-in-time rebuild
 FIELD_MAX_CHARS = 512  # access-log strings are truncated, never rejected: logging must not fail
 
 
@@ -32,6 +31,7 @@ class AuditStore(Protocol):
     def records(self, after: int = 0, stop: int | None = None) -> Iterator[ChainRecord]: ...
     def hashes(self, positions: Sequence[int]) -> dict[int, bytes]: ...
     def hash_before(self, position: int) -> bytes | None: ...
+    def positions_of(self, originator_id: UUID, versions: Sequence[int]) -> dict[int, int]: ...
     def head(self) -> tuple[int, bytes] | None: ...
     def add_checkpoint(self, cp: Checkpoint) -> None: ...
     def list_checkpoints(self, after_id: int = 0, limit: int | None = None) -> list[tuple[int, Checkpoint]]: ...
@@ -162,9 +162,13 @@ class Audit:
             raise ValidationFailed(f"after must be >= 0 and limit 1..{EVENTS_PAGE_MAX}", after=after_version, limit=limit)
         self._account(account_id)
         stored = self.ledger.recorder.select_events(account_id, gt=after_version or None, limit=limit)
-        # Positions are not stored with an aggregate's events; hashes are per position, so this
-        # view shows the event and its type/version only. The global log has the hashes.
-        return [self._entry(_Positionless(s), None, None) for s in stored]
+        positions = self.store.positions_of(account_id, [s.originator_version for s in stored])
+        hashes = self.store.hashes(list(positions.values()))
+        # prev_hash is left out here: it belongs to the global log (another aggregate's event).
+        return [
+            self._entry(_Positioned(s, positions.get(s.originator_version, 0)), hashes.get(positions.get(s.originator_version, 0)), None)
+            for s in stored
+        ]
 
     # ---- point in time ---------------------------------------------------------------------
 
@@ -186,27 +190,27 @@ class Audit:
         return self._point(self._account(account_id, version))
 
     def balance_at(self, account_id: UUID, at: datetime) -> PointInTime:
-        """The account as it was at instant `at`: every event with timestamp <= at applied."""
-        self._account(account_id)
-        version = 0
-        scanned = 0
-        mapper = self.ledger.mapper
-        gt: int | None = None
-        while True:
-            page = self.ledger.recorder.select_events(account_id, gt=gt, limit=1000)
-            for s in page:
-                if mapper.to_domain_event(s).timestamp > at:
-                    break
-                version = s.originator_version
+        """The account as it was at instant `at`: its events with timestamp <= at applied.
+
+        An aggregate's event timestamps grow with its versions (one writer orders them), so the
+        last version at or before `at` is found by binary search: ~log2(versions) one-event
+        reads, however long the history (a settlement account may have millions).
+        """
+        current = self._account(account_id)
+        lo, hi = 0, current.version  # invariant: ts(lo) <= at (version 0: before the account), ts(hi+1) > at
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self._timestamp(account_id, mid) <= at:
+                lo = mid
             else:
-                scanned += len(page)
-                if len(page) == 1000 and scanned < ACCOUNT_EVENTS_SCAN_MAX:
-                    gt = page[-1].originator_version
-                    continue
-            break
-        if version == 0:
+                hi = mid - 1
+        if lo == 0:
             raise NotFound("the account did not exist at that time", account_id=str(account_id), at=at.isoformat())
-        return self._point(self._account(account_id, version))
+        return self._point(self._account(account_id, lo))
+
+    def _timestamp(self, account_id: UUID, version: int) -> datetime:
+        (stored,) = self.ledger.recorder.select_events(account_id, gt=version - 1, lte=version)
+        return self.ledger.mapper.to_domain_event(stored).timestamp
 
     def _point(self, a: Account) -> PointInTime:
         ts = getattr(a, "modified_on", None)
@@ -269,15 +273,15 @@ class Audit:
         return [AccessEntry(*r) for r in self.store.access_entries(after_id, limit, key_id)]
 
 
-class _Positionless:
-    """A stored event seen through the shape of a notification (position unknown: 0)."""
+class _Positioned:
+    """A stored event seen through the shape of a notification, with its log position."""
 
     __slots__ = ("originator_id", "originator_version", "topic", "state", "id")
 
-    def __init__(self, s: Any) -> None:
+    def __init__(self, s: Any, position: int) -> None:
         self.originator_id = s.originator_id
         self.originator_version = s.originator_version
         self.topic = s.topic
         self.state = s.state
-        self.id = 0
+        self.id = position
 

@@ -138,6 +138,18 @@ class SqlAuditStore:
         rows = self.db.query(f"SELECT notification_id, hash FROM {self.chain} WHERE notification_id IN ({marks})", list(positions))
         return {p: bytes(h) for p, h in rows}
 
+    def positions_of(self, originator_id: UUID, versions: Sequence[int]) -> dict[int, int]:
+        """version -> log position for some of one aggregate's events."""
+        if not versions:
+            return {}
+        oid: Any = originator_id if self.db.postgres else originator_id.hex
+        rows = self.db.query(
+            f"SELECT originator_version, {self._pos} FROM {self.events}"
+            " WHERE originator_id = ? AND originator_version >= ? AND originator_version <= ?",
+            [oid, min(versions), max(versions)],
+        )
+        return {v: p for v, p in rows}
+
     def hash_before(self, position: int) -> bytes | None:
         rows = self.db.query(
             f"SELECT hash FROM {self.chain} WHERE notification_id < ? ORDER BY notification_id DESC LIMIT 1", [position]

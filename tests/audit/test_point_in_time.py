@@ -125,3 +125,14 @@ def test_global_log_page_has_hashes_and_no_plaintext_holder(ac: Container) -> No
     assert [e.version for e in history] == list(range(1, len(history) + 1))
     with pytest.raises(ValidationFailed):
         audit.events(after=0, limit=0)
+
+
+def test_account_events_carry_their_log_positions_and_hashes(ac: Container) -> None:
+    a, _ = make_history(ac, transfers=2)
+    audit = ac.extras["audit"]
+    by_position = {e.position: e for e in audit.events(0, 1000)}
+    history = audit.account_events(a)
+    assert history and all(e.position in by_position for e in history)
+    for e in history:
+        g = by_position[e.position]
+        assert (g.aggregate_id, g.version, g.hash, g.event_type) == (a, e.version, e.hash, e.event_type)
