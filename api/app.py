@@ -21,7 +21,8 @@ from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
-from api import routes_analytics, routes_banking, routes_history, routes_ops
+from api import routes_analytics, routes_audit, routes_banking, routes_history, routes_ops
+from api.access_log import AccessLogMiddleware, close_access_log
 from api.auth import KeyAuthMiddleware, KeyCache, RateLimitMiddleware, TokenBucket
 from api.errors import EXCEPTION_HANDLERS
 from api.metrics import LatencyMiddleware, Metrics
@@ -38,6 +39,7 @@ ROUTERS = [
     routes_banking.router,
     routes_history.router,
     routes_analytics.router,
+    routes_audit.router,
 ]
 
 
@@ -75,6 +77,7 @@ def create_app(
         route_handlers=list(ROUTERS),
         state=state,
         middleware=[
+            AccessLogMiddleware,  # outermost: also records refused (401/403) writes and audit reads
             LatencyMiddleware,
             DefineMiddleware(KeyAuthMiddleware),
             RateLimitMiddleware,
@@ -82,7 +85,7 @@ def create_app(
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=REQUEST_BODY_MAX_BYTES,
         on_startup=list(on_startup),
-        on_shutdown=list(on_shutdown),
+        on_shutdown=[close_access_log, *on_shutdown],  # hooks run in order: flush before the store closes
         openapi_config=OpenAPIConfig(
             title="Keel",
             version="1.0.0",

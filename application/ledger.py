@@ -41,6 +41,7 @@ from application.commands import (
     Withdraw,
 )
 from application.ports import IdempotencyRecord
+from application.privacy import EraseHolder, HolderVault
 from domain.account import Account, settlement_account_id
 from domain.errors import (
     ConcurrencyConflict,
@@ -69,7 +70,9 @@ def utcnow() -> datetime:
     return datetime.now(tz=timezone.utc)
 
 
-def account_state(a: Account) -> AccountState:
+def account_state(a: Account, vault: HolderVault | None = None) -> AccountState:
+    # The aggregate holds the holder sealed (application/privacy.py); only here is it revealed.
+    holder = vault.reveal(a.holder) if vault is not None and a.holder is not None else a.holder
     return AccountState(
         id=a.id,
         tenant=a.tenant,
@@ -81,7 +84,7 @@ def account_state(a: Account) -> AccountState:
         pending_debits_minor=a.pending_debits_minor,
         pending_credits_minor=a.pending_credits_minor,
         available_minor=a.available_minor,
-        holder=a.holder,
+        holder=holder,
         metadata=a.metadata,
         version=a.version,
     )
@@ -120,6 +123,8 @@ class Ledger(Application[UUID]):
         self._cache: OrderedDict[UUID, Account | Transfer] = OrderedDict()
         # Time as the ledger sees it when deciding whether a hold is due; tests move it.
         self.clock: Callable[[], datetime] = utcnow
+        # Seals holder personal data before it enters an event; set by the composition root.
+        self.holder_vault: HolderVault | None = None
 
     def save(self, *objs: Any, **kwargs: Any) -> Any:
         """As Application.save, for aggregates only, without its per-object isinstance checks
@@ -137,7 +142,7 @@ class Ledger(Application[UUID]):
     # ---- queries (read the store; never the writer's cache, which is not thread-safe) ----
 
     def get_account(self, account_id: UUID, tenant: str | None = None) -> AccountState:
-        return account_state(self._load_account(account_id, tenant))
+        return account_state(self._load_account(account_id, tenant), self.holder_vault)
 
     def get_transfer(self, transfer_id: UUID, tenant: str | None = None) -> TransferState:
         try:
@@ -155,7 +160,7 @@ class Ledger(Application[UUID]):
             raise NotFound("account not found", account_id=str(account_id)) from None
         if not isinstance(a, Account):
             raise NotFound("account not found", account_id=str(account_id))
-        return account_state(a)
+        return account_state(a, self.holder_vault)
 
     def _load_account(self, account_id: UUID, tenant: str | None) -> Account:
         try:
@@ -384,17 +389,25 @@ def _open_account(uow: UnitOfWork, c: OpenAccount) -> AccountState:
                 # Never reveal another tenant's account; the id is simply unavailable.
                 raise ExistsWithDifferentFields("an account with this id already exists", account_id=str(account_id))
             raise ExistsWithDifferentFields("an account with this id exists with different fields", account_id=str(account_id))
-        return account_state(found)
+        return account_state(found, uow.ledger.holder_vault)
     account = Account.open(
         account_id=account_id,
         tenant=c.tenant,
         currency=c.currency,
         overdraft_limit_minor=c.overdraft_limit_minor,
-        holder=c.holder,
+        holder=_seal_holder(uow.ledger.holder_vault, account_id, c.holder),
         metadata=metadata,
     )
     uow.add(account)
-    return account_state(account)
+    return account_state(account, uow.ledger.holder_vault)
+
+
+def _seal_holder(vault: HolderVault | None, account_id: UUID, holder: dict[str, Any] | None) -> dict[str, Any] | None:
+    if holder is None or vault is None:
+        return holder
+    if not isinstance(holder, dict):
+        raise ValidationFailed("holder must be an object")
+    return vault.seal(account_id, holder)
 
 
 def _move(
@@ -624,19 +637,25 @@ def _reverse(uow: UnitOfWork, c: ReverseTransfer) -> TransferState:
 def _freeze(uow: UnitOfWork, c: FreezeAccount) -> AccountState:
     a = uow.account(c.account_id, c.tenant)
     a.freeze()
-    return account_state(a)
+    return account_state(a, uow.ledger.holder_vault)
 
 
 def _unfreeze(uow: UnitOfWork, c: UnfreezeAccount) -> AccountState:
     a = uow.account(c.account_id, c.tenant)
     a.unfreeze()
-    return account_state(a)
+    return account_state(a, uow.ledger.holder_vault)
 
 
 def _close(uow: UnitOfWork, c: CloseAccount) -> AccountState:
     a = uow.account(c.account_id, c.tenant)
     a.close()
-    return account_state(a)
+    return account_state(a, uow.ledger.holder_vault)
+
+
+def _erase_holder(uow: UnitOfWork, c: EraseHolder) -> AccountState:
+    a = uow.account(c.account_id, c.tenant)
+    a.erase_holder()
+    return account_state(a, uow.ledger.holder_vault)
 
 
 HANDLERS: dict[type, Callable[[UnitOfWork, Any], Any]] = {
@@ -652,4 +671,5 @@ HANDLERS: dict[type, Callable[[UnitOfWork, Any], Any]] = {
     UnfreezeAccount: _unfreeze,
     CloseAccount: _close,
     ExpireHold: _expire_hold,
+    EraseHolder: _erase_holder,
 }

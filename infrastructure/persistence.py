@@ -11,11 +11,13 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from eventsourcing.persistence import StoredEvent
+from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteFactory
+from eventsourcing.utils import retry
 from psycopg.sql import SQL, Identifier
 
+from application.chain import GENESIS_HASH, link
 from application.ports import IdempotencyRecord
 from infrastructure.settings import Settings
 
@@ -45,6 +47,81 @@ _SQLITE_DDL = [
     "CREATE INDEX IF NOT EXISTS keel_idempotency_created_idx ON keel_idempotency (created_at_ms)",
 ]
 
+# ---- audit: hash chain, signed checkpoints, holder keys, access log ---------------------------
+# Events tables whose rows are hash-chained, and the table that holds the chain (see
+# application/chain.py). The chain row is written in the same transaction as its event, under
+# the same lock that decides the event's position, so no committed event is outside the chain.
+CHAINED_EVENTS_TABLES: dict[str, str] = {"ledger_events": "ledger_chain"}
+CHECKPOINTS_TABLE = "ledger_checkpoints"
+HOLDER_KEYS_TABLE = "keel_holder_keys"
+ACCESS_LOG_TABLE = "keel_access_log"
+
+_PG_DDL += [
+    "CREATE TABLE IF NOT EXISTS {schema}.ledger_chain (notification_id bigint PRIMARY KEY, hash bytea NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS {schema}.ledger_checkpoints (
+        id bigserial PRIMARY KEY,
+        position bigint NOT NULL,
+        head_hash text NOT NULL,
+        signed_at text NOT NULL,
+        key_id text NOT NULL,
+        signature text NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS {schema}.keel_holder_keys (
+        key_id text PRIMARY KEY,
+        key bytea,
+        created_at text NOT NULL,
+        erased_at text)""",
+    """CREATE TABLE IF NOT EXISTS {schema}.keel_access_log (
+        id bigserial PRIMARY KEY,
+        at text NOT NULL,
+        key_id text NOT NULL,
+        role text NOT NULL,
+        route text NOT NULL,
+        target text NOT NULL,
+        outcome text NOT NULL)""",
+    # Append-only: the database itself refuses edits of the audit trail (a superuser can still
+    # drop the trigger; the chain and the signed checkpoints catch what gets past it).
+    """CREATE OR REPLACE FUNCTION {schema}.keel_append_only() RETURNS trigger LANGUAGE plpgsql AS
+        $$ BEGIN RAISE EXCEPTION '% is append-only', TG_TABLE_NAME; END $$""",
+    "DROP TRIGGER IF EXISTS keel_access_log_append_only ON {schema}.keel_access_log",
+    """CREATE TRIGGER keel_access_log_append_only BEFORE UPDATE OR DELETE ON {schema}.keel_access_log
+        FOR EACH ROW EXECUTE FUNCTION {schema}.keel_append_only()""",
+    "DROP TRIGGER IF EXISTS ledger_checkpoints_append_only ON {schema}.ledger_checkpoints",
+    """CREATE TRIGGER ledger_checkpoints_append_only BEFORE UPDATE OR DELETE ON {schema}.ledger_checkpoints
+        FOR EACH ROW EXECUTE FUNCTION {schema}.keel_append_only()""",
+]
+
+_SQLITE_DDL += [
+    "CREATE TABLE IF NOT EXISTS ledger_chain (notification_id INTEGER PRIMARY KEY, hash BLOB NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS ledger_checkpoints (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        position INTEGER NOT NULL,
+        head_hash TEXT NOT NULL,
+        signed_at TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        signature TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS keel_holder_keys (
+        key_id TEXT PRIMARY KEY,
+        key BLOB,
+        created_at TEXT NOT NULL,
+        erased_at TEXT)""",
+    """CREATE TABLE IF NOT EXISTS keel_access_log (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        role TEXT NOT NULL,
+        route TEXT NOT NULL,
+        target TEXT NOT NULL,
+        outcome TEXT NOT NULL)""",
+    """CREATE TRIGGER IF NOT EXISTS keel_access_log_no_update BEFORE UPDATE ON keel_access_log
+        BEGIN SELECT RAISE(ABORT, 'keel_access_log is append-only'); END""",
+    """CREATE TRIGGER IF NOT EXISTS keel_access_log_no_delete BEFORE DELETE ON keel_access_log
+        BEGIN SELECT RAISE(ABORT, 'keel_access_log is append-only'); END""",
+    """CREATE TRIGGER IF NOT EXISTS ledger_checkpoints_no_update BEFORE UPDATE ON ledger_checkpoints
+        BEGIN SELECT RAISE(ABORT, 'ledger_checkpoints is append-only'); END""",
+    """CREATE TRIGGER IF NOT EXISTS ledger_checkpoints_no_delete BEFORE DELETE ON ledger_checkpoints
+        BEGIN SELECT RAISE(ABORT, 'ledger_checkpoints is append-only'); END""",
+]
+
 
 def _idem_rows(kwargs: dict[str, Any]) -> list[tuple[Any, ...]]:
     records: Sequence[IdempotencyRecord] = kwargs.get("idempotency") or ()
@@ -54,13 +131,21 @@ def _idem_rows(kwargs: dict[str, Any]) -> list[tuple[Any, ...]]:
 class KeelPostgresApplicationRecorder(PostgresApplicationRecorder):
     def __init__(self, datastore: Any, *, events_table_name: str = "stored_events") -> None:
         super().__init__(datastore, events_table_name=events_table_name)
+        # (originator id and version come back too: the hash chain pairs rows with events.)
         # Four plain arrays instead of one array of a composite type: psycopg dumps composites
         # field by field through regex escaping (~25 µs per event); plain arrays are cheap.
         self._insert_arrays_statement = SQL(
             "INSERT INTO {}.{} (originator_id, originator_version, topic, state)"
             " SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::bytea[])"
-            " RETURNING notification_id"
+            " RETURNING notification_id, originator_id, originator_version"
         ).format(Identifier(self.datastore.schema), Identifier(self.events_table_name))
+        self.chain_table = CHAINED_EVENTS_TABLES.get(events_table_name)
+        if self.chain_table is not None:
+            schema, chain = Identifier(self.datastore.schema), Identifier(self.chain_table)
+            self._chain_head = SQL("SELECT hash FROM {}.{} ORDER BY notification_id DESC LIMIT 1").format(schema, chain)
+            self._chain_insert = SQL(
+                "INSERT INTO {}.{} (notification_id, hash) SELECT * FROM unnest(%s::bigint[], %s::bytea[])"
+            ).format(schema, chain)
 
     def _insert_stored_events(self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
         # Same order as the library's: table lock (commit order = id order), NOTIFY, insert.
@@ -79,6 +164,37 @@ class KeelPostgresApplicationRecorder(PostgresApplicationRecorder):
                 binary=True,  # binary dumping skips per-element text escaping
             )
 
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        if self.chain_table is None or not stored_events:
+            return super().insert_events(stored_events, **kwargs)
+        # As the library's insert_events (pipeline mode: one round trip for the lock, NOTIFY and
+        # INSERT), plus the chain: its head is read and extended while the EXCLUSIVE table lock
+        # that fixed these positions is still held, in the same transaction. Any error, from the
+        # server or from Python, leaves the transaction by exception, so it rolls back whole.
+        with self.datastore.get_connection() as conn, conn.pipeline() as pipeline, conn.transaction():
+            with conn.cursor() as curs:
+                self._insert_events(curs, stored_events, **kwargs)
+            with conn.cursor() as curs, conn.cursor() as head_curs:
+                self._insert_stored_events(curs, stored_events, **kwargs)
+                head_curs.execute(self._chain_head, prepare=True)
+                # Raises here (e.g. IntegrityError on a version clash), not later at COMMIT.
+                pipeline.sync()
+                inserted = curs.fetchall()  # the INSERT's RETURNING rows
+                head = head_curs.fetchone()
+                if len(inserted) != len(stored_events):
+                    raise RuntimeError(f"inserted {len(inserted)} of {len(stored_events)} events")
+                by_key = {(e.originator_id, e.originator_version): e for e in stored_events}
+                rows = []
+                for r in sorted(inserted, key=lambda r: r["notification_id"]):
+                    e = by_key[(r["originator_id"], r["originator_version"])]
+                    rows.append((r["notification_id"], e.originator_id, e.originator_version, e.topic, e.state))
+                chained = link(bytes(head["hash"]) if head else GENESIS_HASH, rows)
+                # No sync here: the chain rows travel with the COMMIT (one round trip fewer while
+                # the table lock is held). If they fail, the COMMIT fails and nothing is stored.
+                curs.execute(self._chain_insert, ([p for p, _ in chained], [h for _, h in chained]), prepare=True)
+        return [r["notification_id"] for r in inserted]
+
     def _insert_events(self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
         rows = _idem_rows(kwargs)
         if rows:
@@ -96,6 +212,18 @@ class KeelPostgresApplicationRecorder(PostgresApplicationRecorder):
 class KeelSQLiteApplicationRecorder(SQLiteApplicationRecorder):
     def _insert_events(self, c: Any, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
         ids = super()._insert_events(c, stored_events, **kwargs)
+        chain_table = CHAINED_EVENTS_TABLES.get(self.events_table_name)
+        if chain_table is not None and stored_events:
+            # SQLite has one writer: the INSERTs above took the database's write lock, which is
+            # held until this transaction commits, so the head read here is the true head.
+            assert ids is not None and len(ids) == len(stored_events)
+            c.execute(f"SELECT hash FROM {chain_table} ORDER BY notification_id DESC LIMIT 1")
+            head = c.fetchone()
+            chained = link(
+                bytes(head[0]) if head else GENESIS_HASH,
+                [(i, e.originator_id, e.originator_version, e.topic, e.state) for i, e in zip(ids, stored_events)],
+            )
+            c.executemany(f"INSERT INTO {chain_table} (notification_id, hash) VALUES (?, ?)", chained)
         rows = _idem_rows(kwargs)
         if rows:
             c.executemany(

@@ -31,6 +31,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Postgres schema for every table of ours (tests use a fresh one per session).
     database_schema: str = "public"
     data_key: str | None = None  # base64 AES key(s) for events at rest, "id:key,id:key", newest first
+    # A file of data keys, one "id:base64key" per line, newest first (`keel keys rotate-data-key`).
+    # Its keys come after KEEL_DATA_KEY's, so an explicit env key still encrypts.
+    data_key_file: str | None = None
+    # Ed25519 key that signs audit checkpoints: a PEM file (`keel keys audit-init`) or base64 of
+    # the 32-byte private key. Without one, checkpoints cannot be made (verification still runs).
+    audit_signing_key_file: str | None = None
+    audit_signing_key: str | None = None
+    audit_checkpoint_interval_s: float = 60.0
     group_commit_window_ms: int = 1
     group_commit_batch_max: int = 2000
     group_commit_queue_max: int = 100_000
@@ -66,6 +74,10 @@ ENV_VARS: dict[str, str] = {
     "KEEL_DATABASE_URL": "database_url",
     "KEEL_DATABASE_SCHEMA": "database_schema",
     "KEEL_DATA_KEY": "data_key",
+    "KEEL_DATA_KEY_FILE": "data_key_file",
+    "KEEL_AUDIT_SIGNING_KEY_FILE": "audit_signing_key_file",
+    "KEEL_AUDIT_SIGNING_KEY": "audit_signing_key",
+    "KEEL_AUDIT_CHECKPOINT_INTERVAL_S": "audit_checkpoint_interval_s",
     "KEEL_GROUP_COMMIT_WINDOW_MS": "group_commit_window_ms",
     "KEEL_GROUP_COMMIT_BATCH_MAX": "group_commit_batch_max",
     "KEEL_GROUP_COMMIT_QUEUE_MAX": "group_commit_queue_max",

@@ -23,13 +23,40 @@ log = logging.getLogger(__name__)
 
 def _configure_mapper(app: Any, settings: Settings) -> None:
     assert isinstance(app.mapper, MsgspecMapper), "MAPPER_TOPIC must select the msgspec mapper"
-    app.mapper.keyring = KeyRing.parse(settings.data_key) if settings.data_key else None
+    from infrastructure.audit_keys import data_key_spec
+
+    spec = data_key_spec(settings)  # KEEL_DATA_KEY, then KEEL_DATA_KEY_FILE
+    app.mapper.keyring = KeyRing.parse(spec) if spec else None
 
 
 def build_ledger(settings: Settings, *, create_table: bool = False) -> Ledger:
     ledger = Ledger(env=persistence_env(settings, create_table=create_table))
     _configure_mapper(ledger, settings)
+    if not create_table:  # migrate() builds a Ledger before the key table exists
+        from infrastructure.audit_store import Db, SqlHolderVault
+
+        ledger.holder_vault = SqlHolderVault(Db(ledger.recorder.datastore, postgres=settings.is_postgres))  # type: ignore[attr-defined]
     return ledger
+
+
+def build_audit(settings: Settings, ledger: Ledger) -> Any:
+    """The auditor's service (application/audit.py) over the Ledger's store and the audit keys."""
+    from application.audit import Audit
+    from infrastructure.audit_keys import SignatureChecker, key_id_of, load_signer, public_pem, public_raw
+    from infrastructure.audit_store import Db, SqlAuditStore
+
+    db = Db(ledger.recorder.datastore, postgres=settings.is_postgres)  # type: ignore[attr-defined]
+    signer = load_signer(settings)
+    public = None
+    if signer is not None:
+        public = {
+            "algorithm": "Ed25519",
+            "key_id": key_id_of(signer.public),
+            "public_key_hex": public_raw(signer.public).hex(),
+            "public_key_pem": public_pem(signer.public),
+        }
+    checker = SignatureChecker(signer.public) if signer is not None else SignatureChecker()
+    return Audit(ledger, SqlAuditStore(db), ledger.holder_vault, checker, signer, public)
 
 
 def migrate(settings: Settings) -> None:
@@ -77,7 +104,9 @@ def build(settings: Settings, *, start_writer: bool = True) -> Container:
         writer.start()
     datastore = ledger.recorder.datastore  # type: ignore[attr-defined]
     idempotency = PostgresIdempotencyStore(datastore) if settings.is_postgres else SQLiteIdempotencyStore(datastore)
-    return Container(settings=settings, ledger=ledger, writer=writer, idempotency=idempotency)
+    container = Container(settings=settings, ledger=ledger, writer=writer, idempotency=idempotency)
+    container.extras["audit"] = build_audit(settings, ledger)
+    return container
 
 
 def key_store(container: Container) -> Any:

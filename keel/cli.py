@@ -148,6 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(bench_sub)
     p.set_defaults(func=cmd_bench)
+
+    from keel.audit_cli import add_audit_parser, add_keys_commands
+
+    add_audit_parser(sub)
+    add_keys_commands(keys_sub)  # keys audit-init, keys rotate-data-key
     return parser
 
 

@@ -69,10 +69,24 @@ def projection_worker(c: Container) -> Worker:
     return ProjectionWorker(c)
 
 
+def checkpoints_worker(c: Container) -> Worker:
+    """Signs the chain head every KEEL_AUDIT_CHECKPOINT_INTERVAL_S, when it has moved."""
+    audit = c.extras["audit"]
+    if audit.signer is None:
+        log.warning("no audit signing key (keel keys audit-init): the checkpoints worker will not sign")
+
+    def tick() -> None:
+        if audit.signer is not None:
+            audit.checkpoint(only_if_advanced=True)
+
+    return PollingWorker("checkpoints", tick, c.settings.audit_checkpoint_interval_s)
+
+
 # name -> factory. Other modules add their workers here (projections, fraud, checkpoints, ...).
 WORKERS: dict[str, Callable[[Container], Worker]] = {
     "expiry": hold_expiry_worker,
     "projections": projection_worker,
+    "checkpoints": checkpoints_worker,
 }
 
 

@@ -1,0 +1,185 @@
+"""Audit routes (SPEC §5, `auditor`) and holder erasure (`admin`).
+
+Everything here reads through application/audit.py (rebuilt from events, never read models) or
+application/privacy.py. Payloads never show holder personal data (only encrypted/erased), and
+no response carries stored event bytes. Verification walks the whole chain, so only
+VERIFY_CONCURRENT_MAX run at once per process; more answer 503 with Retry-After.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Annotated, Any
+from uuid import UUID
+
+import anyio
+import msgspec
+from litestar import Request, Router, delete, get
+from litestar.params import FromPath, QueryParameter
+
+from api.auth import require_roles
+from api.errors import ApiError
+from api.schemas import AccountOut, account_out
+from application.audit import EVENTS_PAGE_DEFAULT, EVENTS_PAGE_MAX, AccessEntry, LogEntry, PointInTime, parse_instant
+from application.chain import VerifyReport
+from application.privacy import erase_holder
+
+POSITION_MAX = 2**63 - 1
+VERIFY_CONCURRENT_MAX = 1
+AT_MAX_CHARS = 64
+_verify_slots = threading.BoundedSemaphore(VERIFY_CONCURRENT_MAX)
+
+AfterParam = Annotated[int, QueryParameter(ge=0, le=POSITION_MAX, description="Cursor: the last position (or id) seen")]
+LimitParam = Annotated[int, QueryParameter(ge=1, le=EVENTS_PAGE_MAX, description="Page size")]
+
+
+class EventsPage(msgspec.Struct, frozen=True):
+    items: list[LogEntry]
+    next_after: int | None  # pass as `after` for the next page; null at the end
+
+
+class CheckpointOut(msgspec.Struct, frozen=True):
+    id: int
+    position: int
+    head_hash: str
+    signed_at: str
+    key_id: str
+    signature: str
+    message: str  # exactly the bytes that were signed (UTF-8), so anyone can check it
+
+
+class CheckpointsPage(msgspec.Struct, frozen=True):
+    items: list[CheckpointOut]
+    next_after: int | None
+
+
+class PublicKeyOut(msgspec.Struct, frozen=True):
+    algorithm: str
+    key_id: str
+    public_key_hex: str
+    public_key_pem: str
+
+
+class AccessPage(msgspec.Struct, frozen=True):
+    items: list[AccessEntry]
+    next_after: int | None
+
+
+def _audit(request: Request) -> Any:
+    return request.app.state.container.extras["audit"]
+
+
+def _uuid(value: str, name: str) -> UUID:
+    try:
+        return UUID(value)
+    except ValueError:
+        raise ApiError("validation_error", f"{name} must be a UUID", field=name) from None
+
+
+_auditor = [require_roles("auditor")]
+
+
+@get("/audit/events", guards=_auditor, summary="The global event log with hashes (cursor by position)")
+async def audit_events(request: Request, after: AfterParam = 0, limit: LimitParam = EVENTS_PAGE_DEFAULT) -> EventsPage:
+    items = await anyio.to_thread.run_sync(_audit(request).events, after, limit)
+    return EventsPage(items=items, next_after=items[-1].position if len(items) == limit else None)
+
+
+@get("/audit/accounts/{account_id:str}/events", guards=_auditor, summary="One account's events, oldest first")
+async def audit_account_events(
+    request: Request, account_id: FromPath[str], after: AfterParam = 0, limit: LimitParam = EVENTS_PAGE_DEFAULT
+) -> EventsPage:
+    aid = _uuid(account_id, "account_id")
+    items = await anyio.to_thread.run_sync(_audit(request).account_events, aid, after, limit)
+    return EventsPage(items=items, next_after=items[-1].version if len(items) == limit else None)
+
+
+@get(
+    "/audit/accounts/{account_id:str}/balance",
+    guards=_auditor,
+    summary="An account's balances at an instant (?at=RFC3339) or a version (?version=N), rebuilt from events",
+)
+async def audit_balance(
+    request: Request,
+    account_id: FromPath[str],
+    at: Annotated[str | None, QueryParameter(max_length=AT_MAX_CHARS, description="RFC 3339 instant")] = None,
+    version: Annotated[int | None, QueryParameter(ge=1, le=POSITION_MAX, description="aggregate version")] = None,
+) -> PointInTime:
+    aid = _uuid(account_id, "account_id")
+    if (at is None) == (version is None):
+        raise ApiError("validation_error", "give exactly one of at or version")
+    audit = _audit(request)
+    if version is not None:
+        return await anyio.to_thread.run_sync(audit.balance_at_version, aid, version)
+    instant = parse_instant(at or "")
+    return await anyio.to_thread.run_sync(audit.balance_at, aid, instant)
+
+
+@get("/audit/verify", guards=_auditor, summary="Walk the hash chain and the signed checkpoints")
+async def audit_verify(request: Request) -> VerifyReport:
+    if not _verify_slots.acquire(blocking=False):
+        raise ApiError("unavailable", "a verification is already running; retry shortly")
+    try:
+        return await anyio.to_thread.run_sync(_audit(request).verify)
+    finally:
+        _verify_slots.release()
+
+
+@get("/audit/checkpoints", guards=_auditor, summary="Signed chain heads (Ed25519), oldest first")
+async def audit_checkpoints(request: Request, after: AfterParam = 0, limit: LimitParam = EVENTS_PAGE_DEFAULT) -> CheckpointsPage:
+    from application.chain import checkpoint_message
+
+    rows = await anyio.to_thread.run_sync(_audit(request).checkpoints, after, limit)
+    items = [
+        CheckpointOut(i, cp.position, cp.head_hash, cp.signed_at, cp.key_id, cp.signature,
+                      checkpoint_message(cp.position, cp.head_hash, cp.signed_at).decode())  # fmt: skip
+        for i, cp in rows
+    ]
+    return CheckpointsPage(items=items, next_after=items[-1].id if len(items) == limit else None)
+
+
+@get("/audit/public-key", guards=_auditor, summary="The Ed25519 public key that verifies checkpoints")
+async def audit_public_key(request: Request) -> PublicKeyOut:
+    key = _audit(request).public_key
+    if key is None:
+        raise ApiError("not_found", "no audit signing key is configured")
+    return PublicKeyOut(**key)
+
+
+@get("/audit/access-log", guards=_auditor, summary="Who did what: writes and audit reads (PCI DSS 10.2 style)")
+async def audit_access_log(
+    request: Request,
+    after: AfterParam = 0,
+    limit: LimitParam = EVENTS_PAGE_DEFAULT,
+    key_id: Annotated[str | None, QueryParameter(max_length=64)] = None,
+) -> AccessPage:
+    items = await anyio.to_thread.run_sync(_audit(request).access_log, after, limit, key_id)
+    return AccessPage(items=items, next_after=items[-1].id if len(items) == limit else None)
+
+
+@delete("/accounts/{account_id:str}/holder", guards=[require_roles("admin")], status_code=200,
+        summary="Erase the holder's personal data (crypto-shredding); balances and history stay")  # fmt: skip
+async def erase_account_holder(request: Request, account_id: FromPath[str]) -> AccountOut:
+    aid = _uuid(account_id, "account_id")
+    container = request.app.state.container
+    ledger = container.ledger
+    if ledger.holder_vault is None:
+        raise ApiError("unavailable", "holder encryption is not configured")
+    state = await anyio.to_thread.run_sync(
+        erase_holder, ledger.holder_vault, ledger.get_account, container.writer.execute, aid
+    )
+    return account_out(state)
+
+
+router = Router(
+    path="/v1",
+    route_handlers=[
+        audit_events,
+        audit_account_events,
+        audit_balance,
+        audit_verify,
+        audit_checkpoints,
+        audit_public_key,
+        audit_access_log,
+        erase_account_holder,
+    ],
+)
