@@ -315,11 +315,13 @@ class Scorer:
         for i, v in enumerate(vectors):
             pm, score, hit = pre[i]
             reasons = [r.reason(v) for r in sorted(hit, key=lambda r: -r.weight)]
+            spoken = {f for r in hit for f in r.uses}
             if i in deltas:
                 for j in np.argsort(-deltas[i], kind="stable"):
                     if len(reasons) >= REASONS_MAX or deltas[i][j] < MODEL_REASON_MIN_DELTA:
                         break
-                    reasons.append(rules_mod.describe(FEATURE_NAMES[j], v))
+                    if FEATURE_NAMES[j] not in spoken:
+                        reasons.append(rules_mod.describe(FEATURE_NAMES[j], v))
             decisions.append(Decision(score=score, level=self.level(score), reasons=tuple(reasons[:REASONS_MAX]),
                                       model_probability=pm, rules=tuple(r.name for r in hit)))
         return decisions  # type: ignore[return-value]

@@ -36,6 +36,7 @@ class Rule:
     weight: float
     test: Callable[[Vector], bool]
     reason: Callable[[Vector], str]
+    uses: tuple[str, ...] = ()  # features the reason already speaks for
 
 
 RULES: tuple[Rule, ...] = (
@@ -44,18 +45,21 @@ RULES: tuple[Rule, ...] = (
         0.45,
         lambda v: _f(v, "new_counterparty") == 1 and 0.8 <= _f(v, "share_of_available") <= 1.0 and _f(v, "log_amount") >= 4,
         lambda v: f"sends {_f(v, 'share_of_available'):.0%} of the available balance to a payee never paid before",
+        uses=('new_counterparty', 'share_of_available'),
     ),
     Rule(
         "young_payee_large",
         0.3,
         lambda v: 0 <= _f(v, "payee_age_log_days") < math.log1p(7) and _f(v, "share_of_available") >= 0.5 and _f(v, "log_amount") >= 4,
         lambda v: f"pays most of the balance to an account opened {_days(_f(v, 'payee_age_log_days')):.1f} days ago",
+        uses=('payee_age_log_days', 'share_of_available'),
     ),
     Rule(
         "burst_of_tiny_payments",
         0.45,
         lambda v: _f(v, "small_1h") >= 5 and _f(v, "velocity_1h") >= 6,
         lambda v: f"{int(_f(v, 'small_1h'))} tiny payments in the last hour, as when stolen card details are tested",
+        uses=('small_1h', 'velocity_1h', 'velocity_1m'),
     ),
     Rule(
         "just_under_threshold",
@@ -65,12 +69,14 @@ RULES: tuple[Rule, ...] = (
             f"{int(_f(v, 'near_threshold_24h')) + 1} amounts just under the {_money(THRESHOLD_MINOR)} "
             "reporting threshold within 24 h"
         ),
+        uses=('near_threshold', 'near_threshold_24h'),
     ),
     Rule(
         "dormant_reactivated",
         0.35,
         lambda v: _f(v, "idle_log_days") >= math.log1p(90) and _f(v, "share_of_available") >= 0.25 and _f(v, "is_deposit") == 0,
         lambda v: f"account was idle for {_days(_f(v, 'idle_log_days')):.0f} days and now moves a large share of its balance",
+        uses=('idle_log_days', 'share_of_available'),
     ),
     Rule(
         "rapid_cash_out",
@@ -78,6 +84,7 @@ RULES: tuple[Rule, ...] = (
         lambda v: _f(v, "is_withdrawal") == 1 and _f(v, "share_of_available") >= 0.9 and _f(v, "since_inflow_log_s") <= math.log1p(3600)
         and _f(v, "age_log_days") < math.log1p(30),
         lambda v: "a young account withdraws nearly everything within an hour of receiving it",
+        uses=('is_withdrawal', 'share_of_available', 'since_inflow_log_s', 'age_log_days'),
     ),
     Rule(
         "fan_in_then_out",
@@ -85,6 +92,7 @@ RULES: tuple[Rule, ...] = (
         lambda v: _f(v, "fan_in_24h") >= 4 and _f(v, "is_deposit") == 0 and _f(v, "age_log_days") < math.log1p(30)
         and _f(v, "share_of_available") >= 0.15,
         lambda v: f"a young account received from {int(_f(v, 'fan_in_24h'))} different accounts in 24 h and passes the money on",
+        uses=('fan_in_24h', 'age_log_days'),
     ),
 )
 

@@ -62,7 +62,15 @@ def hold_expiry_worker(c: Container) -> Worker:
     return PollingWorker("expiry", expiry.expire_due, HOLD_EXPIRY_INTERVAL_S)
 
 
+def fraud_worker(c: Container) -> Worker:
+    from keel.bootstrap import fraud_service
+
+    service = fraud_service(c)
+    return PollingWorker("fraud", service.consumer.tick, c.settings.fraud_poll_interval_ms / 1000)
+
+
 # name -> factory. Other modules add their workers here (projections, fraud, checkpoints, ...).
 WORKERS: dict[str, Callable[[Container], Worker]] = {
     "expiry": hold_expiry_worker,
+    "fraud": fraud_worker,
 }
