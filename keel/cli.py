@@ -60,6 +60,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fraud(args: argparse.Namespace) -> int:
+    from keel.fraud_cli import run
+
+    return run(args, _settings(args))
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from keel.fraud_cli import simulate_cmd
+
+    return simulate_cmd(args, _settings(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="keel", description="Keel: event-sourced transaction backend")
     parser.add_argument("--database-url", help="overrides KEEL_DATABASE_URL")
@@ -74,6 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run one background worker until SIGTERM (see keel/workers.py)")
     p.add_argument("name", help="worker name, e.g. expiry")
     p.set_defaults(func=cmd_worker)
+
+    from keel.fraud_cli import add_fraud_arguments, add_simulate_arguments
+
+    p = sub.add_parser("fraud", help="fraud model: train, evaluate, rescore (see docs/fraud.md)")
+    add_fraud_arguments(p)
+    p.set_defaults(func=cmd_fraud)
+
+    p = sub.add_parser("simulate", help="simulated activity with labelled fraud: to a file, the ledger or the API")
+    add_simulate_arguments(p)
+    p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("bench", help="benchmarks (see docs/benchmarks.md)")
     bench_sub = p.add_subparsers(dest="bench", required=True)

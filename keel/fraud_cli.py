@@ -1,0 +1,172 @@
+"""`keel fraud train|evaluate|rescore` and `keel simulate`: the fraud module's command line.
+
+Heavy imports (numpy, scikit-learn) happen inside the commands, so `keel --help` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+from uuid import UUID
+
+from infrastructure.settings import Settings
+
+CUSTOMERS_MAX = 20_000
+DAYS_MAX = 120
+
+
+def _bounded(low: int, high: int) -> Any:
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {low}..{high}")
+        return value
+
+    return parse
+
+
+def _period_args(p: argparse.ArgumentParser, seed: int) -> None:
+    from fraud.model import DEFAULT_CUSTOMERS, DEFAULT_DAYS
+
+    p.add_argument("--seed", type=int, default=seed)
+    p.add_argument("--customers", type=_bounded(10, CUSTOMERS_MAX), default=DEFAULT_CUSTOMERS)
+    p.add_argument("--days", type=_bounded(1, DAYS_MAX), default=DEFAULT_DAYS)
+
+
+def add_fraud_arguments(p: argparse.ArgumentParser) -> None:
+    from fraud.model import DEFAULT_EVAL_SEED, DEFAULT_TRAIN_SEED
+
+    sub = p.add_subparsers(dest="fraud_command", required=True)
+    t = sub.add_parser("train", help="simulate a period, add reviewed alerts, fit and save a new signed model version")
+    _period_args(t, DEFAULT_TRAIN_SEED)
+    t.add_argument("--no-reviews", action="store_true", help="ignore analysts' reviewed alerts")
+    e = sub.add_parser("evaluate", help="ROC-AUC, PR-AUC, precision/recall at the alert threshold, latency, on a held-out period")
+    _period_args(e, DEFAULT_EVAL_SEED)
+    e.add_argument("--model", help="model version (default: current)")
+    e.add_argument("--json", action="store_true")
+    r = sub.add_parser("rescore", help="recompute a recorded assessment from its features and model version")
+    r.add_argument("transfer_id", type=UUID)
+
+
+def add_simulate_arguments(p: argparse.ArgumentParser) -> None:
+    from fraud.model import DEFAULT_TRAIN_SEED
+
+    _period_args(p, DEFAULT_TRAIN_SEED)
+    p.add_argument("--out", help="write the labelled dataset (JSON lines) to this file")
+    p.add_argument("--ledger", action="store_true", help="drive the configured ledger in process")
+    p.add_argument("--api", help="drive a running Keel API at this base URL")
+    p.add_argument("--token", help="bearer token of a banking key (with --api)")
+    p.add_argument("--rate", type=float, default=50.0, help="requests per second (with --api)")
+    p.add_argument("--limit", type=_bounded(1, 10_000_000), help="only the first N records")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.fraud_command == "train":
+        return _train(args, settings)
+    if args.fraud_command == "evaluate":
+        return _evaluate(args, settings)
+    return _rescore(args, settings)
+
+
+def _train(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+
+    from keel.bootstrap import build, fraud_service, migrate
+
+    migrate(settings)
+    c = build(settings, start_writer=False)
+    try:
+        svc = fraud_service(c)
+        t0 = time.perf_counter()
+        version = svc.train(seed=args.seed, customers=args.customers, days=args.days, use_reviews=not args.no_reviews)
+        manifest = svc.store.manifest(version)
+        print(f"trained {version} in {time.perf_counter() - t0:.1f} s "
+              f"({manifest['meta']['examples']} examples, {manifest['meta']['fraud_examples']} fraud, "
+              f"{manifest['meta']['reviewed_examples']} from reviews); now current")
+        print(f"model file: {svc.store.models / (version + '.pkl')}")
+        svc.close()
+    finally:
+        c.close()
+    return 0
+
+
+def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    from fraud.model import ModelStore, Scorer, ensure_model, evaluate
+
+    store = ModelStore(settings.fraud_model_dir, settings.fraud_model_key)
+    version = args.model or ensure_model(store)
+    scorer = Scorer(store.load(version), version, elevated=settings.fraud_elevated_threshold, high=settings.fraud_high_threshold)
+    r = evaluate(scorer, seed=args.seed, customers=args.customers, days=args.days)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    print(f"model {r['model_version']} on a held-out period: seed {r['seed']}, {r['customers']} customers, {r['days']} days")
+    print(f"  transfers {r['transfers']}, fraud {r['fraud']}")
+    print(f"  ROC-AUC {r['roc_auc']:.4f}   PR-AUC {r['pr_auc']:.4f}   (model alone ROC-AUC {r['model_only_roc_auc']:.4f})")
+    print(f"  at the alert threshold {r['alert_threshold']}: {r['alerts']} alerts, precision {r['precision']:.3f}, "
+          f"recall {r['recall']:.3f}, false-positive rate {r['false_positive_rate']:.5f}")
+    for pattern, v in r["per_pattern"].items():
+        recall = "n/a" if v["recall"] is None else f"{v['recall']:.3f}"
+        print(f"    {pattern:22} {v['transfers']:5} transfers   recall {recall}")
+    lat = r["latency_ms"]
+    print(f"  in-process scoring latency (features + score, one at a time, {lat['samples']} transfers): "
+          f"p50 {lat['p50']:.3f} ms, p99 {lat['p99']:.3f} ms, max {lat['max']:.3f} ms")
+    return 0
+
+
+def _rescore(args: argparse.Namespace, settings: Settings) -> int:
+    from domain.errors import NotFound
+    from keel.bootstrap import build, fraud_service
+
+    c = build(settings, start_writer=False)
+    try:
+        svc = fraud_service(c)
+        try:
+            r = svc.rescore(args.transfer_id)
+        except NotFound as e:
+            print(f"keel: {e}", file=sys.stderr)
+            return 1
+        finally:
+            svc.close()
+    finally:
+        c.close()
+    print(f"transfer {r.transfer_id} model {r.model_version}")
+    print(f"  recorded   score {r.recorded_score!r} level {r.recorded_level}")
+    print(f"  recomputed score {r.recomputed_score!r} level {r.recomputed_level}")
+    for reason in r.recomputed_reasons:
+        print(f"    - {reason}")
+    if not r.rules_version_matches:
+        print("  the rules changed since this assessment was recorded")
+    print("  MATCHES" if r.matches else "  DIFFERS")
+    return 0 if r.matches else 1
+
+
+def simulate_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from fraud.drive import drive_api, drive_ledger
+    from fraud.simulate import SimConfig, simulate, summary, write_dataset
+
+    records = simulate(SimConfig(seed=args.seed, customers=args.customers, days=args.days))
+    if args.limit:
+        records = records[: args.limit]
+    print("simulated:", json.dumps(summary(records)))
+    if args.out:
+        n = write_dataset(records, args.out)
+        print(f"wrote {n} records to {args.out}")
+    if args.api:
+        if not args.token:
+            print("keel: --api needs --token (a banking key)", file=sys.stderr)
+            return 2
+        r = drive_api(records, args.api, args.token, rate_per_s=args.rate)
+        print(f"api: {r.accounts} accounts, {r.transfers} transfers in {r.seconds:.1f} s; refused {r.refused}")
+    if args.ledger:
+        from keel.bootstrap import build, migrate
+
+        migrate(settings)
+        c = build(settings)
+        try:
+            r = drive_ledger(records, c.writer)
+        finally:
+            c.close()
+        print(f"ledger: {r.accounts} accounts, {r.transfers} transfers in {r.seconds:.1f} s; refused {r.refused}")
+    return 0
