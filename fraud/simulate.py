@@ -292,6 +292,8 @@ class Simulator:
             debit = self.settlement if act.kind == DEPOSIT else act.debit
             credit = self.settlement if act.kind == WITHDRAWAL else act.credit
             assert debit is not None and credit is not None
+            if debit == credit:
+                continue  # a customer drew itself as a "new friend"
             if (debit != self.settlement and debit not in opened) or (credit != self.settlement and credit not in opened):
                 continue
             balance = self.accounts[debit].balance if debit != self.settlement else 1 << 62
