@@ -57,4 +57,4 @@ class SQLiteIdempotencyStore:
     def delete_older_than(self, cutoff_ms: int) -> int:
         with self.datastore.transaction(commit=True) as c:
             c.execute("DELETE FROM keel_idempotency WHERE created_at_ms < ?", (cutoff_ms,))
-            return c.rowcount
+            return c.sqlite_cursor.rowcount  # eventsourcing's SQLiteCursor wrapper has no rowcount

@@ -180,7 +180,9 @@ def persistence_env(settings: Settings, *, create_table: bool = False) -> dict[s
 
 
 def extra_ddl(settings: Settings) -> list[str]:
+    from infrastructure import keys
+
     if settings.is_postgres:
         schema = settings.database_schema
-        return [s.replace("{schema}", f'"{schema}"') for s in _PG_DDL]
-    return list(_SQLITE_DDL)
+        return [s.replace("{schema}", f'"{schema}"') for s in _PG_DDL] + keys.pg_ddl(schema)
+    return list(_SQLITE_DDL) + keys.sqlite_ddl()

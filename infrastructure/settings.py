@@ -36,6 +36,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     group_commit_queue_max: int = 100_000
     pg_pool_size: int = 8
     log_level: str = "INFO"
+    # Requests per second per API key (token bucket; bursts up to 2 s worth). 0 disables it.
+    rate_limit_per_s: float = 1000.0
     # fraud scoring (fraud/): where signed models live, the signing key, level thresholds
     fraud_model_dir: str = "./var/fraud"
     fraud_model_key: str | None = None  # base64, >= 16 bytes; default: a 0600 key file in fraud_model_dir
@@ -75,6 +77,7 @@ ENV_VARS: dict[str, str] = {
     "KEEL_GROUP_COMMIT_QUEUE_MAX": "group_commit_queue_max",
     "KEEL_PG_POOL_SIZE": "pg_pool_size",
     "KEEL_LOG_LEVEL": "log_level",
+    "KEEL_RATE_LIMIT_PER_S": "rate_limit_per_s",
     "KEEL_FRAUD_MODEL_DIR": "fraud_model_dir",
     "KEEL_FRAUD_MODEL_KEY": "fraud_model_key",
     "KEEL_FRAUD_ELEVATED_THRESHOLD": "fraud_elevated_threshold",

@@ -82,6 +82,14 @@ def build(settings: Settings, *, start_writer: bool = True) -> Container:
     return Container(settings=settings, ledger=ledger, writer=writer, idempotency=idempotency)
 
 
+def key_store(container: Container) -> Any:
+    """The API key store of this deployment (table `keel_api_keys`, created by migrate)."""
+    from infrastructure.keys import PostgresKeyStore, SQLiteKeyStore
+
+    datastore = container.ledger.recorder.datastore  # type: ignore[attr-defined]
+    return PostgresKeyStore(datastore) if container.settings.is_postgres else SQLiteKeyStore(datastore)
+
+
 # ---- fraud scoring (fraud/) -------------------------------------------------------------------
 
 

@@ -60,6 +60,42 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from keel.serve import serve
+
+    return serve(_settings(args), host=args.host, port=args.port, workers=args.workers)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from infrastructure.keys import KeyError_, new_key
+    from keel.bootstrap import build, key_store, migrate
+
+    settings = _settings(args)
+    if not settings.is_postgres:
+        migrate(settings)  # the embedded default needs no separate step
+    container = build(settings, start_writer=False)
+    try:
+        store = key_store(container)
+        if args.keys == "create":
+            try:
+                key, token = new_key(args.role, args.tenant)
+            except KeyError_ as e:
+                print(f"keel: {e}", file=sys.stderr)
+                return 2
+            store.add(key)
+            print(token)
+            print(f"key {key.key_id}: role {key.role}" + (f", tenant {key.tenant}" if key.tenant else "")
+                  + " (the token is shown only now)", file=sys.stderr)
+            return 0
+        if not store.revoke(args.key_id):
+            print(f"keel: no key {args.key_id}", file=sys.stderr)
+            return 1
+        print(f"revoked {args.key_id}", file=sys.stderr)
+        return 0
+    finally:
+        container.ledger.close()
+
+
 def cmd_fraud(args: argparse.Namespace) -> int:
     from keel.fraud_cli import run
 
@@ -86,6 +122,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run one background worker until SIGTERM (see keel/workers.py)")
     p.add_argument("name", help="worker name, e.g. expiry")
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("serve", help="run the HTTP API (uvicorn); on SQLite also migrates and runs every worker")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1, help="API processes (PostgreSQL only)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("keys", help="API keys: create (prints the token once) or revoke")
+    keys_sub = p.add_subparsers(dest="keys", required=True)
+    k = keys_sub.add_parser("create", help="create a key and print its token")
+    k.add_argument("--role", required=True, choices=["banking", "auditor", "analyst", "admin"])
+    k.add_argument("--tenant", help="the tenant of a banking key (required for --role banking)")
+    k = keys_sub.add_parser("revoke", help="revoke a key by its id (the hex part after keel_)")
+    k.add_argument("key_id")
+    p.set_defaults(func=cmd_keys)
 
     from keel.fraud_cli import add_fraud_arguments, add_simulate_arguments
 

@@ -45,6 +45,10 @@ def add_fraud_arguments(p: argparse.ArgumentParser) -> None:
     _period_args(e, DEFAULT_EVAL_SEED)
     e.add_argument("--model", help="model version (default: current)")
     e.add_argument("--json", action="store_true")
+    lag = sub.add_parser("lag", help="commit -> assessment latency while the ledger writes at full speed (PostgreSQL)")
+    lag.add_argument("--seconds", type=float, default=20.0)
+    lag.add_argument("--clients", type=_bounded(1, 256), default=64, help="concurrent submitters, as keel bench ledger")
+    lag.add_argument("--accounts", type=_bounded(2, 100_000), default=10_000)
     r = sub.add_parser("rescore", help="recompute a recorded assessment from its features and model version")
     r.add_argument("transfer_id", type=UUID)
 
@@ -66,6 +70,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return _train(args, settings)
     if args.fraud_command == "evaluate":
         return _evaluate(args, settings)
+    if args.fraud_command == "lag":
+        return _lag(args, settings)
     return _rescore(args, settings)
 
 
@@ -170,3 +176,112 @@ def simulate_cmd(args: argparse.Namespace, settings: Settings) -> int:
             c.close()
         print(f"ledger: {r.accounts} accounts, {r.transfers} transfers in {r.seconds:.1f} s; refused {r.refused}")
     return 0
+
+
+LAG_SECONDS_MAX = 120.0
+LAG_CATCH_UP_S = 120.0
+
+
+def _lag(args: argparse.Namespace, settings: Settings) -> int:
+    """Runs `keel worker fraud` as its own process, writes uniform transfers through the group-
+    commit writer from `--clients` threads for `--seconds` (the load of `keel bench ledger`), waits
+    for the worker to catch up, then reads both stores: latency = FraudAssessed time - the
+    transfer's Transfer.Initiated time (both wall-clock stamps of this machine)."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import threading
+    import time
+    import uuid
+
+    import numpy as np
+
+    from application.commands import Deposit, MakeTransfer, OpenAccount
+    from fraud.app import Assessment
+    from keel.bootstrap import build, build_fraud_app, migrate
+
+    if not settings.is_postgres:
+        print("keel: fraud lag needs PostgreSQL (KEEL_DATABASE_URL); use a scratch KEEL_DATABASE_SCHEMA", file=sys.stderr)
+        return 2
+    seconds = min(args.seconds, LAG_SECONDS_MAX)
+    migrate(settings)
+    c = build(settings)
+    worker = None
+    try:
+        w = c.writer
+        ids = [uuid.uuid4() for _ in range(args.accounts)]
+        futures = [w.submit(OpenAccount(tenant="lag", currency="USD", account_id=i)) for i in ids]
+        futures += [w.submit(Deposit(tenant="lag", account_id=i, amount_minor=10**12, currency="USD")) for i in ids]
+        for f in futures:
+            f.result(timeout=600)
+        env = {**os.environ, "KEEL_DATABASE_URL": settings.database_url, "KEEL_DATABASE_SCHEMA": settings.database_schema,
+               "KEEL_FRAUD_MODEL_DIR": settings.fraud_model_dir}
+        worker = subprocess.Popen([sys.executable, "-m", "keel.cli", "worker", "fraud"], env=env)
+        app = build_fraud_app(settings)
+        start_at = c.ledger.recorder.max_notification_id() or 0
+        while app.position() < start_at:  # the worker has loaded its model and caught up
+            time.sleep(0.2)
+        stop = threading.Event()
+        written = [0] * args.clients
+
+        def client(k: int) -> None:
+            rng = random.Random(k)
+            while not stop.is_set():
+                x, y = rng.sample(ids, 2)
+                fut = w.submit(MakeTransfer(tenant="lag", debit_account_id=x, credit_account_id=y,
+                                            amount_minor=rng.randint(1, 10_000), currency="USD"))
+                fut.result(timeout=60)
+                written[k] += 1
+
+        threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(args.clients)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        time.sleep(seconds)
+        stop.set()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - t0
+        head = c.ledger.recorder.max_notification_id() or 0
+        deadline = time.monotonic() + LAG_CATCH_UP_S
+        while app.position() < head and time.monotonic() < deadline:
+            time.sleep(0.2)
+        # Both timestamps come from the stored events; read them back page by page.
+        initiated: dict[uuid.UUID, float] = {}
+        from fraud.app import LEDGER_TOPICS
+
+        pos = start_at
+        while True:
+            notes = c.ledger.recorder.select_notifications(start=pos, limit=5000, topics=LEDGER_TOPICS, inclusive_of_start=False)
+            for n in notes:
+                e = c.ledger.mapper.to_domain_event(n)
+                if hasattr(e, "debit_account_id"):
+                    initiated[e.originator_id] = e.timestamp.timestamp()
+                pos = n.id
+            if len(notes) < 5000:
+                break
+        lags = []
+        pos = 0
+        while True:
+            notes = app.recorder.select_notifications(start=pos, limit=5000, inclusive_of_start=False)
+            for n in notes:
+                e = app.mapper.to_domain_event(n)
+                if isinstance(e, Assessment.FraudAssessed) and e.transfer_id in initiated:
+                    lags.append((e.timestamp.timestamp() - initiated[e.transfer_id]) * 1000)
+                pos = n.id
+            if len(notes) < 5000:
+                break
+        app.close()
+    finally:
+        if worker is not None:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(30)
+        c.close()
+    arr = np.array(lags)
+    print(f"wrote {sum(written)} transfers in {elapsed:.1f} s ({sum(written) / elapsed:,.0f}/s, {args.clients} clients); "
+          f"assessed {len(arr)} of {len(initiated)}")
+    if len(arr):
+        print(f"commit -> assessment latency: p50 {np.percentile(arr, 50):.0f} ms, p99 {np.percentile(arr, 99):.0f} ms, "
+              f"max {arr.max():.0f} ms")
+    return 0 if len(arr) == len(initiated) else 1

@@ -74,3 +74,21 @@ WORKERS: dict[str, Callable[[Container], Worker]] = {
     "expiry": hold_expiry_worker,
     "fraud": fraud_worker,
 }
+
+
+IDEMPOTENCY_CLEANUP_INTERVAL_S = 60.0
+IDEMPOTENCY_KEEP_S = 24 * 3600  # SPEC §5: stored responses are kept at least 24 hours
+
+
+def idempotency_cleanup_worker(c: Container) -> Worker:
+    import time
+
+    def tick() -> None:
+        deleted = c.idempotency.delete_older_than(int((time.time() - IDEMPOTENCY_KEEP_S) * 1000))
+        if deleted:
+            log.info("deleted %d idempotency records older than %d s", deleted, IDEMPOTENCY_KEEP_S)
+
+    return PollingWorker("idempotency_cleanup", tick, IDEMPOTENCY_CLEANUP_INTERVAL_S)
+
+
+WORKERS["idempotency_cleanup"] = idempotency_cleanup_worker

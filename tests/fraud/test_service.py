@@ -148,3 +148,24 @@ def test_training_is_reproducible() -> None:
     b = train(seed=9, customers=40, days=3, max_iter=10)
     # Same seed, same bytes: the version (a content hash) names the model, not the run.
     assert pickle.dumps(a, protocol=5) == pickle.dumps(b, protocol=5)
+
+
+def test_the_shipped_default_model_is_verified_then_signed_into_the_local_store(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    import sklearn
+
+    from fraud import model
+
+    store = ModelStore(tmp_path / "fresh")
+    if sklearn.__version__ == model.SHIPPED_MODEL_SKLEARN:
+        version = model.ensure_model(store)
+        assert version == f"m-{model.SHIPPED_MODEL_SHA256[:16]}"  # the same bytes, now signed with our key
+        store.load(version)
+        tampered = tmp_path / "default_model.pkl"
+        blob = bytearray(model.SHIPPED_MODEL.read_bytes())
+        blob[100] ^= 1
+        tampered.write_bytes(bytes(blob))
+        monkeypatch.setattr(model, "SHIPPED_MODEL", tampered)
+        with pytest.raises(ModelError, match="hash"):
+            model.ensure_model(ModelStore(tmp_path / "other"))
+    else:  # another scikit-learn: the shipped pickle is not used at all
+        assert model.shipped_model() is None

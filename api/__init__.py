@@ -1,0 +1,1 @@
+"""The HTTP API: a Litestar app built by `api.app.create_app(container)`."""

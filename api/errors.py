@@ -1,0 +1,226 @@
+"""Every error the API returns, as RFC 9457 `application/problem+json` with a stable `code`.
+
+One table (`STATUS_BY_CODE`) maps each DomainError code to an HTTP status. The rule:
+- 404 `not_found` — also for another tenant's objects, so their existence is never hinted;
+- 409 when the resource named by the request is in a state that conflicts with the operation
+  (`exists_with_different_fields`, `transfer_not_pending`, `transfer_expired`,
+  `transfer_not_posted`, `already_reversed`, `idempotency_key_in_flight`);
+- 422 when the request is well-formed but breaks a rule of the money movement or is invalid
+  (`validation_error`, `invalid_amount`, `invalid_currency`, `insufficient_funds`,
+  `account_frozen`, `account_closed`, `account_not_empty`, `currency_mismatch`,
+  `same_account`, `exceeds_held_amount`, `settlement_account_restricted`,
+  `balance_overflow`, `idempotency_key_reused`);
+- 503 with `Retry-After` when the service could not do it now (`concurrency_conflict` after
+  the bounded retries, `overloaded`, `shutting_down`, `unavailable`) — safe to retry with the same
+  Idempotency-Key;
+- 401 `unauthorized`, 403 `forbidden`, 413 `payload_too_large`, 429 `rate_limited`,
+  500 `internal_error` (a bug: logged, never detailed).
+
+This module must never put a stack trace, SQL, a token or stored event text in a response.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, NotAuthorizedException, PermissionDeniedException, ValidationException
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+
+from application.group_commit import Overloaded, WriterStopped
+from domain.errors import DomainError
+
+log = logging.getLogger(__name__)
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+RETRY_AFTER_S = 1
+DETAIL_MAX_CHARS = 500
+
+STATUS_BY_CODE: dict[str, int] = {
+    "not_found": 404,
+    "exists_with_different_fields": 409,
+    "transfer_not_pending": 409,
+    "transfer_expired": 409,
+    "transfer_not_posted": 409,
+    "already_reversed": 409,
+    "idempotency_key_in_flight": 409,
+    "alert_already_reviewed": 409,
+    "validation_error": 422,
+    "invalid_amount": 422,
+    "invalid_currency": 422,
+    "insufficient_funds": 422,
+    "account_frozen": 422,
+    "account_closed": 422,
+    "account_not_empty": 422,
+    "currency_mismatch": 422,
+    "same_account": 422,
+    "exceeds_held_amount": 422,
+    "settlement_account_restricted": 422,
+    "balance_overflow": 422,
+    "idempotency_key_reused": 422,
+    "concurrency_conflict": 503,
+    "overloaded": 503,
+    "shutting_down": 503,
+    "unavailable": 503,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "method_not_allowed": 405,
+    "payload_too_large": 413,
+    "rate_limited": 429,
+    "internal_error": 500,
+}
+
+TITLES: dict[str, str] = {
+    "not_found": "Not found",
+    "validation_error": "Invalid request",
+    "insufficient_funds": "Insufficient funds",
+    "unauthorized": "Missing or invalid API key",
+    "forbidden": "This API key's role may not use this route",
+    "payload_too_large": "Request body too large",
+    "rate_limited": "Too many requests",
+    "internal_error": "Internal error",
+    "idempotency_key_reused": "Idempotency-Key reused with a different request",
+    "idempotency_key_in_flight": "A request with this Idempotency-Key is still running",
+}
+
+_RETRYABLE = {"concurrency_conflict", "overloaded", "shutting_down", "unavailable"}
+
+
+class ApiError(Exception):
+    """An API-level problem that is not a domain rule (idempotency, limits, auth)."""
+
+    def __init__(self, code: str, detail: str, *, headers: dict[str, str] | None = None, **details: Any) -> None:
+        assert code in STATUS_BY_CODE, code
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+        self.details = details
+        self.headers = headers or {}
+
+
+def problem_body(code: str, detail: str, details: dict[str, Any] | None = None) -> tuple[int, bytes]:
+    status = STATUS_BY_CODE.get(code, 422)
+    body: dict[str, Any] = {}
+    for k, v in (details or {}).items():
+        if k not in ("type", "title", "status", "detail", "code"):
+            body[k] = v if isinstance(v, (int, str, bool, type(None))) else str(v)
+    body.update(
+        {
+            "type": f"urn:keel:problem:{code}",
+            "title": TITLES.get(code, code.replace("_", " ").capitalize()),
+            "status": status,
+            "detail": detail[:DETAIL_MAX_CHARS],
+            "code": code,
+        }
+    )
+    return status, msgspec.json.encode(body)
+
+
+def problem_response(code: str, detail: str, details: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> Response[bytes]:
+    status, body = problem_body(code, detail, details)
+    all_headers = dict(headers or {})
+    if code in _RETRYABLE:
+        all_headers.setdefault("Retry-After", str(RETRY_AFTER_S))
+    return Response(content=body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=all_headers)
+
+
+def domain_problem(error: DomainError) -> tuple[int, bytes]:
+    return problem_body(error.code, error.message, error.details)
+
+
+def domain_response(error: DomainError) -> Response[bytes]:
+    return problem_response(error.code, error.message, error.details)
+
+
+# ---- Litestar exception handlers ---------------------------------------------------------------
+
+
+def _on_domain_error(_: Request[Any, Any, Any], exc: DomainError) -> Response[bytes]:
+    return domain_response(exc)
+
+
+def _on_api_error(_: Request[Any, Any, Any], exc: ApiError) -> Response[bytes]:
+    return problem_response(exc.code, exc.detail, exc.details, exc.headers)
+
+
+def _on_validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response[bytes]:
+    # Litestar's message names the field and the expected type (from msgspec); never the body.
+    detail = str(exc.detail) if exc.detail else "invalid request"
+    errors = exc.extra if isinstance(exc.extra, list) else None
+    details: dict[str, Any] = {}
+    if errors:
+        details["errors"] = [
+            {k: str(v)[:200] for k, v in e.items() if k in ("message", "key", "source")}
+            for e in errors[:20]
+            if isinstance(e, dict)
+        ]
+    status, body = problem_body("validation_error", detail, None)
+    if details:
+        decoded = msgspec.json.decode(body)
+        decoded["errors"] = details["errors"]
+        body = msgspec.json.encode(decoded)
+    return Response(content=body, status_code=status, media_type=PROBLEM_MEDIA_TYPE)
+
+
+def _on_http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+    if isinstance(exc, NotAuthorizedException):
+        return problem_response(
+            "unauthorized", str(exc.detail) or "missing or invalid API key", headers={"WWW-Authenticate": "Bearer"}
+        )
+    if isinstance(exc, PermissionDeniedException):
+        return problem_response("forbidden", str(exc.detail) or "this key's role may not use this route")
+    code = {
+        400: "validation_error",
+        404: "not_found",
+        405: "method_not_allowed",
+        413: "payload_too_large",
+        429: "rate_limited",
+    }.get(exc.status_code)
+    if code is None:
+        if exc.status_code >= 500:
+            return _internal(exc)
+        status, body = exc.status_code, msgspec.json.encode(
+            {
+                "type": "about:blank",
+                "title": "Request failed",
+                "status": exc.status_code,
+                "detail": str(exc.detail)[:DETAIL_MAX_CHARS],
+                "code": "http_error",
+            }
+        )
+        return Response(content=body, status_code=status, media_type=PROBLEM_MEDIA_TYPE)
+    detail = {
+        404: "no such route",
+        413: "request body is larger than the limit",
+        405: "method not allowed on this route",
+    }.get(exc.status_code, str(exc.detail))
+    return problem_response(code, detail)
+
+
+def _on_overloaded(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    return problem_response("overloaded", "the service is busy; retry shortly")
+
+
+def _on_stopped(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    return problem_response("shutting_down", "the service is restarting; retry shortly")
+
+
+def _internal(exc: BaseException) -> Response[bytes]:
+    log.error("unhandled error: %s", type(exc).__name__, exc_info=exc)
+    return problem_response("internal_error", "an unexpected error occurred; it has been logged")
+
+
+def _on_any(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    return _internal(exc)
+
+
+EXCEPTION_HANDLERS: dict[Any, Any] = {
+    DomainError: _on_domain_error,
+    ApiError: _on_api_error,
+    ValidationException: _on_validation,
+    HTTPException: _on_http,
+    Overloaded: _on_overloaded,
+    WriterStopped: _on_stopped,
+    Exception: _on_any,
+}

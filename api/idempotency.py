@@ -1,0 +1,201 @@
+"""Every write of the API goes through `run_write`: group commit + Idempotency-Key (SPEC §5).
+
+- The stored response is an `IdempotencyRecord` rendered by the writer thread from the
+  command's outcome and saved in the same database transaction as the effect: either both
+  exist or neither does.
+- Keys are scoped to the API key id. Before submitting, the stored record is looked up: same
+  request hash -> the stored status and body with `Idempotent-Replayed: true`; another hash ->
+  422 `idempotency_key_reused`. The same key already running in this process -> 409
+  `idempotency_key_in_flight`.
+- Two processes racing on one key: both submit; the second commit hits the primary key of
+  `keel_idempotency`, so the ledger re-runs that batch. Creation commands get ids derived from
+  (key id, Idempotency-Key), so the re-run finds the first process's transfer/account and adds
+  no second effect; the renderer, called again for the re-run, sees the stored record, stores
+  nothing and marks itself superseded; the caller then answers with the stored record.
+- Retryable outcomes (`concurrency_conflict`) are never stored: the client may retry them.
+
+Handlers never block the event loop: the writer runs on its own thread and store lookups run
+in a worker thread.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+from uuid import UUID
+
+import anyio
+import msgspec
+from litestar import Request, Response
+
+from api.auth import principal_of
+from api.errors import PROBLEM_MEDIA_TYPE, ApiError, domain_problem, problem_response
+from application.commands import Command, Result
+from application.ports import IdempotencyRecord
+from domain.errors import ConcurrencyConflict, DomainError
+
+log = logging.getLogger(__name__)
+
+IDEMPOTENCY_HEADER = "idempotency-key"
+IDEMPOTENCY_KEY_MAX_CHARS = 255
+IDEMPOTENCY_TTL_S = 24 * 3600
+CONFLICT_RESUBMITS_MAX = 3
+WRITE_TIMEOUT_S = 30.0
+# Ids of objects created under an Idempotency-Key: the same (key id, Idempotency-Key) always
+# names the same transfer/account, so a racing duplicate can never create a second one.
+IDEMPOTENT_ID_NAMESPACE = UUID("c1d7e0a4-3b9f-4f55-8e2a-6a0d9b7c2e18")
+
+# (status, body) of an outcome; runs on the writer thread, so it must be pure.
+Present = Callable[[Result | DomainError], tuple[int, bytes]]
+
+
+def present_error(outcome: DomainError) -> tuple[int, bytes]:
+    return domain_problem(outcome)
+
+
+def respond(status: int, body: bytes, *, replayed: bool = False) -> Response[bytes]:
+    media_type = PROBLEM_MEDIA_TYPE if status >= 400 else "application/json"
+    headers = {"Idempotent-Replayed": "true"} if replayed else {}
+    return Response(content=body, status_code=status, media_type=media_type, headers=headers)
+
+
+def idempotency_key(request: Request[Any, Any, Any]) -> str | None:
+    raw = request.headers.get(IDEMPOTENCY_HEADER)
+    if raw is None:
+        return None
+    if not 1 <= len(raw) <= IDEMPOTENCY_KEY_MAX_CHARS or not all(" " < c <= "~" for c in raw):
+        raise ApiError(
+            "validation_error",
+            f"Idempotency-Key must be 1..{IDEMPOTENCY_KEY_MAX_CHARS} printable ASCII characters without spaces",
+        )
+    return raw
+
+
+def request_hash(method: str, path: str, body: bytes) -> str:
+    # Canonical JSON when it parses (key order and whitespace do not make a different request).
+    try:
+        canonical = msgspec.json.encode(msgspec.json.decode(body), order="sorted")
+    except msgspec.DecodeError:
+        canonical = body
+    h = hashlib.sha256()
+    h.update(method.encode())
+    h.update(b"\x00")
+    h.update(path.encode())
+    h.update(b"\x00")
+    h.update(canonical)
+    return h.hexdigest()
+
+
+class Renderer:
+    """The `render` callback for one idempotent command; called once per commit attempt."""
+
+    def __init__(self, scope: str, key: str, hash_: str, present: Present, store: Any) -> None:
+        self.scope = scope
+        self.key = key
+        self.hash = hash_
+        self.present = present
+        self.store = store
+        self.attempts = 0
+        self.superseded = False
+        self.record: IdempotencyRecord | None = None
+
+    def __call__(self, outcome: Result | DomainError) -> IdempotencyRecord | None:
+        self.attempts += 1
+        self.record = None
+        if self.attempts > 1 and self.store.get(self.scope, self.key) is not None:
+            # Another process stored this key first; its response is the answer.
+            self.superseded = True
+            return None
+        self.superseded = False
+        if isinstance(outcome, ConcurrencyConflict):
+            return None
+        status, body = self.present(outcome)
+        self.record = IdempotencyRecord(
+            scope=self.scope,
+            key=self.key,
+            request_hash=self.hash,
+            status_code=status,
+            body=body,
+            created_at_ms=int(time.time() * 1000),
+        )
+        return self.record
+
+
+def derived_id(scope: str, key: str | None) -> UUID | None:
+    if key is None:
+        return None
+    return uuid.uuid5(IDEMPOTENT_ID_NAMESPACE, f"{scope}\x00{key}")
+
+
+async def _submit(request: Request[Any, Any, Any], command: Command, render: Renderer | None) -> Any:
+    writer = request.app.state.container.writer
+    for _ in range(CONFLICT_RESUBMITS_MAX):
+        try:
+            future = writer.submit(command, render)
+            outcome = await asyncio.wait_for(asyncio.wrap_future(future), WRITE_TIMEOUT_S)
+        except (asyncio.TimeoutError, TimeoutError):
+            raise ApiError("unavailable", "the write did not complete in time; retry with the same Idempotency-Key") from None
+        except (ApiError, DomainError):
+            raise
+        except Exception as e:
+            from application.group_commit import Overloaded, WriterStopped
+
+            if isinstance(e, (Overloaded, WriterStopped)):
+                raise
+            # A storage failure: nothing of the batch was committed. Safe to retry.
+            log.warning("write failed: %s", type(e).__name__)
+            raise ApiError("unavailable", "the event store is unavailable; retry shortly") from None
+        if isinstance(outcome, ConcurrencyConflict) and (render is None or not render.superseded):
+            continue
+        return outcome
+    return outcome
+
+
+async def run_write(
+    request: Request[Any, Any, Any],
+    build: Callable[[UUID | None], Command],
+    present: Present,
+) -> Response[bytes]:
+    """Submits the command `build(default_id)` and answers with its (stored) response."""
+    principal = principal_of(request)
+    key = idempotency_key(request)
+    if key is None:
+        outcome = await _submit(request, build(None), None)
+        return respond(*present(outcome))
+
+    scope = principal.key_id
+    body = await request.body()
+    hash_ = request_hash(request.method, request.url.path, body)
+    in_flight: set[tuple[str, str]] = request.app.state.idempotency_in_flight
+    if (scope, key) in in_flight:
+        raise ApiError("idempotency_key_in_flight", "a request with this Idempotency-Key is still running")
+    store = request.app.state.container.idempotency
+    in_flight.add((scope, key))
+    try:
+        stored = await anyio.to_thread.run_sync(store.get, scope, key)
+        if stored is not None:
+            return _replay(stored, hash_)
+        render = Renderer(scope, key, hash_, present, store)
+        outcome = await _submit(request, build(derived_id(scope, key)), render)
+        if render.superseded:
+            stored = await anyio.to_thread.run_sync(store.get, scope, key)
+            if stored is not None:
+                return _replay(stored, hash_)
+        # A conflict outcome means nothing of this command was committed, record included.
+        if render.record is not None and not isinstance(outcome, ConcurrencyConflict):
+            return respond(render.record.status_code, render.record.body)
+        return respond(*present(outcome))
+    finally:
+        in_flight.discard((scope, key))
+
+
+def _replay(stored: IdempotencyRecord, hash_: str) -> Response[bytes]:
+    if stored.request_hash != hash_:
+        return problem_response(
+            "idempotency_key_reused", "this Idempotency-Key was used with a different request"
+        )
+    return respond(stored.status_code, stored.body, replayed=True)

@@ -1,0 +1,77 @@
+"""Prometheus metrics of one API process (each uvicorn worker exposes its own /metrics).
+
+A registry per app, not the global one, so several apps can live in one test process.
+Labels are bounded: the route template (never the raw path), the method and the status class.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.request_latency = Histogram(
+            "keel_http_request_duration_seconds",
+            "HTTP request latency by route template",
+            ["method", "route", "status"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.transfers_committed = Counter(
+            "keel_transfers_committed",
+            "Commands committed by the group-commit writer, counting each batch item",
+            registry=self.registry,
+        )
+        self.commit_batch_size = Histogram(
+            "keel_group_commit_batch_commands",
+            "Commands per group commit",
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.commit_seconds = Histogram(
+            "keel_group_commit_duration_seconds",
+            "Time to apply and commit one group commit",
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+
+    def on_commit(self, commands: int, weight: int, seconds: float) -> None:
+        """The writer's hook: called on its thread after every successful commit."""
+        self.transfers_committed.inc(weight)
+        self.commit_batch_size.observe(commands)
+        self.commit_seconds.observe(seconds)
+
+
+class LatencyMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status: list[int] = [500]
+
+        async def capture(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            metrics: Metrics | None = scope["app"].state.get("metrics")
+            if metrics is not None:
+                route: Any = scope.get("path_template") or "unmatched"
+                metrics.request_latency.labels(scope.get("method", "?"), route, f"{status[0] // 100}xx").observe(
+                    time.perf_counter() - started
+                )

@@ -1,0 +1,506 @@
+"""Banking routes (SPEC §5), for `banking` keys, each scoped to its key's tenant.
+
+Writes go through `api.idempotency.run_write` (group commit + Idempotency-Key); reads run the
+ledger's queries in a worker thread. Another tenant's account or transfer answers 404, exactly
+like one that does not exist. Handlers convert wire types to commands here and nowhere else.
+"""
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Annotated, Any, TypeVar
+from uuid import UUID
+
+import anyio
+import msgspec
+from litestar import Request, Response, Router, get, post
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import Example
+from litestar.params import Body, FromPath, QueryParameter
+
+from api.auth import banking_tenant, require_roles
+from api.errors import PROBLEM_MEDIA_TYPE, ApiError
+from api.idempotency import run_write
+from api.schemas import (
+    PAGE_LIMIT_DEFAULT,
+    PAGE_LIMIT_MAX,
+    AccountCreate,
+    AccountOut,
+    AccountPage,
+    BatchCreate,
+    BatchItemOut,
+    BatchOut,
+    MoneyMovement,
+    PostHold,
+    ProblemOut,
+    TransactionOut,
+    TransactionPage,
+    TransferCreate,
+    TransferOut,
+    account_out,
+    transfer_out,
+)
+from application import queries
+from application.commands import (
+    AccountState,
+    BatchResult,
+    CloseAccount,
+    Deposit,
+    FreezeAccount,
+    MakeTransfer,
+    OpenAccount,
+    PostTransfer,
+    ReverseTransfer,
+    TransferBatch,
+    TransferState,
+    UnfreezeAccount,
+    VoidTransfer,
+    Withdraw,
+)
+from domain.errors import DomainError
+from api.errors import domain_problem
+
+T = TypeVar("T")
+# 1,000 transfers do not fit in the 64 KiB of every other route (SPEC §3 and §5 meet here):
+# a batch may carry 1 MiB, i.e. ~1 KiB per item including metadata.
+BATCH_BODY_MAX_BYTES = 1024 * 1024
+
+IDEMPOTENCY_DOC = (
+    "Optional `Idempotency-Key` header (1..255 printable ASCII): the same key and body replay the stored "
+    "response with `Idempotent-Replayed: true`; the same key with another body is 422 `idempotency_key_reused`; "
+    "while the first request runs, 409 `idempotency_key_in_flight`. Keys are kept at least 24 hours."
+)
+CursorParam = Annotated[str | None, QueryParameter(description="`next_cursor` of the previous page", max_length=40)]
+LimitParam = Annotated[int, QueryParameter(ge=1, le=PAGE_LIMIT_MAX, description="Page size")]
+
+ACCOUNT_EXAMPLE: dict[str, Any] = {"currency": "EUR", "overdraft_limit": 0, "holder": {"name": "Ada Lovelace"}, "metadata": {"ref": "c-1"}}
+TRANSFER_EXAMPLE: dict[str, Any] = {
+    "debit_account_id": "6f0e6c1e-1b7a-4c57-9f39-0c7d0e6e7a11",
+    "credit_account_id": "9a3c3c52-43a4-4f61-8f40-7d0a2b1c3e22",
+    "amount": 2500,
+    "currency": "EUR",
+    "reference": "invoice 42",
+}
+
+
+MOVEMENT_EXAMPLE: dict[str, Any] = {"account_id": TRANSFER_EXAMPLE["credit_account_id"], "amount": 10000, "currency": "EUR"}
+BATCH_EXAMPLE: dict[str, Any] = {"atomic": True, "transfers": [TRANSFER_EXAMPLE, {**TRANSFER_EXAMPLE, "amount": 100}]}
+
+
+def _problem_example(status: int, code: str, detail: str, **extra: Any) -> Example:
+    value = {"type": f"urn:keel:problem:{code}", "title": code.replace("_", " ").capitalize(), "status": status,
+             "detail": detail, "code": code, **extra}  # fmt: skip
+    return Example(summary=code, value=value)
+
+
+def _problems(*extra: tuple[int, str, str, dict[str, Any]]) -> dict[int, ResponseSpec]:
+    """OpenAPI: the problem responses every banking route can give, plus route-specific ones."""
+    by_status: dict[int, list[Example]] = {
+        401: [_problem_example(401, "unauthorized", "invalid API key")],
+        403: [_problem_example(403, "forbidden", "this route needs the role banking")],
+        404: [_problem_example(404, "not_found", "account not found", account_id=TRANSFER_EXAMPLE["debit_account_id"])],
+        422: [_problem_example(422, "validation_error", "Expected `int`, got `float` - at `$.amount`")],
+        429: [_problem_example(429, "rate_limited", "too many requests for this API key")],
+        503: [_problem_example(503, "concurrency_conflict", "the command conflicted with concurrent writes; retry it")],
+    }
+    for status, code, detail, fields in extra:
+        by_status.setdefault(status, []).append(_problem_example(status, code, detail, **fields))
+    return {
+        status: ResponseSpec(
+            data_container=ProblemOut, description="RFC 9457 problem", examples=examples, media_type=PROBLEM_MEDIA_TYPE
+        )
+        for status, examples in by_status.items()
+    }
+
+
+READ_PROBLEMS = _problems()
+WRITE_PROBLEMS = _problems(
+    (409, "idempotency_key_in_flight", "a request with this Idempotency-Key is still running", {}),
+    (422, "idempotency_key_reused", "this Idempotency-Key was used with a different request", {}),
+)
+MOVE_PROBLEMS = _problems(
+    (409, "exists_with_different_fields", "a transfer with this id exists with different fields", {}),
+    (409, "idempotency_key_in_flight", "a request with this Idempotency-Key is still running", {}),
+    (422, "insufficient_funds", "insufficient funds", {"account_id": TRANSFER_EXAMPLE["debit_account_id"], "available": 1200, "amount": 2500}),
+    (422, "account_frozen", "account is frozen; debits are not allowed", {}),
+    (422, "currency_mismatch", "currency must equal both accounts' currency", {}),
+    (422, "idempotency_key_reused", "this Idempotency-Key was used with a different request", {}),
+)
+
+
+def _body(description: str, example: dict[str, Any]) -> Any:
+    return Body(description=description, examples=[Example(summary="example", value=example)])
+
+
+def _parse_uuid(value: str, name: str) -> UUID:
+    try:
+        return UUID(value)
+    except ValueError:
+        raise ApiError("validation_error", f"{name} must be a UUID", field=name) from None
+
+
+async def strict_body(request: Request, type_: type[T], *, empty: T | None = None) -> T:
+    """The body decoded strictly: Litestar's own decoding coerces "25" to 25; money must not."""
+    body = await request.body()
+    if not body.strip() and empty is not None:
+        return empty
+    try:
+        return msgspec.json.decode(body, type=type_, strict=True)
+    except msgspec.ValidationError as e:
+        raise ApiError("validation_error", str(e)) from None
+    except msgspec.DecodeError:
+        raise ApiError("validation_error", "the request body is not valid JSON") from None
+
+
+def _json(value: Any) -> bytes:
+    return msgspec.json.encode(value)
+
+
+# ---- presenters: outcome -> (status, body); they run on the writer thread -------------------
+
+
+def _account_presenter(success_status: int):  # noqa: ANN202
+    def present(outcome: Any) -> tuple[int, bytes]:
+        if isinstance(outcome, DomainError):
+            return domain_problem(outcome)
+        assert isinstance(outcome, AccountState)
+        return success_status, _json(account_out(outcome))
+
+    return present
+
+
+def _transfer_presenter(received_at: float | None, success_status: int = 201):  # noqa: ANN202
+    """201 for a transfer this request created; 200 when the id named an existing one."""
+
+    def present(outcome: Any) -> tuple[int, bytes]:
+        if isinstance(outcome, DomainError):
+            return domain_problem(outcome)
+        assert isinstance(outcome, TransferState)
+        status = success_status
+        if received_at is not None and datetime.fromisoformat(outcome.created_at).timestamp() < received_at:
+            status = 200
+        return status, _json(transfer_out(outcome))
+
+    return present
+
+
+def _batch_presenter(outcome: Any) -> tuple[int, bytes]:
+    if isinstance(outcome, DomainError):
+        return domain_problem(outcome)
+    assert isinstance(outcome, BatchResult)
+    items = []
+    for index, r in enumerate(outcome.results):
+        if isinstance(r, DomainError):
+            _, body = domain_problem(r)
+            items.append(BatchItemOut(index=index, ok=False, error=msgspec.json.decode(body, type=ProblemOut)))
+        else:
+            items.append(BatchItemOut(index=index, ok=True, transfer=transfer_out(r)))
+    status = 201 if outcome.atomic else 200
+    return status, _json(BatchOut(atomic=outcome.atomic, results=items))
+
+
+# ---- accounts --------------------------------------------------------------------------------
+
+
+@post(
+    "/accounts",
+    summary="Open an account",
+    description="Opens a customer account in one currency. Supplying `id` makes the call repeatable: "
+    "the same id with the same fields returns the account; with other fields, 409 "
+    "`exists_with_different_fields`. " + IDEMPOTENCY_DOC,
+    response_description="The new account (201).",
+    status_code=201,
+    responses=WRITE_PROBLEMS,
+)
+async def open_account(request: Request, data: Annotated[AccountCreate, _body("The account to open", ACCOUNT_EXAMPLE)]) -> Response[AccountOut]:
+    tenant = banking_tenant(request)
+    data = await strict_body(request, AccountCreate)
+
+    def build(default_id: UUID | None) -> OpenAccount:
+        return OpenAccount(
+            tenant=tenant,
+            currency=data.currency,
+            account_id=data.id or default_id,
+            overdraft_limit_minor=data.overdraft_limit,
+            holder=msgspec.to_builtins(data.holder) if data.holder else None,
+            metadata=data.metadata,
+        )
+
+    return await run_write(request, build, _account_presenter(201))  # type: ignore[return-value]
+
+
+@get(
+    "/accounts/{account_id:str}",
+    summary="Get an account and its balances",
+    description="Balances in minor units: `posted` = credits − debits; `available` = posted − pending_debits + "
+    "overdraft_limit. Another tenant's account is 404, exactly like a missing one.",
+    responses=READ_PROBLEMS,
+)
+async def get_account(request: Request, account_id: FromPath[str]) -> AccountOut:
+    tenant = banking_tenant(request)
+    aid = _parse_uuid(account_id, "account_id")
+    state = await anyio.to_thread.run_sync(request.app.state.container.ledger.get_account, aid, tenant)
+    return account_out(state)
+
+
+def _cursor(cursor: str | None) -> int | None:
+    if cursor is None or cursor == "":
+        return None
+    if not cursor.isdigit() or len(cursor) > 19:
+        raise ApiError("validation_error", "cursor must be a next_cursor value from a previous page", field="cursor")
+    return int(cursor)
+
+
+@get(
+    "/accounts",
+    summary="List the tenant's accounts",
+    description="Oldest first. Pass `next_cursor` as `cursor` for the next page; it is null at the end.",
+    responses=READ_PROBLEMS,
+)
+async def list_accounts(request: Request, cursor: CursorParam = None, limit: LimitParam = PAGE_LIMIT_DEFAULT) -> AccountPage:
+    tenant = banking_tenant(request)
+    after = _cursor(cursor) or 0
+    page = await anyio.to_thread.run_sync(queries.list_accounts, request.app.state.container.ledger, tenant, after, limit)
+    return AccountPage(
+        items=[account_out(a) for a in page.items],
+        next_cursor=None if page.next_cursor is None else str(page.next_cursor),
+    )
+
+
+@get(
+    "/accounts/{account_id:str}/transactions",
+    summary="An account's balance changes, newest first",
+    description="Each posted debit or credit, hold and hold settlement, with its transfer id. Cursor-paginated.",
+    responses=READ_PROBLEMS,
+)
+async def account_transactions(
+    request: Request, account_id: FromPath[str], cursor: CursorParam = None, limit: LimitParam = PAGE_LIMIT_DEFAULT
+) -> TransactionPage:
+    tenant = banking_tenant(request)
+    aid = _parse_uuid(account_id, "account_id")
+    before = _cursor(cursor)
+    page = await anyio.to_thread.run_sync(
+        queries.account_movements, request.app.state.container.ledger, aid, tenant, before, limit
+    )
+    return TransactionPage(
+        items=[
+            TransactionOut(transfer_id=m.transfer_id, type=m.type, amount=m.amount_minor, version=m.version, at=m.at)
+            for m in page.items
+        ],
+        next_cursor=None if page.next_cursor is None else str(page.next_cursor),
+    )
+
+
+def _account_action(name: str, command_type: type, summary: str):  # noqa: ANN202
+    @post(f"/accounts/{{account_id:str}}/{name}", summary=summary, description=IDEMPOTENCY_DOC, status_code=200, responses=WRITE_PROBLEMS)
+    async def action(request: Request, account_id: FromPath[str]) -> Response[AccountOut]:
+        tenant = banking_tenant(request)
+        aid = _parse_uuid(account_id, "account_id")
+        return await run_write(  # type: ignore[return-value]
+            request, lambda _: command_type(tenant=tenant, account_id=aid), _account_presenter(200)
+        )
+
+    action.__name__ = f"{name}_account"
+    return action
+
+
+freeze_account = _account_action("freeze", FreezeAccount, "Freeze an account (no debits until unfrozen)")
+unfreeze_account = _account_action("unfreeze", UnfreezeAccount, "Unfreeze an account")
+close_account = _account_action("close", CloseAccount, "Close an account (only at zero posted and pending)")
+
+
+# ---- money movements -------------------------------------------------------------------------
+
+
+@post(
+    "/deposits",
+    summary="Deposit money into an account (from the tenant's settlement account)",
+    description="Amounts are integers in minor units. " + IDEMPOTENCY_DOC,
+    status_code=201,
+    responses=MOVE_PROBLEMS,
+)
+async def deposit(request: Request, data: Annotated[MoneyMovement, _body("Amount to deposit", MOVEMENT_EXAMPLE)]) -> Response[TransferOut]:
+    tenant = banking_tenant(request)
+    data = await strict_body(request, MoneyMovement)
+    received_at = time.time()
+    return await run_write(  # type: ignore[return-value]
+        request,
+        lambda default_id: Deposit(
+            tenant=tenant, account_id=data.account_id, amount_minor=data.amount, currency=data.currency,
+            transfer_id=data.id or default_id, reference=data.reference, metadata=data.metadata,
+        ),  # fmt: skip
+        _transfer_presenter(received_at if data.id else None),
+    )
+
+
+@post(
+    "/withdrawals",
+    summary="Withdraw money from an account (to the tenant's settlement account)",
+    description="Fails with 422 `insufficient_funds` (carrying `available`) when the account cannot cover it. "
+    + IDEMPOTENCY_DOC,
+    status_code=201,
+    responses=MOVE_PROBLEMS,
+)
+async def withdraw(request: Request, data: Annotated[MoneyMovement, _body("Amount to withdraw", MOVEMENT_EXAMPLE)]) -> Response[TransferOut]:
+    tenant = banking_tenant(request)
+    data = await strict_body(request, MoneyMovement)
+    received_at = time.time()
+    return await run_write(  # type: ignore[return-value]
+        request,
+        lambda default_id: Withdraw(
+            tenant=tenant, account_id=data.account_id, amount_minor=data.amount, currency=data.currency,
+            transfer_id=data.id or default_id, reference=data.reference, metadata=data.metadata,
+        ),  # fmt: skip
+        _transfer_presenter(received_at if data.id else None),
+    )
+
+
+def _make_transfer(tenant: str, t: TransferCreate, transfer_id: UUID | None) -> MakeTransfer:
+    return MakeTransfer(
+        tenant=tenant,
+        debit_account_id=t.debit_account_id,
+        credit_account_id=t.credit_account_id,
+        amount_minor=t.amount,
+        currency=t.currency,
+        transfer_id=transfer_id,
+        reference=t.reference,
+        metadata=t.metadata,
+        pending=t.pending,
+        timeout_s=t.timeout_seconds,
+    )
+
+
+@post(
+    "/transfers",
+    summary="Move money between two accounts of the tenant",
+    description="Posted at once, or a two-phase hold with `pending: true` (then post, void, or let it expire "
+    "after `timeout_seconds`). The same `id` with the same fields returns the original (200); with other "
+    "fields, 409 `exists_with_different_fields`. " + IDEMPOTENCY_DOC,
+    status_code=201,
+    responses=MOVE_PROBLEMS,
+)
+async def create_transfer(request: Request, data: Annotated[TransferCreate, _body("The transfer", TRANSFER_EXAMPLE)]) -> Response[TransferOut]:
+    tenant = banking_tenant(request)
+    data = await strict_body(request, TransferCreate)
+    received_at = time.time()
+    return await run_write(  # type: ignore[return-value]
+        request,
+        lambda default_id: _make_transfer(tenant, data, data.id or default_id),
+        _transfer_presenter(received_at if data.id else None),
+    )
+
+
+@post(
+    "/transfers/batch",
+    summary="Up to 1,000 transfers in one request",
+    description="`atomic: true`: all or nothing — the first failure is the response (its `index` names the "
+    "item). Otherwise each item succeeds or fails on its own and the response (200) lists every result in "
+    "order. The body may be up to 1 MiB (every other route: 64 KiB). " + IDEMPOTENCY_DOC,
+    status_code=201,
+    request_max_body_size=BATCH_BODY_MAX_BYTES,
+    responses=MOVE_PROBLEMS,
+)
+async def create_batch(request: Request, data: Annotated[BatchCreate, _body("1..1000 transfers", BATCH_EXAMPLE)]) -> Response[BatchOut]:
+    tenant = banking_tenant(request)
+    data = await strict_body(request, BatchCreate)
+
+    def build(default_id: UUID | None) -> TransferBatch:
+        items = []
+        for index, t in enumerate(data.transfers):
+            item_id = t.id or (None if default_id is None else _item_id(default_id, index))
+            items.append(_make_transfer(tenant, t, item_id))
+        return TransferBatch(tenant=tenant, items=tuple(items), atomic=data.atomic)
+
+    return await run_write(request, build, _batch_presenter)  # type: ignore[return-value]
+
+
+def _item_id(base: UUID, index: int) -> UUID:
+    import uuid
+
+    return uuid.uuid5(base, str(index))
+
+
+@get(
+    "/transfers/{transfer_id:str}",
+    summary="Get a transfer",
+    description="Status is posted, pending, voided or expired; `posted_amount` is what became final.",
+    responses=READ_PROBLEMS,
+)
+async def get_transfer(request: Request, transfer_id: FromPath[str]) -> TransferOut:
+    tenant = banking_tenant(request)
+    tid = _parse_uuid(transfer_id, "transfer_id")
+    state = await anyio.to_thread.run_sync(request.app.state.container.ledger.get_transfer, tid, tenant)
+    return transfer_out(state)
+
+
+@post(
+    "/transfers/{transfer_id:str}/post",
+    summary="Post a pending transfer, in full or in part",
+    description="Body `{}` posts the held amount; `{\"amount\": N}` posts N (≤ held) and releases the rest. "
+    + IDEMPOTENCY_DOC,
+    status_code=200,
+    responses=MOVE_PROBLEMS,
+)
+async def post_transfer(
+    request: Request,
+    transfer_id: FromPath[str],
+    data: Annotated[PostHold | None, _body("Optional partial amount", {"amount": 2000})] = None,
+) -> Response[TransferOut]:
+    tenant = banking_tenant(request)
+    tid = _parse_uuid(transfer_id, "transfer_id")
+    data = await strict_body(request, PostHold, empty=PostHold())
+    amount = data.amount
+    return await run_write(  # type: ignore[return-value]
+        request,
+        lambda _: PostTransfer(tenant=tenant, transfer_id=tid, amount_minor=amount),
+        _transfer_presenter(None, 200),
+    )
+
+
+@post("/transfers/{transfer_id:str}/void", summary="Void a pending transfer", description=IDEMPOTENCY_DOC, status_code=200, responses=WRITE_PROBLEMS)
+async def void_transfer(request: Request, transfer_id: FromPath[str]) -> Response[TransferOut]:
+    tenant = banking_tenant(request)
+    tid = _parse_uuid(transfer_id, "transfer_id")
+    return await run_write(  # type: ignore[return-value]
+        request, lambda _: VoidTransfer(tenant=tenant, transfer_id=tid), _transfer_presenter(None, 200)
+    )
+
+
+@post(
+    "/transfers/{transfer_id:str}/reverse",
+    summary="Reverse a posted transfer with a new compensating transfer",
+    description="Returns the reversal (201). Reversing again returns the same reversal (200). " + IDEMPOTENCY_DOC,
+    status_code=201,
+    responses=MOVE_PROBLEMS,
+)
+async def reverse_transfer(request: Request, transfer_id: FromPath[str]) -> Response[TransferOut]:
+    tenant = banking_tenant(request)
+    tid = _parse_uuid(transfer_id, "transfer_id")
+    received_at = time.time()
+    return await run_write(  # type: ignore[return-value]
+        request, lambda _: ReverseTransfer(tenant=tenant, transfer_id=tid), _transfer_presenter(received_at, 201)
+    )
+
+
+router = Router(
+    path="/v1",
+    guards=[require_roles("banking")],
+    tags=["banking"],
+    route_handlers=[
+        open_account,
+        get_account,
+        list_accounts,
+        account_transactions,
+        freeze_account,
+        unfreeze_account,
+        close_account,
+        deposit,
+        withdraw,
+        create_transfer,
+        create_batch,
+        get_transfer,
+        post_transfer,
+        void_transfer,
+        reverse_transfer,
+    ],
+)

@@ -1,0 +1,53 @@
+"""Operations routes: liveness, readiness and Prometheus metrics. No authentication."""
+from __future__ import annotations
+
+import logging
+
+from litestar import Request, Response, Router, get
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from api.errors import problem_response
+from keel.bootstrap import Container
+
+log = logging.getLogger(__name__)
+
+
+@get("/healthz", sync_to_thread=False, summary="Liveness: the process is up", description="No key needed.")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+def _store_reachable(container: Container) -> None:
+    # Any read of the store proves a connection; a missing aggregate is a fine answer.
+    container.ledger.recorder.max_notification_id()  # type: ignore[attr-defined]
+
+
+@get(
+    "/readyz",
+    summary="Readiness: the event store answers",
+    description="200 when a query of the event store succeeds within 5 s, else 503 problem. No key needed.",
+)
+async def readyz(request: Request) -> Response:
+    import anyio
+
+    container: Container = request.app.state.container
+    try:
+        with anyio.fail_after(5):
+            await anyio.to_thread.run_sync(_store_reachable, container)
+    except Exception as e:  # noqa: BLE001 - any failure means "not ready"
+        log.warning("readiness check failed: %s", type(e).__name__)
+        return problem_response("shutting_down", "the event store is not reachable")
+    return Response({"status": "ready"})
+
+
+@get(
+    "/metrics",
+    summary="Prometheus metrics of this process",
+    description="Request latency by route, transfers committed, group-commit batch sizes. No key needed.",
+    media_type=CONTENT_TYPE_LATEST,
+)
+async def metrics(request: Request) -> Response[bytes]:
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+router = Router(path="/", route_handlers=[healthz, readyz, metrics], tags=["operations"])

@@ -1,0 +1,202 @@
+"""Wire types of the banking API (request and response bodies) and their conversions.
+
+Requests are strict msgspec Structs: unknown fields, floats or strings for amounts, negative
+amounts and malformed UUIDs or currencies fail decoding and become 422 `validation_error`.
+Rules that need state (balances, metadata size, ...) are checked by the domain. Wire names
+(`amount`, `posted`, ...) differ from the domain's (`amount_minor`, ...): convert only here.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any
+from uuid import UUID
+
+import msgspec
+from msgspec import Meta
+
+from application.commands import AccountState, TransferState
+from domain.limits import HOLD_TIMEOUT_MAX_S, REFERENCE_MAX_CHARS
+
+AMOUNT_MAX_MINOR = 2**63 - 1
+BATCH_ITEMS_MAX = 1000
+PAGE_LIMIT_MAX = 200
+PAGE_LIMIT_DEFAULT = 50
+HOLDER_FIELD_MAX_CHARS = 256
+
+Amount = Annotated[
+    int,
+    Meta(ge=1, le=AMOUNT_MAX_MINOR, description="Amount in minor units (e.g. cents) as a JSON integer.", examples=[2500]),
+]
+Currency = Annotated[str, Meta(pattern="^[A-Z]{3}$", description="ISO 4217 code, upper case.", examples=["EUR"])]
+Reference = Annotated[str, Meta(max_length=REFERENCE_MAX_CHARS, description="Free text shown to the customer.")]
+Metadata = Annotated[
+    dict[str, Any], Meta(description="Any JSON object up to 4 KiB, stored with the object and returned as given.")
+]
+TimeoutSeconds = Annotated[
+    int, Meta(ge=1, le=HOLD_TIMEOUT_MAX_S, description="Seconds until an unposted hold expires (pending only).")
+]
+OverdraftLimit = Annotated[
+    int, Meta(ge=0, le=AMOUNT_MAX_MINOR, description="How far below zero `available` may go, in minor units.")
+]
+HolderText = Annotated[str, Meta(min_length=1, max_length=HOLDER_FIELD_MAX_CHARS)]
+
+
+class Holder(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Personal data of the account holder (encrypted per holder; erasable)."""
+
+    name: HolderText
+    email: HolderText | None = None
+
+
+class AccountCreate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    currency: Currency
+    id: UUID | None = None
+    overdraft_limit: OverdraftLimit = 0
+    holder: Holder | None = None
+    metadata: Metadata | None = None
+
+
+class TransferCreate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    debit_account_id: UUID
+    credit_account_id: UUID
+    amount: Amount
+    currency: Currency
+    id: UUID | None = None
+    reference: Reference | None = None
+    metadata: Metadata | None = None
+    pending: bool = False
+    timeout_seconds: TimeoutSeconds | None = None
+
+
+class MoneyMovement(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A deposit (settlement -> account) or a withdrawal (account -> settlement)."""
+
+    account_id: UUID
+    amount: Amount
+    currency: Currency
+    id: UUID | None = None
+    reference: Reference | None = None
+    metadata: Metadata | None = None
+
+
+class BatchCreate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    transfers: Annotated[list[TransferCreate], Meta(min_length=1, max_length=BATCH_ITEMS_MAX)]
+    atomic: bool = False
+
+
+class PostHold(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    amount: Amount | None = None
+
+
+class Empty(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    pass
+
+
+# ---- responses -------------------------------------------------------------------------------
+
+
+class AccountOut(msgspec.Struct, frozen=True):
+    id: UUID
+    currency: str
+    kind: str
+    status: str
+    overdraft_limit: int
+    posted: int
+    pending_debits: int
+    pending_credits: int
+    available: int
+    holder: dict[str, Any] | None
+    metadata: dict[str, Any]
+    version: int
+
+
+class TransferOut(msgspec.Struct, frozen=True):
+    id: UUID
+    kind: str
+    status: str
+    debit_account_id: UUID
+    credit_account_id: UUID
+    amount: int
+    posted_amount: int
+    currency: str
+    reference: str | None
+    metadata: dict[str, Any]
+    pending: bool
+    timeout_seconds: int | None
+    reverses_id: UUID | None
+    reversed_by_id: UUID | None
+    created_at: str
+
+
+class ProblemOut(msgspec.Struct, frozen=True):
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+
+
+class BatchItemOut(msgspec.Struct, frozen=True):
+    index: int
+    ok: bool
+    transfer: TransferOut | None = None
+    error: ProblemOut | None = None
+
+
+class BatchOut(msgspec.Struct, frozen=True):
+    atomic: bool
+    results: list[BatchItemOut]
+
+
+class AccountPage(msgspec.Struct, frozen=True):
+    items: list[AccountOut]
+    next_cursor: str | None
+
+
+class TransactionOut(msgspec.Struct, frozen=True):
+    transfer_id: UUID
+    type: str  # debited | credited | debit_held | credit_held | debit_settled | credit_settled
+    amount: int
+    version: int
+    at: str
+
+
+class TransactionPage(msgspec.Struct, frozen=True):
+    items: list[TransactionOut]
+    next_cursor: str | None
+
+
+def account_out(a: AccountState) -> AccountOut:
+    return AccountOut(
+        id=a.id,
+        currency=a.currency,
+        kind=a.kind,
+        status=a.status,
+        overdraft_limit=a.overdraft_limit_minor,
+        posted=a.posted_minor,
+        pending_debits=a.pending_debits_minor,
+        pending_credits=a.pending_credits_minor,
+        available=a.available_minor,
+        holder=a.holder,
+        metadata=a.metadata,
+        version=a.version,
+    )
+
+
+def transfer_out(t: TransferState) -> TransferOut:
+    return TransferOut(
+        id=t.id,
+        kind=t.kind,
+        status=t.status,
+        debit_account_id=t.debit_account_id,
+        credit_account_id=t.credit_account_id,
+        amount=t.amount_minor,
+        posted_amount=t.posted_amount_minor,
+        currency=t.currency,
+        reference=t.reference,
+        metadata=t.metadata,
+        pending=t.pending,
+        timeout_seconds=t.timeout_s,
+        reverses_id=t.reverses_id,
+        reversed_by_id=t.reversed_by_id,
+        created_at=t.created_at,
+    )

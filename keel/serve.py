@@ -1,0 +1,87 @@
+"""`keel serve`: the API on uvicorn, with the background workers this deployment needs.
+
+The CLI parses Settings once and calls `serve()`. With one worker process the app is built
+here from those Settings; with `--workers N` uvicorn spawns N processes that each import
+`app_factory`, which re-reads the same environment (the CLI writes its overrides into it
+first) — the only place besides the CLI that calls load_settings. Must never run DDL on
+PostgreSQL (that is `keel migrate`); on the embedded SQLite default it migrates first so that
+one command starts a working service.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+
+from infrastructure.settings import ENV_VARS, Settings, SettingsError, load_settings
+
+log = logging.getLogger(__name__)
+
+# Started inside every API process on PostgreSQL; the other workers run as `keel worker NAME`.
+IN_PROCESS_WORKERS_PG = ("expiry", "idempotency_cleanup")
+GRACEFUL_SHUTDOWN_S = 20
+
+
+def background_worker_names(settings: Settings) -> list[str]:
+    from keel.workers import WORKERS
+
+    if settings.is_postgres:
+        return [n for n in IN_PROCESS_WORKERS_PG if n in WORKERS]
+    return list(WORKERS)  # embedded default: everything in this one process
+
+
+def app_from_settings(settings: Settings, worker_names: Sequence[str] | None = None):  # noqa: ANN201
+    from api.app import create_app
+    from keel.bootstrap import build
+    from keel.workers import WORKERS
+
+    container = build(settings)
+    names = background_worker_names(settings) if worker_names is None else list(worker_names)
+    workers = [WORKERS[n](container) for n in names]
+
+    def start() -> None:
+        for w in workers:
+            w.start()
+        log.info("keel API ready (%s; workers: %s)", "postgresql" if settings.is_postgres else "sqlite", ", ".join(names) or "none")
+
+    def stop() -> None:
+        for w in reversed(workers):
+            w.stop()
+        container.close()
+
+    return create_app(container, on_startup=[start], on_shutdown=[stop])
+
+
+def app_factory():  # noqa: ANN201
+    """uvicorn --factory entry point for `--workers N` (each worker process calls it)."""
+    return app_from_settings(load_settings(os.environ))
+
+
+def serve(settings: Settings, *, host: str, port: int, workers: int) -> int:
+    import uvicorn
+
+    from keel.bootstrap import migrate
+
+    if workers < 1:
+        raise SettingsError("--workers must be at least 1")
+    if not settings.is_postgres:
+        if workers > 1:
+            raise SettingsError("the embedded SQLite store takes one writer process: use --workers 1 or PostgreSQL")
+        migrate(settings)
+    common = {
+        "host": host,
+        "port": port,
+        "access_log": False,
+        "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
+        "log_level": settings.log_level.lower(),
+    }
+    if workers == 1:
+        uvicorn.run(app_from_settings(settings), **common)
+        return 0
+    # Worker processes rebuild Settings from the environment: put every field we run with there.
+    fields = {f: v for f, v in ((f, getattr(settings, f)) for f in ENV_VARS.values()) if v is not None}
+    for var, field in ENV_VARS.items():
+        if field in fields:
+            os.environ[var] = str(fields[field])
+    uvicorn.run("keel.serve:app_factory", factory=True, workers=workers, **common)
+    return 0

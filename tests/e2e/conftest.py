@@ -1,0 +1,78 @@
+"""One real server per test module and database (module-scoped), with keys of every role."""
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from infrastructure.settings import Settings, load_settings
+from tests.conftest import PG_DSN, fresh_pg_settings
+from tests.e2e.server import ServerProcess, auth, make_token
+
+
+@dataclass
+class Api:
+    """A running server, its settings, and a client per role (two banking tenants)."""
+
+    server: ServerProcess
+    settings: Settings
+    tokens: dict[str, str]
+    clients: dict[str, httpx.Client] = field(default_factory=dict)
+
+    def client(self, who: str) -> httpx.Client:
+        if who not in self.clients:
+            headers = auth(self.tokens[who]) if who in self.tokens else {}
+            self.clients[who] = httpx.Client(base_url=self.server.base_url, headers=headers, timeout=30)
+        return self.clients[who]
+
+    @property
+    def bank(self) -> httpx.Client:
+        return self.client("bank_a")
+
+    def close(self) -> None:
+        for c in self.clients.values():
+            c.close()
+        self.server.stop()
+
+
+def _tokens(settings: Settings) -> dict[str, str]:
+    return {
+        "bank_a": make_token(settings, "banking", f"tenant-a-{uuid.uuid4().hex[:6]}"),
+        "bank_b": make_token(settings, "banking", f"tenant-b-{uuid.uuid4().hex[:6]}"),
+        "auditor": make_token(settings, "auditor"),
+        "analyst": make_token(settings, "analyst"),
+        "admin": make_token(settings, "admin"),
+    }
+
+
+def start_sqlite_api(tmp: Path) -> Api:
+    # Exactly the newcomer's setup: no KEEL_* settings, the default SQLite file under ./var/.
+    settings = load_settings({}, database_url=f"sqlite:///{tmp}/var/keel.db")
+    server = ServerProcess({}, cwd=tmp, log_path=tmp / "serve.log")
+    return Api(server=server, settings=settings, tokens=_tokens(settings))
+
+
+def start_pg_api(tmp: Path, schemas: list[str], settings: Settings | None = None, **env: str) -> Api:
+    settings = settings or fresh_pg_settings(schemas)
+    server = ServerProcess(
+        {"KEEL_DATABASE_URL": PG_DSN, "KEEL_DATABASE_SCHEMA": settings.database_schema, **env},
+        cwd=tmp,
+        log_path=tmp / f"serve-{uuid.uuid4().hex[:6]}.log",
+    )
+    return Api(server=server, settings=settings, tokens=_tokens(settings))
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def api(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, pg_session_schemas: list[str]
+) -> Iterator[Api]:
+    tmp = tmp_path_factory.mktemp(f"api-{request.param}")
+    running = start_pg_api(tmp, pg_session_schemas) if request.param == "postgres" else start_sqlite_api(tmp)
+    try:
+        yield running
+    finally:
+        running.close()
