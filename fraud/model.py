@@ -156,7 +156,10 @@ class ModelStore:
         os.replace(tmp, path)
 
     def save(self, artifact: Artifact, *, make_current: bool = True) -> str:
-        blob = pickle.dumps(artifact, protocol=5)
+        return self.save_blob(pickle.dumps(artifact, protocol=5), artifact, make_current=make_current)
+
+    def save_blob(self, blob: bytes, artifact: Artifact, *, make_current: bool = True) -> str:
+        """Stores `blob` (the pickle of `artifact`, byte for byte) signed with the local key."""
         digest = hashlib.sha256(blob).hexdigest()
         version = f"m-{digest[:16]}"
         self.models.mkdir(parents=True, exist_ok=True)
@@ -212,7 +215,8 @@ SHIPPED_MODEL_SHA256 = "79946dfea8a0c44a72a1a0496e1e8496f38f2f58c6a4316d0f5f2cbe
 SHIPPED_MODEL_SKLEARN = "1.9.1"
 
 
-def shipped_model() -> Artifact | None:
+def shipped_model() -> tuple[bytes, Artifact] | None:
+    """The shipped default model's bytes and object, or None with another scikit-learn."""
     import sklearn
 
     if sklearn.__version__ != SHIPPED_MODEL_SKLEARN or not SHIPPED_MODEL.exists():
@@ -221,7 +225,7 @@ def shipped_model() -> Artifact | None:
     if hashlib.sha256(blob).hexdigest() != SHIPPED_MODEL_SHA256:
         raise ModelError(f"{SHIPPED_MODEL} does not match the hash in fraud/model.py; refusing to unpickle it")
     art = pickle.loads(blob)  # noqa: S301 - the hash above is pinned in our own source
-    return art if isinstance(art, Artifact) and tuple(art.feature_names) == FEATURE_NAMES else None
+    return (blob, art) if isinstance(art, Artifact) and tuple(art.feature_names) == FEATURE_NAMES else None
 
 
 def ensure_model(store: ModelStore, *, customers: int = DEFAULT_CUSTOMERS, days: int = DEFAULT_DAYS) -> str:
@@ -229,8 +233,12 @@ def ensure_model(store: ModelStore, *, customers: int = DEFAULT_CUSTOMERS, days:
     or, with another scikit-learn, the same seeded default trained here (~5-10 s)."""
     version = store.current()
     if version is None:
-        art = shipped_model()
-        version = store.save(art if art is not None else train(customers=customers, days=days))
+        shipped = shipped_model()
+        if shipped is not None:
+            # Verbatim: re-pickling an unpickled object need not give the same bytes.
+            version = store.save_blob(*shipped)
+        else:
+            version = store.save(train(customers=customers, days=days))
     return version
 
 

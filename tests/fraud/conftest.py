@@ -1,4 +1,5 @@
-"""Fixtures for the fraud tests: one small, seeded model per session (training stays ~2 s)."""
+"""Fixtures for the fraud tests: one model per session — the shipped default (verified by its
+pinned hash, no training), or with another scikit-learn a small seeded one (~3 s)."""
 from __future__ import annotations
 
 import shutil
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fraud.model import ModelStore, train
+from fraud.model import ModelStore, shipped_model, train
 
 SMALL = {"seed": 3, "customers": 200, "days": 14, "max_iter": 80}
 
@@ -14,7 +15,11 @@ SMALL = {"seed": 3, "customers": 200, "days": 14, "max_iter": 80}
 @pytest.fixture(scope="session")
 def small_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("fraud-model")
-    ModelStore(d).save(train(**SMALL))
+    shipped = shipped_model()
+    if shipped is not None:
+        ModelStore(d).save_blob(*shipped)
+    else:
+        ModelStore(d).save(train(**SMALL))
     return d
 
 
