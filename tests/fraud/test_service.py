@@ -169,3 +169,18 @@ def test_the_shipped_default_model_is_verified_then_signed_into_the_local_store(
             model.ensure_model(ModelStore(tmp_path / "other"))
     else:  # another scikit-learn: the shipped pickle is not used at all
         assert model.shipped_model() is None
+
+
+def test_small_and_large_batches_give_the_same_raw_score_bit_for_bit(model_dir: Path) -> None:
+    """A recorded score must never depend on the batch it was computed in (exact re-scoring)."""
+    import numpy as np
+
+    from fraud.model import Forest
+    from fraud.model import training_set as features_of
+
+    store = ModelStore(model_dir)
+    forest = Forest(store.load(store.current()).classifier)  # type: ignore[arg-type]
+    x, _, _, _ = features_of(simulate(SimConfig(seed=21, customers=60, days=4, **RICH)))
+    x = np.vstack([x, x + np.random.default_rng(0).normal(0, 1, x.shape)])
+    small = [r for i in range(0, len(x), 50) for r in forest.raw_small(x[i : i + 50])]
+    assert small == forest.raw_large(x)
