@@ -21,7 +21,7 @@ from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
-from api import routes_analytics, routes_audit, routes_banking, routes_history, routes_ops
+from api import routes_analytics, routes_audit, routes_banking, routes_fraud, routes_history, routes_ops
 from api.access_log import AccessLogMiddleware, close_access_log
 from api.auth import KeyAuthMiddleware, KeyCache, RateLimitMiddleware, TokenBucket
 from api.errors import EXCEPTION_HANDLERS
@@ -40,6 +40,7 @@ ROUTERS = [
     routes_history.router,
     routes_analytics.router,
     routes_audit.router,
+    routes_fraud.router,
 ]
 
 

@@ -44,6 +44,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "transfer_not_posted": 409,
     "already_reversed": 409,
     "idempotency_key_in_flight": 409,
+    "alert_already_reviewed": 409,
     "validation_error": 422,
     "invalid_amount": 422,
     "invalid_currency": 422,

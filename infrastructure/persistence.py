@@ -8,12 +8,13 @@ named after the Application (`ledger_events`, ...) on both databases, and are cr
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
 from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory
-from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteFactory
+from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteFactory, SQLiteProcessRecorder
 from eventsourcing.utils import retry
 from psycopg.sql import SQL, Identifier
 
@@ -234,8 +235,29 @@ class KeelSQLiteApplicationRecorder(SQLiteApplicationRecorder):
         return ids
 
 
+class KeelSQLiteProcessRecorder(SQLiteProcessRecorder):
+    """eventsourcing's SQLite process recorder keeps every follower's position in one table named
+    `tracking`, keyed by the *upstream* application's name, so two followers of the ledger in one
+    file would share a row. This one uses its own table (`<appname>_tracking`), as on PostgreSQL."""
+
+    def __init__(self, datastore: Any, *, events_table_name: str = "stored_events", tracking_table_name: str = "tracking") -> None:
+        # Set first: the base constructor already builds the CREATE statements.
+        self.tracking_table_name = tracking_table_name
+        super().__init__(datastore, events_table_name=events_table_name)
+        self.insert_tracking_statement = self._rename(self.insert_tracking_statement)
+        self.select_max_tracking_id_statement = self._rename(self.select_max_tracking_id_statement)
+
+    def _rename(self, statement: str) -> str:
+        return re.sub(r"\btracking\b", self.tracking_table_name, statement)
+
+    def construct_create_table_statements(self) -> list[str]:
+        return [self._rename(s) if "TABLE IF NOT EXISTS tracking " in s else s for s in super().construct_create_table_statements()]
+
+
 class KeelSQLiteFactory(SQLiteFactory):
     """SQLite with per-application table names, as on PostgreSQL, so one file holds every app."""
+
+    process_recorder_class = KeelSQLiteProcessRecorder
 
     def _prefix(self) -> str:
         return self.env.name.lower() or "stored"

@@ -46,6 +46,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     log_level: str = "INFO"
     # Requests per second per API key (token bucket; bursts up to 2 s worth). 0 disables it.
     rate_limit_per_s: float = 10_000.0
+    # fraud scoring (fraud/): where signed models live, the signing key, level thresholds
+    fraud_model_dir: str = "./var/fraud"
+    fraud_model_key: str | None = None  # base64, >= 16 bytes; default: a 0600 key file in fraud_model_dir
+    fraud_elevated_threshold: float = 0.5
+    fraud_high_threshold: float = 0.8
+    fraud_poll_interval_ms: int = 50
 
     @property
     def is_postgres(self) -> bool:
@@ -84,6 +90,11 @@ ENV_VARS: dict[str, str] = {
     "KEEL_PG_POOL_SIZE": "pg_pool_size",
     "KEEL_LOG_LEVEL": "log_level",
     "KEEL_RATE_LIMIT_PER_S": "rate_limit_per_s",
+    "KEEL_FRAUD_MODEL_DIR": "fraud_model_dir",
+    "KEEL_FRAUD_MODEL_KEY": "fraud_model_key",
+    "KEEL_FRAUD_ELEVATED_THRESHOLD": "fraud_elevated_threshold",
+    "KEEL_FRAUD_HIGH_THRESHOLD": "fraud_high_threshold",
+    "KEEL_FRAUD_POLL_INTERVAL_MS": "fraud_poll_interval_ms",
 }
 
 
@@ -101,4 +112,6 @@ def load_settings(environ: Mapping[str, str], **overrides: object) -> Settings:
         raise SettingsError("KEEL_DATABASE_URL must start with sqlite:/// or postgresql://")
     if not settings.database_schema.replace("_", "").isalnum():
         raise SettingsError("KEEL_DATABASE_SCHEMA must be letters, digits and underscores")
+    if not 0.0 < settings.fraud_elevated_threshold <= settings.fraud_high_threshold <= 1.0:
+        raise SettingsError("fraud thresholds must satisfy 0 < KEEL_FRAUD_ELEVATED_THRESHOLD <= KEEL_FRAUD_HIGH_THRESHOLD <= 1")
     return settings

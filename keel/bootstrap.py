@@ -71,12 +71,14 @@ def migrate(settings: Settings) -> None:
                 conn.execute(statement)
         ledger = build_ledger(settings, create_table=True)
         ledger.close()
+        build_fraud_app(settings, create_table=True).close()
     else:
         ledger = build_ledger(settings, create_table=True)
         with ledger.recorder.datastore.transaction(commit=True) as c:  # type: ignore[attr-defined]
             for statement in extra_ddl(settings):
                 c.execute(statement)
         ledger.close()
+        build_fraud_app(settings, create_table=True).close()
 
 
 @dataclass
@@ -123,3 +125,33 @@ def idempotency_claims(container: Container) -> Any:
 
     datastore = container.ledger.recorder.datastore  # type: ignore[attr-defined]
     return PostgresClaims(datastore) if container.settings.is_postgres else SQLiteClaims(datastore)
+
+
+# ---- fraud scoring (fraud/) -------------------------------------------------------------------
+
+
+def build_fraud_app(settings: Settings, *, create_table: bool = False) -> Any:
+    from fraud.app import FraudApp
+
+    app = FraudApp(env=persistence_env(settings, create_table=create_table))
+    _configure_mapper(app, settings)
+    return app
+
+
+def fraud_service(container: Container) -> Any:
+    """The container's FraudService, built on first use (the API and the worker share it)."""
+    from fraud.model import ModelStore
+    from fraud.service import FraudService
+
+    service = container.extras.get("fraud")
+    if service is None:
+        s = container.settings
+        service = FraudService(
+            ledger=container.ledger,
+            app=build_fraud_app(s),
+            store=ModelStore(s.fraud_model_dir, s.fraud_model_key),
+            elevated=s.fraud_elevated_threshold,
+            high=s.fraud_high_threshold,
+        )
+        container.extras["fraud"] = service
+    return service

@@ -106,6 +106,18 @@ def cmd_keys(args: argparse.Namespace) -> int:
         container.ledger.close()
 
 
+def cmd_fraud(args: argparse.Namespace) -> int:
+    from keel.fraud_cli import run
+
+    return run(args, _settings(args))
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from keel.fraud_cli import simulate_cmd
+
+    return simulate_cmd(args, _settings(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="keel", description="Keel: event-sourced transaction backend")
     parser.add_argument("--database-url", help="overrides KEEL_DATABASE_URL")
@@ -141,6 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
     k = keys_sub.add_parser("revoke", help="revoke a key by its id (the hex part after keel_)")
     k.add_argument("key_id")
     p.set_defaults(func=cmd_keys)
+
+    from keel.fraud_cli import add_fraud_arguments, add_simulate_arguments
+
+    p = sub.add_parser("fraud", help="fraud model: train, evaluate, rescore (see docs/fraud.md)")
+    add_fraud_arguments(p)
+    p.set_defaults(func=cmd_fraud)
+
+    p = sub.add_parser("simulate", help="simulated activity with labelled fraud: to a file, the ledger or the API")
+    add_simulate_arguments(p)
+    p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("bench", help="benchmarks (see docs/benchmarks.md)")
     bench_sub = p.add_subparsers(dest="bench", required=True)

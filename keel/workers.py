@@ -82,11 +82,19 @@ def checkpoints_worker(c: Container) -> Worker:
     return PollingWorker("checkpoints", tick, c.settings.audit_checkpoint_interval_s)
 
 
+def fraud_worker(c: Container) -> Worker:
+    from keel.bootstrap import fraud_service
+
+    service = fraud_service(c)
+    return PollingWorker("fraud", service.consumer.tick, c.settings.fraud_poll_interval_ms / 1000)
+
+
 # name -> factory. Other modules add their workers here (projections, fraud, checkpoints, ...).
 WORKERS: dict[str, Callable[[Container], Worker]] = {
     "expiry": hold_expiry_worker,
     "projections": projection_worker,
     "checkpoints": checkpoints_worker,
+    "fraud": fraud_worker,
 }
 
 

@@ -1,0 +1,314 @@
+"""The fraud application: its own event store ("fraud": tables fraud_events, fraud_tracking),
+the `Assessment` and `Alert` aggregates, and the consumer that follows the ledger's log.
+
+`FraudConsumer.tick()` reads ledger notifications after its tracking position, computes features
+and scores *outside* any database transaction, then records every FraudAssessed (and any Alert
+opened) together with the tracking position of the last notification in one transaction. So a
+SIGKILL at any moment either loses the whole batch (it is redone) or keeps all of it (never
+redone): no transfer is skipped or scored twice. The feature state lives in memory and is
+rebuilt after a restart by replaying the ledger's log up to the tracking position.
+
+It never writes to the ledger and never scores inside a transaction.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID, uuid5
+
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import IntegrityError, Tracking
+from eventsourcing.utils import get_topic
+
+from domain.errors import DomainError, NotFound, ValidationFailed
+from fraud.features import TOPICS_CLASSES, FeatureExtractor
+from fraud.model import HIGH, Decision, Scorer
+from fraud.rules import RULES_VERSION
+
+log = logging.getLogger(__name__)
+
+LEDGER_APP = "ledger"
+READ_LIMIT = 500
+ALERT_PAGE_MAX = 500
+NOTE_MAX_CHARS = 1000
+LABELS = ("fraud", "legit")
+OPEN = "open"
+REVIEWED = "reviewed"
+ASSESSMENT_NAMESPACE = UUID("a51c2e8e-3f0b-4f55-8f0a-0e7f6f3b9d21")
+ALERT_NAMESPACE = UUID("c0b8d9a4-6f1e-4f0c-b2a7-93d1f7e5a6b2")
+LEDGER_TOPICS = [get_topic(c) for c in TOPICS_CLASSES]
+
+
+class AlertAlreadyReviewed(DomainError):
+    code = "alert_already_reviewed"
+
+
+def assessment_id(transfer_id: UUID) -> UUID:
+    return uuid5(ASSESSMENT_NAMESPACE, str(transfer_id))
+
+
+def alert_id(transfer_id: UUID) -> UUID:
+    return uuid5(ALERT_NAMESPACE, str(transfer_id))
+
+
+class Assessment(Aggregate):
+    class FraudAssessed(Aggregate.Created):
+        transfer_id: UUID
+        tenant: str
+        ledger_position: int
+        score: float
+        level: str
+        reasons: list[str]
+        features: list[float]
+        model_version: str
+        rules_version: str
+        model_probability: float
+        rules: list[str]
+
+        def apply(self, aggregate: Assessment) -> None:
+            for name in ("transfer_id", "tenant", "ledger_position", "score", "level", "reasons", "features",
+                         "model_version", "rules_version", "model_probability", "rules"):
+                setattr(aggregate, name, getattr(self, name))
+
+    @classmethod
+    def record(cls, *, transfer_id: UUID, tenant: str, ledger_position: int, decision: Decision,
+               features: Sequence[float], model_version: str) -> Assessment:
+        return cls._create(
+            cls.FraudAssessed, id=assessment_id(transfer_id), transfer_id=transfer_id, tenant=tenant,
+            ledger_position=ledger_position, score=decision.score, level=decision.level, reasons=list(decision.reasons),
+            features=list(features), model_version=model_version, rules_version=RULES_VERSION,
+            model_probability=decision.model_probability, rules=list(decision.rules),
+        )
+
+
+class Alert(Aggregate):
+    class Opened(Aggregate.Created):
+        transfer_id: UUID
+        tenant: str
+        score: float
+        reasons: list[str]
+        model_version: str
+
+        def apply(self, aggregate: Alert) -> None:
+            aggregate.transfer_id = self.transfer_id
+            aggregate.tenant = self.tenant
+            aggregate.score = self.score
+            aggregate.reasons = self.reasons
+            aggregate.model_version = self.model_version
+            aggregate.status = OPEN
+            aggregate.label = None
+            aggregate.note = None
+            aggregate.reviewer = None
+
+    class Reviewed(Aggregate.Event):
+        label: str
+        note: str
+        reviewer: str
+
+        def apply(self, aggregate: Alert) -> None:
+            aggregate.status = REVIEWED
+            aggregate.label = self.label
+            aggregate.note = self.note
+            aggregate.reviewer = self.reviewer
+
+    @classmethod
+    def open(cls, *, transfer_id: UUID, tenant: str, decision: Decision, model_version: str) -> Alert:
+        return cls._create(cls.Opened, id=alert_id(transfer_id), transfer_id=transfer_id, tenant=tenant,
+                           score=decision.score, reasons=list(decision.reasons), model_version=model_version)
+
+    def review(self, label: str, note: str, reviewer: str) -> None:
+        if label not in LABELS:
+            raise ValidationFailed("label must be 'fraud' or 'legit'", label=str(label)[:20])
+        if len(note) > NOTE_MAX_CHARS:
+            raise ValidationFailed(f"note is at most {NOTE_MAX_CHARS} characters")
+        if self.status == REVIEWED:
+            raise AlertAlreadyReviewed("alert was already reviewed", alert_id=str(self.id), label=self.label)
+        self.trigger_event(self.Reviewed, label=label, note=note, reviewer=reviewer[:128])
+
+
+@dataclass(frozen=True)
+class AlertView:
+    id: UUID
+    transfer_id: UUID
+    tenant: str
+    score: float
+    reasons: list[str]
+    model_version: str
+    status: str
+    label: str | None
+    note: str | None
+    opened_at: str
+
+
+class FraudApp(Application[UUID]):
+    """The fraud module's event store. Its recorder is a process recorder: events + tracking."""
+
+    name = "fraud"
+
+    def construct_recorder(self) -> Any:
+        return self.factory.process_recorder()
+
+    def record(self, aggregates: Iterable[Aggregate], tracking: Tracking) -> None:
+        """Stores the aggregates' new events and the tracking position in one transaction."""
+        processing_event: ProcessingEvent[UUID] = ProcessingEvent(tracking=tracking)
+        processing_event.collect_events(*aggregates)
+        recordings = self._record(processing_event)
+        self._notify(recordings)
+
+    def position(self) -> int:
+        return self.recorder.max_tracking_id(LEDGER_APP) or 0
+
+    # ---- queries --------------------------------------------------------------------------
+
+    def assessment(self, transfer_id: UUID) -> Assessment:
+        try:
+            a = self.repository.get(assessment_id(transfer_id))
+        except AggregateNotFoundError:
+            raise NotFound("no assessment for this transfer (yet)", transfer_id=str(transfer_id)) from None
+        assert isinstance(a, Assessment)
+        return a
+
+    def alert(self, alert_uuid: UUID) -> Alert:
+        try:
+            a = self.repository.get(alert_uuid)
+        except AggregateNotFoundError:
+            raise NotFound("alert not found", alert_id=str(alert_uuid)) from None
+        if not isinstance(a, Alert):
+            raise NotFound("alert not found", alert_id=str(alert_uuid))
+        return a
+
+    def alerts(self, status: str | None = None, limit: int = 100, after: int = 0) -> list[AlertView]:
+        """Alerts in the order they were opened. Scans the alert events of the fraud log: alerts
+        are rare (high scores only); a read-model table would be the next step at scale."""
+        if status not in (None, OPEN, REVIEWED):
+            raise ValidationFailed("status must be 'open' or 'reviewed'", status=str(status)[:20])
+        if not 1 <= limit <= ALERT_PAGE_MAX:
+            raise ValidationFailed(f"limit must be 1..{ALERT_PAGE_MAX}")
+        views: dict[UUID, AlertView] = {}
+        pos = 0
+        topics = [get_topic(Alert.Opened), get_topic(Alert.Reviewed)]
+        while True:
+            notes = self.recorder.select_notifications(start=pos, limit=1000, topics=topics, inclusive_of_start=False)
+            for n in notes:
+                e = self.mapper.to_domain_event(n)
+                if isinstance(e, Alert.Opened):
+                    views[e.originator_id] = AlertView(
+                        id=e.originator_id, transfer_id=e.transfer_id, tenant=e.tenant, score=e.score, reasons=e.reasons,
+                        model_version=e.model_version, status=OPEN, label=None, note=None, opened_at=e.timestamp.isoformat(),
+                    )
+                elif e.originator_id in views:
+                    v = views[e.originator_id]
+                    views[e.originator_id] = AlertView(**{**v.__dict__, "status": REVIEWED, "label": e.label, "note": e.note})
+                pos = n.id
+            if len(notes) < 1000:
+                break
+        out = [v for v in views.values() if status is None or v.status == status]
+        return out[after : after + limit]
+
+    def review(self, alert_uuid: UUID, label: str, note: str, reviewer: str) -> Alert:
+        alert = self.alert(alert_uuid)
+        alert.review(label, note, reviewer)
+        try:
+            self.save(alert)
+        except IntegrityError:
+            raise AlertAlreadyReviewed("alert was reviewed concurrently", alert_id=str(alert_uuid)) from None
+        return alert
+
+    def reviewed_examples(self) -> list[tuple[list[float], int]]:
+        """Analysts' decisions as training examples: (recorded features, 1 = fraud)."""
+        out = []
+        for v in self.alerts(REVIEWED, limit=ALERT_PAGE_MAX):
+            out.append((self.assessment(v.transfer_id).features, 1 if v.label == "fraud" else 0))
+        return out
+
+
+class FraudConsumer:
+    """Follows the ledger's log, scores each new transfer once, records it with tracking."""
+
+    def __init__(self, ledger: Any, app: FraudApp, scorer: Callable[[], Scorer]) -> None:
+        self.ledger = ledger
+        self.app = app
+        self._scorer = scorer
+        self.extractor: FeatureExtractor | None = None
+        self.position = 0
+        self.scored = 0
+        self._lock = threading.Lock()
+        self.on_scored: Callable[[int, float], None] | None = None  # (count, seconds) for metrics
+
+    def _read(self, start: int, stop: int | None = None) -> Sequence[Any]:
+        return self.ledger.recorder.select_notifications(
+            start=start, limit=READ_LIMIT, stop=stop, topics=LEDGER_TOPICS, inclusive_of_start=False
+        )
+
+    def rebuild(self) -> None:
+        """Feature state as of the recorded tracking position, replayed from the ledger's log."""
+        extractor = FeatureExtractor()
+        target = self.app.position()
+        pos = 0
+        while pos < target:
+            notes = self._read(pos, stop=target)
+            if not notes:
+                break
+            for n in notes:
+                extractor.observe(self.ledger.mapper.to_domain_event(n))
+                pos = n.id
+        self.extractor = extractor
+        self.position = target
+        log.info("fraud features rebuilt from the ledger log up to position %d", target)
+
+    def tick(self) -> int:
+        """Scores everything committed since the last tick; returns how many transfers."""
+        with self._lock:
+            scorer = self._scorer()  # may train the default model on first use: before any read
+            if self.extractor is None:
+                self.rebuild()
+            total = 0
+            while True:
+                count, more = self._step(scorer)
+                total += count
+                if not more:
+                    return total
+
+    def _step(self, scorer: Scorer) -> tuple[int, bool]:
+        """One page of the log: (transfers scored, whether there may be more)."""
+        assert self.extractor is not None
+        notes = self._read(self.position)
+        if not notes:
+            return 0, False
+        t0 = time.perf_counter()
+        try:
+            observed = []
+            for n in notes:
+                assert n.id > self.position, "ledger positions must increase"
+                o = self.extractor.observe(self.ledger.mapper.to_domain_event(n))
+                if o is not None:
+                    observed.append((n.id, o))
+            decisions = scorer.score_many([o.features for _, o in observed])
+            aggregates: list[Aggregate] = []
+            for (pos, o), d in zip(observed, decisions, strict=True):
+                aggregates.append(Assessment.record(transfer_id=o.transfer_id, tenant=o.tenant, ledger_position=pos,
+                                                    decision=d, features=o.features, model_version=scorer.version))
+                if d.level == HIGH:
+                    aggregates.append(Alert.open(transfer_id=o.transfer_id, tenant=o.tenant, decision=d,
+                                                 model_version=scorer.version))
+            self.app.record(aggregates, Tracking(application_name=LEDGER_APP, notification_id=notes[-1].id))
+        except IntegrityError:
+            # Another consumer recorded this position first: take up from where it got to.
+            log.warning("fraud: position %d already recorded elsewhere; rebuilding", notes[-1].id)
+            self.extractor = None
+            self.rebuild()
+            return 0, True
+        except BaseException:
+            # The in-memory features have moved past what is recorded: rebuild before retrying.
+            self.extractor = None
+            raise
+        self.position = notes[-1].id
+        self.scored += len(observed)
+        if self.on_scored is not None and observed:
+            self.on_scored(len(observed), time.perf_counter() - t0)
+        return len(observed), len(notes) == READ_LIMIT

@@ -1,0 +1,296 @@
+"""`keel fraud train|evaluate|rescore` and `keel simulate`: the fraud module's command line.
+
+Heavy imports (numpy, scikit-learn) happen inside the commands, so `keel --help` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+from uuid import UUID
+
+from infrastructure.settings import Settings
+
+CUSTOMERS_MAX = 20_000
+DAYS_MAX = 120
+
+
+def _bounded(low: int, high: int) -> Any:
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {low}..{high}")
+        return value
+
+    return parse
+
+
+def _period_args(p: argparse.ArgumentParser, seed: int) -> None:
+    from fraud.model import DEFAULT_CUSTOMERS, DEFAULT_DAYS
+
+    p.add_argument("--seed", type=int, default=seed)
+    p.add_argument("--customers", type=_bounded(10, CUSTOMERS_MAX), default=DEFAULT_CUSTOMERS)
+    p.add_argument("--days", type=_bounded(1, DAYS_MAX), default=DEFAULT_DAYS)
+
+
+def add_fraud_arguments(p: argparse.ArgumentParser) -> None:
+    from fraud.model import DEFAULT_EVAL_SEED, DEFAULT_TRAIN_SEED
+
+    sub = p.add_subparsers(dest="fraud_command", required=True)
+    t = sub.add_parser("train", help="simulate a period, add reviewed alerts, fit and save a new signed model version")
+    _period_args(t, DEFAULT_TRAIN_SEED)
+    t.add_argument("--no-reviews", action="store_true", help="ignore analysts' reviewed alerts")
+    e = sub.add_parser("evaluate", help="ROC-AUC, PR-AUC, precision/recall at the alert threshold, latency, on a held-out period")
+    _period_args(e, DEFAULT_EVAL_SEED)
+    e.add_argument("--model", help="model version (default: current)")
+    e.add_argument("--json", action="store_true")
+    lag = sub.add_parser("lag", help="commit -> assessment latency while the ledger writes at full speed (PostgreSQL)")
+    lag.add_argument("--seconds", type=float, default=20.0)
+    lag.add_argument("--clients", type=_bounded(1, 256), default=64, help="concurrent submitters, as keel bench ledger")
+    lag.add_argument("--accounts", type=_bounded(2, 100_000), default=10_000)
+    r = sub.add_parser("rescore", help="recompute a recorded assessment from its features and model version")
+    r.add_argument("transfer_id", type=UUID)
+
+
+def add_simulate_arguments(p: argparse.ArgumentParser) -> None:
+    from fraud.model import DEFAULT_TRAIN_SEED
+
+    _period_args(p, DEFAULT_TRAIN_SEED)
+    p.add_argument("--out", help="write the labelled dataset (JSON lines) to this file")
+    p.add_argument("--ledger", action="store_true", help="drive the configured ledger in process")
+    p.add_argument("--api", help="drive a running Keel API at this base URL")
+    p.add_argument("--token", help="bearer token of a banking key (with --api)")
+    p.add_argument("--rate", type=float, default=50.0, help="requests per second (with --api)")
+    p.add_argument("--limit", type=_bounded(1, 10_000_000), help="only the first N records")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.fraud_command == "train":
+        return _train(args, settings)
+    if args.fraud_command == "evaluate":
+        return _evaluate(args, settings)
+    if args.fraud_command == "lag":
+        return _lag(args, settings)
+    return _rescore(args, settings)
+
+
+def _train(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+
+    from keel.bootstrap import build, fraud_service, migrate
+
+    migrate(settings)
+    c = build(settings, start_writer=False)
+    try:
+        svc = fraud_service(c)
+        t0 = time.perf_counter()
+        version = svc.train(seed=args.seed, customers=args.customers, days=args.days, use_reviews=not args.no_reviews)
+        manifest = svc.store.manifest(version)
+        print(f"trained {version} in {time.perf_counter() - t0:.1f} s "
+              f"({manifest['meta']['examples']} examples, {manifest['meta']['fraud_examples']} fraud, "
+              f"{manifest['meta']['reviewed_examples']} from reviews); now current")
+        print(f"model file: {svc.store.models / (version + '.pkl')}")
+        svc.close()
+    finally:
+        c.close()
+    return 0
+
+
+def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    from fraud.model import ModelStore, Scorer, ensure_model, evaluate
+
+    store = ModelStore(settings.fraud_model_dir, settings.fraud_model_key)
+    version = args.model or ensure_model(store)
+    scorer = Scorer(store.load(version), version, elevated=settings.fraud_elevated_threshold, high=settings.fraud_high_threshold)
+    r = evaluate(scorer, seed=args.seed, customers=args.customers, days=args.days)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    print(f"model {r['model_version']} on a held-out period: seed {r['seed']}, {r['customers']} customers, {r['days']} days")
+    print(f"  transfers {r['transfers']}, fraud {r['fraud']}")
+    print(f"  ROC-AUC {r['roc_auc']:.4f}   PR-AUC {r['pr_auc']:.4f}   (model alone ROC-AUC {r['model_only_roc_auc']:.4f})")
+    print(f"  at the alert threshold {r['alert_threshold']}: {r['alerts']} alerts, precision {r['precision']:.3f}, "
+          f"recall {r['recall']:.3f}, false-positive rate {r['false_positive_rate']:.5f}")
+    for pattern, v in r["per_pattern"].items():
+        recall = "n/a" if v["recall"] is None else f"{v['recall']:.3f}"
+        print(f"    {pattern:22} {v['transfers']:5} transfers   recall {recall}")
+    lat = r["latency_ms"]
+    print(f"  in-process scoring latency (features + score, one at a time, {lat['samples']} transfers): "
+          f"p50 {lat['p50']:.3f} ms, p99 {lat['p99']:.3f} ms, max {lat['max']:.3f} ms wall; "
+          f"thread CPU p50 {lat['cpu_p50']:.3f} ms, p99 {lat['cpu_p99']:.3f} ms")
+    return 0
+
+
+def _rescore(args: argparse.Namespace, settings: Settings) -> int:
+    from domain.errors import NotFound
+    from keel.bootstrap import build, fraud_service
+
+    c = build(settings, start_writer=False)
+    try:
+        svc = fraud_service(c)
+        try:
+            r = svc.rescore(args.transfer_id)
+        except NotFound as e:
+            print(f"keel: {e}", file=sys.stderr)
+            return 1
+        finally:
+            svc.close()
+    finally:
+        c.close()
+    print(f"transfer {r.transfer_id} model {r.model_version}")
+    print(f"  recorded   score {r.recorded_score!r} level {r.recorded_level}")
+    print(f"  recomputed score {r.recomputed_score!r} level {r.recomputed_level}")
+    for reason in r.recomputed_reasons:
+        print(f"    - {reason}")
+    if not r.rules_version_matches:
+        print("  the rules changed since this assessment was recorded")
+    print("  MATCHES" if r.matches else "  DIFFERS")
+    return 0 if r.matches else 1
+
+
+def simulate_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from fraud.drive import drive_api, drive_ledger
+    from fraud.simulate import SimConfig, simulate, summary, write_dataset
+
+    records = simulate(SimConfig(seed=args.seed, customers=args.customers, days=args.days))
+    if args.limit:
+        records = records[: args.limit]
+    print("simulated:", json.dumps(summary(records)))
+    if args.out:
+        n = write_dataset(records, args.out)
+        print(f"wrote {n} records to {args.out}")
+    if args.api:
+        if not args.token:
+            print("keel: --api needs --token (a banking key)", file=sys.stderr)
+            return 2
+        r = drive_api(records, args.api, args.token, rate_per_s=args.rate)
+        print(f"api: {r.accounts} accounts, {r.transfers} transfers in {r.seconds:.1f} s; refused {r.refused}")
+    if args.ledger:
+        from keel.bootstrap import build, migrate
+
+        migrate(settings)
+        c = build(settings)
+        try:
+            r = drive_ledger(records, c.writer)
+        finally:
+            c.close()
+        print(f"ledger: {r.accounts} accounts, {r.transfers} transfers in {r.seconds:.1f} s; refused {r.refused}")
+    return 0
+
+
+LAG_SECONDS_MAX = 120.0
+LAG_CATCH_UP_S = 120.0
+
+
+def _lag(args: argparse.Namespace, settings: Settings) -> int:
+    """Runs `keel worker fraud` as its own process, writes uniform transfers through the group-
+    commit writer from `--clients` threads for `--seconds` (the load of `keel bench ledger`), waits
+    for the worker to catch up, then reads both stores: latency = FraudAssessed time - the
+    transfer's Transfer.Initiated time (both wall-clock stamps of this machine)."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import threading
+    import time
+    import uuid
+
+    import numpy as np
+
+    from application.commands import Deposit, MakeTransfer, OpenAccount
+    from fraud.app import Assessment
+    from keel.bootstrap import build, build_fraud_app, migrate
+
+    if not settings.is_postgres:
+        print("keel: fraud lag needs PostgreSQL (KEEL_DATABASE_URL); use a scratch KEEL_DATABASE_SCHEMA", file=sys.stderr)
+        return 2
+    seconds = min(args.seconds, LAG_SECONDS_MAX)
+    migrate(settings)
+    c = build(settings)
+    worker = None
+    try:
+        w = c.writer
+        ids = [uuid.uuid4() for _ in range(args.accounts)]
+        futures = [w.submit(OpenAccount(tenant="lag", currency="USD", account_id=i)) for i in ids]
+        futures += [w.submit(Deposit(tenant="lag", account_id=i, amount_minor=10**12, currency="USD")) for i in ids]
+        for f in futures:
+            f.result(timeout=600)
+        env = {**os.environ, "KEEL_DATABASE_URL": settings.database_url, "KEEL_DATABASE_SCHEMA": settings.database_schema,
+               "KEEL_FRAUD_MODEL_DIR": settings.fraud_model_dir}
+        worker = subprocess.Popen([sys.executable, "-m", "keel.cli", "worker", "fraud"], env=env)
+        app = build_fraud_app(settings)
+        start_at = c.ledger.recorder.max_notification_id() or 0
+        while app.position() < start_at:  # the worker has loaded its model and caught up
+            time.sleep(0.2)
+        stop = threading.Event()
+        written = [0] * args.clients
+        acked: dict[uuid.UUID, float] = {}  # transfer id -> wall time its commit was acknowledged
+
+        def client(k: int) -> None:
+            rng = random.Random(k)
+            while not stop.is_set():
+                x, y = rng.sample(ids, 2)
+                fut = w.submit(MakeTransfer(tenant="lag", debit_account_id=x, credit_account_id=y,
+                                            amount_minor=rng.randint(1, 10_000), currency="USD"))
+                result = fut.result(timeout=60)
+                acked[result.id] = time.time()
+                written[k] += 1
+
+        threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(args.clients)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        time.sleep(seconds)
+        stop.set()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - t0
+        head = c.ledger.recorder.max_notification_id() or 0
+        deadline = time.monotonic() + LAG_CATCH_UP_S
+        while app.position() < head and time.monotonic() < deadline:
+            time.sleep(0.2)
+        # Both timestamps come from the stored events; read them back page by page.
+        initiated: dict[uuid.UUID, float] = {}
+        from fraud.app import LEDGER_TOPICS
+
+        pos = start_at
+        while True:
+            notes = c.ledger.recorder.select_notifications(start=pos, limit=5000, topics=LEDGER_TOPICS, inclusive_of_start=False)
+            for n in notes:
+                e = c.ledger.mapper.to_domain_event(n)
+                if hasattr(e, "debit_account_id"):
+                    initiated[e.originator_id] = e.timestamp.timestamp()
+                pos = n.id
+            if len(notes) < 5000:
+                break
+        lags = []
+        ack_lags = []
+        pos = 0
+        while True:
+            notes = app.recorder.select_notifications(start=pos, limit=5000, inclusive_of_start=False)
+            for n in notes:
+                e = app.mapper.to_domain_event(n)
+                if isinstance(e, Assessment.FraudAssessed) and e.transfer_id in initiated:
+                    lags.append((e.timestamp.timestamp() - initiated[e.transfer_id]) * 1000)
+                    if e.transfer_id in acked:
+                        ack_lags.append((e.timestamp.timestamp() - acked[e.transfer_id]) * 1000)
+                pos = n.id
+            if len(notes) < 5000:
+                break
+        app.close()
+    finally:
+        if worker is not None:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(30)
+        c.close()
+    arr = np.array(lags)
+    ack = np.array(ack_lags)
+    print(f"wrote {sum(written)} transfers in {elapsed:.1f} s ({sum(written) / elapsed:,.0f}/s, {args.clients} clients); "
+          f"assessed {len(arr)} of {len(initiated)}")
+    if len(arr):
+        print(f"commit acknowledged -> assessed: p50 {np.percentile(ack, 50):.0f} ms, p99 {np.percentile(ack, 99):.0f} ms, "
+              f"max {ack.max():.0f} ms ({len(ack)} transfers)")
+        print(f"transfer executed (before its commit) -> assessed: p50 {np.percentile(arr, 50):.0f} ms, "
+              f"p99 {np.percentile(arr, 99):.0f} ms, max {arr.max():.0f} ms")
+    return 0 if len(arr) == len(initiated) else 1
