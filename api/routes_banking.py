@@ -250,30 +250,6 @@ async def list_accounts(request: Request, cursor: CursorParam = None, limit: Lim
     )
 
 
-@get(
-    "/accounts/{account_id:str}/transactions",
-    summary="An account's balance changes, newest first",
-    description="Each posted debit or credit, hold and hold settlement, with its transfer id. Cursor-paginated.",
-    responses=READ_PROBLEMS,
-)
-async def account_transactions(
-    request: Request, account_id: FromPath[str], cursor: CursorParam = None, limit: LimitParam = PAGE_LIMIT_DEFAULT
-) -> TransactionPage:
-    tenant = banking_tenant(request)
-    aid = parse_uuid(account_id, "account_id")
-    before = _cursor(cursor)
-    page = await anyio.to_thread.run_sync(
-        queries.account_movements, request.app.state.container.ledger, aid, tenant, before, limit
-    )
-    return TransactionPage(
-        items=[
-            TransactionOut(transfer_id=m.transfer_id, type=m.type, amount=m.amount_minor, version=m.version, at=m.at)
-            for m in page.items
-        ],
-        next_cursor=None if page.next_cursor is None else str(page.next_cursor),
-    )
-
-
 def _account_action(name: str, command_type: type, summary: str):  # noqa: ANN202
     @post(f"/accounts/{{account_id:str}}/{name}", summary=summary, description=IDEMPOTENCY_DOC, status_code=200, responses=WRITE_PROBLEMS)
     async def action(request: Request, account_id: FromPath[str]) -> Response[AccountOut]:

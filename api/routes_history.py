@@ -13,9 +13,10 @@ from uuid import UUID
 import anyio
 import msgspec
 from litestar import Request, Response, Router, get
-from litestar.params import QueryParameter
+from litestar.params import FromPath, QueryParameter
 
 from api.auth import banking_tenant, require_roles
+from api.routes_banking import READ_PROBLEMS
 from api.schemas import PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX
 from domain.errors import NotFound, ValidationFailed
 from infrastructure.readside import WAIT_MAX_S, Page
@@ -69,10 +70,11 @@ def _history(container: Container, account_id: UUID, tenant: str, cursor: str | 
     summary="An account's transactions, newest first (read model)",
     description="One row per transfer leg of this account, with counterparty, direction, status and reference. "
     "Waits up to 2 s for the read model to include every write acknowledged before the request. Cursor-paginated.",
+    responses=READ_PROBLEMS,
 )
 async def account_transactions(
     request: Request,
-    account_id: str,
+    account_id: FromPath[str],
     cursor: Annotated[str | None, QueryParameter(name="cursor", max_length=64)] = None,
     limit: Annotated[int, QueryParameter(name="limit", ge=1, le=PAGE_LIMIT_MAX)] = PAGE_LIMIT_DEFAULT,
 ) -> Response[HistoryPage]:
