@@ -134,8 +134,13 @@ class KeelPostgresApplicationRecorder(PostgresApplicationRecorder):
         self.chain_table = CHAINED_EVENTS_TABLES.get(events_table_name)
         if self.chain_table is not None:
             schema, chain = Identifier(self.datastore.schema), Identifier(self.chain_table)
+            # Plain arrays, dumped in binary (cheap, unlike the library's composite-type array).
             # Ids alone would do if RETURNING kept input order; Postgres does not promise that.
-            self.insert_events_statement += SQL(", originator_id, originator_version")
+            self._chained_insert = SQL(
+                "INSERT INTO {}.{} (originator_id, originator_version, topic, state)"
+                " SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::bytea[])"
+                " RETURNING notification_id, originator_id, originator_version"
+            ).format(schema, Identifier(self.events_table_name))
             self._chain_head = SQL("SELECT hash FROM {}.{} ORDER BY notification_id DESC LIMIT 1").format(schema, chain)
             self._chain_insert = SQL(
                 "INSERT INTO {}.{} (notification_id, hash) SELECT * FROM unnest(%s::bigint[], %s::bytea[])"
@@ -145,15 +150,28 @@ class KeelPostgresApplicationRecorder(PostgresApplicationRecorder):
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
         if self.chain_table is None or not stored_events:
             return super().insert_events(stored_events, **kwargs)
-        # As the library's insert_events (pipeline mode: one round trip for the lock, NOTIFY and
-        # INSERT), plus the chain: its head is read and extended while the EXCLUSIVE table lock
-        # that fixed these positions is still held, in the same transaction. Any error, from the
-        # server or from Python, leaves the transaction by exception, so it rolls back whole.
+        # As the library's insert_events (pipeline mode: one round trip for the lock, NOTIFY,
+        # INSERT and the chain head), plus the chain: its head is read and extended while the
+        # EXCLUSIVE table lock that fixed these positions is still held, in the same transaction.
+        # Any error, from the server or from Python, leaves the transaction by exception, so it
+        # rolls back whole.
         with self.datastore.get_connection() as conn, conn.pipeline() as pipeline, conn.transaction():
             with conn.cursor() as curs:
                 self._insert_events(curs, stored_events, **kwargs)
             with conn.cursor() as curs, conn.cursor() as head_curs:
-                self._insert_stored_events(curs, stored_events, **kwargs)
+                self._lock_table(curs)  # commit order = position order, and the chain head is ours
+                self._notify_channel(curs)
+                curs.execute(
+                    self._chained_insert,
+                    (
+                        [e.originator_id for e in stored_events],
+                        [e.originator_version for e in stored_events],
+                        [e.topic for e in stored_events],
+                        [e.state for e in stored_events],
+                    ),
+                    prepare=True,
+                    binary=True,
+                )
                 head_curs.execute(self._chain_head, prepare=True)
                 # Raises here (e.g. IntegrityError on a version clash), not later at COMMIT.
                 pipeline.sync()
