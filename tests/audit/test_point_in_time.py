@@ -4,7 +4,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -16,12 +15,9 @@ from domain.errors import DomainError, NotFound, ValidationFailed
 from keel.bootstrap import Container, build
 from tests.audit.conftest import T, make_history, make_settings
 
-# One store for every example (fresh accounts per example keep them independent).
-_shared: dict[str, Container] = {}
-
-
 @pytest.fixture(scope="module")
 def sqlite_container(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
+    """One store for every example; fresh accounts per example keep the examples independent."""
     c = build(make_settings("sqlite", tmp_path_factory.mktemp("pit"), []))
     yield c
     c.close()

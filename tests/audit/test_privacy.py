@@ -15,7 +15,6 @@ from application.privacy import ERASED, erase_holder
 from domain.errors import NotFound
 from infrastructure.audit_keys import data_key_spec, rotate_data_key
 from infrastructure.mapper import KeyRing
-from infrastructure.settings import Settings
 from keel.bootstrap import Container, build
 from tests.audit.conftest import T, Raw, make_history, make_settings
 
