@@ -15,7 +15,6 @@ from uuid import UUID
 import msgspec
 
 from application.chain import ChainRecord, Checkpoint, SignatureCheck, VerifyReport, verify
-from application.commands import AccountState
 from application.privacy import HolderVault
 from domain.account import Account
 from domain.errors import NotFound, ValidationFailed

@@ -93,6 +93,30 @@ class SignatureChecker:
         return None
 
 
+PUBLIC_KEYS_MAX = 32
+
+
+def trusted_public_keys(settings: Settings) -> list[Ed25519PublicKey]:
+    """The signing key's public half (if configured) and every KEEL_AUDIT_PUBLIC_KEYS entry."""
+    signer = load_signer(settings)
+    keys = [signer.public] if signer is not None else []
+    for part in (settings.audit_public_keys or "").split(","):
+        if part.strip():
+            keys.append(load_public_key(part.strip()))
+    if len(keys) > PUBLIC_KEYS_MAX:
+        raise ValueError(f"at most {PUBLIC_KEYS_MAX} audit public keys")
+    return keys
+
+
+def describe_public_key(public: Ed25519PublicKey) -> dict[str, str]:
+    return {
+        "algorithm": "Ed25519",
+        "key_id": key_id_of(public),
+        "public_key_hex": public_raw(public).hex(),
+        "public_key_pem": public_pem(public),
+    }
+
+
 def load_signer(settings: Settings) -> Signer | None:
     if settings.audit_signing_key:
         raw = base64.b64decode(settings.audit_signing_key, validate=True)

@@ -20,6 +20,7 @@ from psycopg.rows import tuple_row
 
 from application.chain import ChainRecord, Checkpoint, id_bytes
 from application.privacy import ERASED, SEALED_FORMAT
+from domain.errors import ExistsWithDifferentFields
 from infrastructure.persistence import (
     ACCESS_LOG_TABLE,
     CHAINED_EVENTS_TABLES,
@@ -235,7 +236,8 @@ class SqlHolderVault:
         )
         key = self._key(key_id)
         if key is None:
-            raise ValueError("this holder's key was erased; the account id cannot carry personal data again")
+            # Only reachable if an erased id is reused for a new account: refuse, as a client error.
+            raise ExistsWithDifferentFields("this account id's holder data was erased; use another id", account_id=key_id)
         nonce = os.urandom(12)
         ct = AESGCM(key).encrypt(nonce, msgspec.json.encode(holder), subject_id.bytes)
         return {"sealed": SEALED_FORMAT, "key_id": key_id, "ciphertext": base64.b64encode(nonce + ct).decode()}

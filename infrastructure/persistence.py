@@ -169,14 +169,16 @@ class KeelPostgresApplicationRecorder(PostgresApplicationRecorder):
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
         if self.chain_table is None or not stored_events:
             return super().insert_events(stored_events, **kwargs)
-        # As the library's insert_events (pipeline mode: one round trip for the lock, NOTIFY and
-        # INSERT), plus the chain: its head is read and extended while the EXCLUSIVE table lock
-        # that fixed these positions is still held, in the same transaction. Any error, from the
-        # server or from Python, leaves the transaction by exception, so it rolls back whole.
+        # As the library's insert_events (pipeline mode: one round trip for the lock, NOTIFY,
+        # INSERT and the chain head), plus the chain: its head is read and extended while the
+        # EXCLUSIVE table lock that fixed these positions is still held, in the same transaction.
+        # Any error, from the server or from Python, leaves the transaction by exception, so it
+        # rolls back whole.
         with self.datastore.get_connection() as conn, conn.pipeline() as pipeline, conn.transaction():
             with conn.cursor() as curs:
                 self._insert_events(curs, stored_events, **kwargs)
             with conn.cursor() as curs, conn.cursor() as head_curs:
+                # lock (commit order = position order, and the chain head is ours), NOTIFY, INSERT
                 self._insert_stored_events(curs, stored_events, **kwargs)
                 head_curs.execute(self._chain_head, prepare=True)
                 # Raises here (e.g. IntegrityError on a version clash), not later at COMMIT.

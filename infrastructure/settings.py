@@ -39,6 +39,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     audit_signing_key_file: str | None = None
     audit_signing_key: str | None = None
     audit_checkpoint_interval_s: float = 60.0
+    # Public keys (64 hex chars each, comma-separated) that verify checkpoints besides the signing
+    # key's own: for processes that verify without the private key, and for retired signing keys.
+    audit_public_keys: str | None = None
     group_commit_window_ms: int = 1
     group_commit_batch_max: int = 2000
     group_commit_queue_max: int = 100_000
@@ -84,6 +87,7 @@ ENV_VARS: dict[str, str] = {
     "KEEL_AUDIT_SIGNING_KEY_FILE": "audit_signing_key_file",
     "KEEL_AUDIT_SIGNING_KEY": "audit_signing_key",
     "KEEL_AUDIT_CHECKPOINT_INTERVAL_S": "audit_checkpoint_interval_s",
+    "KEEL_AUDIT_PUBLIC_KEYS": "audit_public_keys",
     "KEEL_GROUP_COMMIT_WINDOW_MS": "group_commit_window_ms",
     "KEEL_GROUP_COMMIT_BATCH_MAX": "group_commit_batch_max",
     "KEEL_GROUP_COMMIT_QUEUE_MAX": "group_commit_queue_max",

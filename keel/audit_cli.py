@@ -100,7 +100,11 @@ def cmd_audit_init(args: argparse.Namespace) -> int:
     except FileExistsError as e:
         print(f"keel: {e}", file=sys.stderr)
         return 2
+    from infrastructure.audit_keys import load_public_key, public_raw
+
     print(f"KEEL_AUDIT_SIGNING_KEY_FILE={os.path.abspath(key_path)}")
+    # For processes that only verify (API replicas need no private key):
+    print(f"KEEL_AUDIT_PUBLIC_KEYS={public_raw(load_public_key(pub_path)).hex()}")
     print(f"private key written to {key_path} (mode 0600); public key: {pub_path}", file=sys.stderr)
     return 0
 

@@ -42,21 +42,14 @@ def build_ledger(settings: Settings, *, create_table: bool = False) -> Ledger:
 def build_audit(settings: Settings, ledger: Ledger) -> Any:
     """The auditor's service (application/audit.py) over the Ledger's store and the audit keys."""
     from application.audit import Audit
-    from infrastructure.audit_keys import SignatureChecker, key_id_of, load_signer, public_pem, public_raw
+    from infrastructure.audit_keys import SignatureChecker, describe_public_key, load_signer, trusted_public_keys
     from infrastructure.audit_store import Db, SqlAuditStore
 
     db = Db(ledger.recorder.datastore, postgres=settings.is_postgres)  # type: ignore[attr-defined]
     signer = load_signer(settings)
-    public = None
-    if signer is not None:
-        public = {
-            "algorithm": "Ed25519",
-            "key_id": key_id_of(signer.public),
-            "public_key_hex": public_raw(signer.public).hex(),
-            "public_key_pem": public_pem(signer.public),
-        }
-    checker = SignatureChecker(signer.public) if signer is not None else SignatureChecker()
-    return Audit(ledger, SqlAuditStore(db), ledger.holder_vault, checker, signer, public)
+    trusted = trusted_public_keys(settings)  # the signer's own first
+    public = describe_public_key(trusted[0]) if trusted else None
+    return Audit(ledger, SqlAuditStore(db), ledger.holder_vault, SignatureChecker(*trusted), signer, public)
 
 
 def migrate(settings: Settings) -> None:

@@ -41,3 +41,40 @@ def test_signature_covers_position_hash_and_time(ac: Container) -> None:
     ):
         assert check(forged, checkpoint_message(forged.position, forged.head_hash, forged.signed_at)) is not None
     assert "unknown key" in check(Checkpoint(7, cp.head_hash, cp.signed_at, "nokey", cp.signature), b"")
+
+
+def test_verifying_processes_need_only_public_keys_and_retired_keys_stay_trusted(ac: Container) -> None:
+    import msgspec
+
+    from infrastructure.audit_keys import public_raw
+    from keel.bootstrap import build
+    from tests.audit.conftest import signing_key_b64
+
+    make_history(ac, transfers=1)
+    ac.extras["audit"].checkpoint()
+    old_public = public_raw(load_signer(ac.settings).public).hex()
+
+    verifier = build(msgspec.structs.replace(ac.settings, audit_signing_key=None, audit_public_keys=old_public))
+    try:
+        assert verifier.extras["audit"].signer is None
+        report = verifier.extras["audit"].verify()
+        assert report.ok and report.checkpoints_checked == 1
+        assert verifier.extras["audit"].public_key["public_key_hex"] == old_public
+    finally:
+        verifier.close()
+
+    untrusting = build(msgspec.structs.replace(ac.settings, audit_signing_key=None))
+    try:
+        report = untrusting.extras["audit"].verify()
+        assert not report.ok and "unknown key" in report.reason
+    finally:
+        untrusting.close()
+
+    rotated = build(msgspec.structs.replace(ac.settings, audit_signing_key=signing_key_b64(), audit_public_keys=old_public))
+    try:
+        make_history(rotated, transfers=1)
+        rotated.extras["audit"].checkpoint()
+        report = rotated.extras["audit"].verify()
+        assert report.ok and report.checkpoints_checked == 2
+    finally:
+        rotated.close()

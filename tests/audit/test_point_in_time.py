@@ -4,7 +4,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -16,13 +15,12 @@ from domain.errors import DomainError, NotFound, ValidationFailed
 from keel.bootstrap import Container, build
 from tests.audit.conftest import T, make_history, make_settings
 
-# One store for every example (fresh accounts per example keep them independent).
-_shared: dict[str, Container] = {}
-
-
-@pytest.fixture(scope="module")
-def sqlite_container(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
-    c = build(make_settings("sqlite", tmp_path_factory.mktemp("pit"), []))
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def shared_container(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, pg_session_schemas: list
+) -> Iterator[Container]:
+    """One store for every example; fresh accounts per example keep the examples independent."""
+    c = build(make_settings(request.param, tmp_path_factory.mktemp("pit"), pg_session_schemas))
     yield c
     c.close()
 
@@ -37,10 +35,10 @@ op = st.one_of(
 )
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=st.lists(op, min_size=1, max_size=25))
-def test_balance_at_every_version_equals_what_was_reported(sqlite_container: Container, ops: list) -> None:
-    c = sqlite_container
+def test_balance_at_every_version_equals_what_was_reported(shared_container: Container, ops: list) -> None:
+    c = shared_container
     audit = c.extras["audit"]
     ids = [c.writer.execute(OpenAccount(tenant=T, currency="USD", overdraft_limit_minor=100)).id for _ in range(2)]
     reported: dict[tuple[uuid.UUID, int], tuple[int, int, int, int]] = {}

@@ -15,7 +15,6 @@ from application.privacy import ERASED, erase_holder
 from domain.errors import NotFound
 from infrastructure.audit_keys import data_key_spec, rotate_data_key
 from infrastructure.mapper import KeyRing
-from infrastructure.settings import Settings
 from keel.bootstrap import Container, build
 from tests.audit.conftest import T, Raw, make_history, make_settings
 
@@ -148,3 +147,20 @@ def test_access_log_is_append_only_and_queryable(ac: Container, raw: Raw) -> Non
         raw.q("DELETE FROM keel_access_log")
     with pytest.raises(Exception, match="append-only"):
         raw.q("UPDATE keel_access_log SET outcome = '200'")
+
+
+def test_vault_never_reseals_an_erased_id_and_describes_without_decrypting(ac: Container) -> None:
+    import uuid
+
+    from domain.errors import ExistsWithDifferentFields
+
+    vault = ac.ledger.holder_vault
+    subject = uuid.uuid4()
+    sealed = vault.seal(subject, HOLDER)
+    assert "Alice" not in str(sealed) and vault.reveal(sealed) == HOLDER
+    assert vault.seal(subject, HOLDER)["key_id"] == sealed["key_id"]  # a retried open reuses the key
+    assert vault.describe(sealed) == {"encrypted": True, "key_id": str(subject)}
+    assert vault.erase(subject) and not vault.erase(subject)
+    assert vault.reveal(sealed) == ERASED and vault.describe(sealed) == ERASED
+    with pytest.raises(ExistsWithDifferentFields):
+        vault.seal(subject, HOLDER)
