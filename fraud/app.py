@@ -309,6 +309,7 @@ class FraudConsumer:
             raise
         self.position = notes[-1].id
         self.scored += len(observed)
+        log.debug("fraud page: %d notifications, %d scored, %.1f ms", len(notes), len(observed), (time.perf_counter() - t0) * 1000)
         if self.on_scored is not None and observed:
             self.on_scored(len(observed), time.perf_counter() - t0)
         return len(observed), len(notes) == READ_LIMIT

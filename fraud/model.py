@@ -23,17 +23,16 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
-from uuid import UUID
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 from fraud import rules as rules_mod
 from fraud.features import FEATURE_NAMES, FeatureExtractor, Observed
-from fraud.simulate import PATTERNS, SimConfig, SimTransfer, labels, ledger_events, simulate
+from fraud.simulate import DEFAULT_START, PATTERNS, SimConfig, labels, ledger_events, simulate
 
 ELEVATED = "elevated"
 HIGH = "high"
@@ -393,9 +392,6 @@ def evaluate(scorer: Scorer, *, seed: int = DEFAULT_EVAL_SEED, customers: int = 
     """Quality on a held-out simulated period (another seed, a later start) and scoring latency."""
     from sklearn.metrics import average_precision_score, roc_auc_score
 
-    from fraud.simulate import DEFAULT_START
-    from datetime import timedelta
-
     config = SimConfig(seed=seed, customers=customers, days=days, start=DEFAULT_START + timedelta(days=91))
     records = simulate(config)
     x, y, patterns, _ = training_set(records)
@@ -446,6 +442,3 @@ def scoring_latency(records: Sequence[Any], scorer: Scorer, samples: int) -> dic
     return {"samples": len(times), "p50": float(np.percentile(arr, 50)), "p99": float(np.percentile(arr, 99)),
             "max": float(arr.max()), "cpu_p50": float(np.percentile(cpu_ms, 50)), "cpu_p99": float(np.percentile(cpu_ms, 99))}
 
-
-def transfer_ids(records: Sequence[Any]) -> list[UUID]:
-    return [r.transfer_id for r in records if isinstance(r, SimTransfer)]
