@@ -358,14 +358,20 @@ class Scorer:
                 explain.append(i)
         # Explain only what someone will read: occlude one feature at a time (set it to its
         # typical legitimate value) and see how far the model's probability falls.
+        # A feature already at its typical value changes nothing when occluded (delta 0): only the
+        # others need a row, which is most of the cost of scoring a suspicious page.
         deltas: dict[int, np.ndarray] = {}
         if explain:
-            rows = np.repeat(x[explain], self._n, axis=0)
-            idx = np.arange(len(rows))
-            rows[idx, np.tile(np.arange(self._n), len(explain))] = np.tile(self._baseline, len(explain))
-            q = self._proba(rows).reshape(len(explain), self._n)
+            sub = x[explain]
+            moved = sub != self._baseline
+            which_row, which_feature = np.nonzero(moved)
+            rows = sub[which_row]
+            rows[np.arange(len(rows)), which_feature] = self._baseline[which_feature]
+            q = np.array(self._proba(rows), dtype=np.float64) if len(rows) else np.zeros(0)
             for k, i in enumerate(explain):
-                deltas[i] = p[i] - q[k]
+                deltas[i] = np.zeros(self._n)
+            for r, (k, j) in enumerate(zip(which_row.tolist(), which_feature.tolist(), strict=True)):
+                deltas[explain[k]][j] = p[explain[k]] - q[r]
         for i, v in enumerate(vectors):
             pm, score, hit = pre[i]
             reasons = [r.reason(v) for r in sorted(hit, key=lambda r: -r.weight)]
