@@ -80,7 +80,8 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
 
     from keel.bootstrap import build, fraud_service, migrate
 
-    migrate(settings)
+    if not settings.is_postgres:  # PostgreSQL: only `keel migrate` runs DDL
+        migrate(settings)
     c = build(settings, start_writer=False)
     try:
         svc = fraud_service(c)
@@ -169,7 +170,8 @@ def simulate_cmd(args: argparse.Namespace, settings: Settings) -> int:
     if args.ledger:
         from keel.bootstrap import build, migrate
 
-        migrate(settings)
+        if not settings.is_postgres:  # PostgreSQL: only `keel migrate` runs DDL
+            migrate(settings)
         c = build(settings)
         try:
             r = drive_ledger(records, c.writer)
