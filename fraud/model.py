@@ -32,7 +32,18 @@ from threadpoolctl import threadpool_limits
 
 from fraud import rules as rules_mod
 from fraud.features import FEATURE_NAMES, FeatureExtractor, Observed
-from fraud.simulate import DEFAULT_START, PATTERNS, SimConfig, labels, ledger_events, simulate
+from fraud.simulate import (  # noqa: F401 - the defaults are re-exported for callers of the model
+    DEFAULT_CUSTOMERS,
+    DEFAULT_DAYS,
+    DEFAULT_EVAL_SEED,
+    DEFAULT_START,
+    DEFAULT_TRAIN_SEED,
+    PATTERNS,
+    SimConfig,
+    labels,
+    ledger_events,
+    simulate,
+)
 
 ELEVATED = "elevated"
 HIGH = "high"
@@ -40,10 +51,6 @@ LOW = "low"
 REASONS_MAX = 4
 MODEL_REASON_MIN_DELTA = 0.02
 MODEL_FILE_MAX_BYTES = 64 * 1024 * 1024
-DEFAULT_TRAIN_SEED = 7
-DEFAULT_EVAL_SEED = 1007
-DEFAULT_CUSTOMERS = 600
-DEFAULT_DAYS = 28
 # Reviewed alerts count this many times a simulated example: they are real analyst decisions.
 REVIEW_WEIGHT = 5.0
 FRAUD_WEIGHT = 3.0
