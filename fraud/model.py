@@ -23,17 +23,27 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
-from uuid import UUID
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 from fraud import rules as rules_mod
 from fraud.features import FEATURE_NAMES, FeatureExtractor, Observed
-from fraud.simulate import PATTERNS, SimConfig, SimTransfer, labels, ledger_events, simulate
+from fraud.simulate import (  # noqa: F401 - the defaults are re-exported for callers of the model
+    DEFAULT_CUSTOMERS,
+    DEFAULT_DAYS,
+    DEFAULT_EVAL_SEED,
+    DEFAULT_START,
+    DEFAULT_TRAIN_SEED,
+    PATTERNS,
+    SimConfig,
+    labels,
+    ledger_events,
+    simulate,
+)
 
 ELEVATED = "elevated"
 HIGH = "high"
@@ -41,10 +51,6 @@ LOW = "low"
 REASONS_MAX = 4
 MODEL_REASON_MIN_DELTA = 0.02
 MODEL_FILE_MAX_BYTES = 64 * 1024 * 1024
-DEFAULT_TRAIN_SEED = 7
-DEFAULT_EVAL_SEED = 1007
-DEFAULT_CUSTOMERS = 600
-DEFAULT_DAYS = 28
 # Reviewed alerts count this many times a simulated example: they are real analyst decisions.
 REVIEW_WEIGHT = 5.0
 FRAUD_WEIGHT = 3.0
@@ -359,14 +365,20 @@ class Scorer:
                 explain.append(i)
         # Explain only what someone will read: occlude one feature at a time (set it to its
         # typical legitimate value) and see how far the model's probability falls.
+        # A feature already at its typical value changes nothing when occluded (delta 0): only the
+        # others need a row, which is most of the cost of scoring a suspicious page.
         deltas: dict[int, np.ndarray] = {}
         if explain:
-            rows = np.repeat(x[explain], self._n, axis=0)
-            idx = np.arange(len(rows))
-            rows[idx, np.tile(np.arange(self._n), len(explain))] = np.tile(self._baseline, len(explain))
-            q = self._proba(rows).reshape(len(explain), self._n)
+            sub = x[explain]
+            moved = sub != self._baseline
+            which_row, which_feature = np.nonzero(moved)
+            rows = sub[which_row]
+            rows[np.arange(len(rows)), which_feature] = self._baseline[which_feature]
+            q = np.array(self._proba(rows), dtype=np.float64) if len(rows) else np.zeros(0)
             for k, i in enumerate(explain):
-                deltas[i] = p[i] - q[k]
+                deltas[i] = np.zeros(self._n)
+            for r, (k, j) in enumerate(zip(which_row.tolist(), which_feature.tolist(), strict=True)):
+                deltas[explain[k]][j] = p[explain[k]] - q[r]
         for i, v in enumerate(vectors):
             pm, score, hit = pre[i]
             reasons = [r.reason(v) for r in sorted(hit, key=lambda r: -r.weight)]
@@ -392,9 +404,6 @@ def evaluate(scorer: Scorer, *, seed: int = DEFAULT_EVAL_SEED, customers: int = 
              latency_samples: int = 2000) -> dict[str, Any]:
     """Quality on a held-out simulated period (another seed, a later start) and scoring latency."""
     from sklearn.metrics import average_precision_score, roc_auc_score
-
-    from fraud.simulate import DEFAULT_START
-    from datetime import timedelta
 
     config = SimConfig(seed=seed, customers=customers, days=days, start=DEFAULT_START + timedelta(days=91))
     records = simulate(config)
@@ -446,6 +455,3 @@ def scoring_latency(records: Sequence[Any], scorer: Scorer, samples: int) -> dic
     return {"samples": len(times), "p50": float(np.percentile(arr, 50)), "p99": float(np.percentile(arr, 99)),
             "max": float(arr.max()), "cpu_p50": float(np.percentile(cpu_ms, 50)), "cpu_p99": float(np.percentile(cpu_ms, 99))}
 
-
-def transfer_ids(records: Sequence[Any]) -> list[UUID]:
-    return [r.transfer_id for r in records if isinstance(r, SimTransfer)]

@@ -41,6 +41,7 @@ class FraudService:
         self.elevated = elevated
         self.high = high
         self._scorers: dict[str, Scorer] = {}
+        self._current: Scorer | None = None
         self._lock = threading.Lock()
         self.consumer = FraudConsumer(ledger, app, self.current_scorer)
 
@@ -52,8 +53,11 @@ class FraudService:
             return s
 
     def current_scorer(self) -> Scorer:
-        """The current model; the seeded default is trained (< 20 s) when none exists yet."""
-        return self.scorer(ensure_model(self.store))
+        """The model current when first asked (a process keeps it until it restarts, so one
+        process never mixes versions mid-run); the shipped or seeded default if there is none."""
+        if self._current is None:
+            self._current = self.scorer(ensure_model(self.store))
+        return self._current
 
     def train(self, *, seed: int, customers: int, days: int, use_reviews: bool = True) -> str:
         reviewed = self.app.reviewed_examples() if use_reviews else []

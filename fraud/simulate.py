@@ -32,6 +32,11 @@ REPORTING_THRESHOLD_MINOR = 1_000_000
 CUSTOMERS_MAX = 100_000
 DAYS_MAX = 366
 DEFAULT_START = datetime(2026, 1, 5, tzinfo=timezone.utc)
+# The default training period (what ships as the default model) and the held-out evaluation seed.
+DEFAULT_TRAIN_SEED = 7
+DEFAULT_EVAL_SEED = 1007
+DEFAULT_CUSTOMERS = 600
+DEFAULT_DAYS = 28
 SIM_NAMESPACE = UUID("3d7f1b52-0c7e-4b0a-9f7e-2a6f1f0d8c11")
 
 LEGIT = ""

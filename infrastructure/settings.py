@@ -54,7 +54,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     fraud_model_key: str | None = None  # base64, >= 16 bytes; default: a 0600 key file in fraud_model_dir
     fraud_elevated_threshold: float = 0.5
     fraud_high_threshold: float = 0.8
-    fraud_poll_interval_ms: int = 50
+    fraud_poll_interval_ms: int = 20
 
     @property
     def is_postgres(self) -> bool:

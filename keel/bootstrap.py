@@ -128,6 +128,8 @@ def build_fraud_app(settings: Settings, *, create_table: bool = False) -> Any:
 
     app = FraudApp(env=persistence_env(settings, create_table=create_table))
     _configure_mapper(app, settings)
+    if create_table:
+        app.create_indexes()
     return app
 
 

@@ -27,7 +27,7 @@ def _bounded(low: int, high: int) -> Any:
 
 
 def _period_args(p: argparse.ArgumentParser, seed: int) -> None:
-    from fraud.model import DEFAULT_CUSTOMERS, DEFAULT_DAYS
+    from fraud.simulate import DEFAULT_CUSTOMERS, DEFAULT_DAYS
 
     p.add_argument("--seed", type=int, default=seed)
     p.add_argument("--customers", type=_bounded(10, CUSTOMERS_MAX), default=DEFAULT_CUSTOMERS)
@@ -35,7 +35,7 @@ def _period_args(p: argparse.ArgumentParser, seed: int) -> None:
 
 
 def add_fraud_arguments(p: argparse.ArgumentParser) -> None:
-    from fraud.model import DEFAULT_EVAL_SEED, DEFAULT_TRAIN_SEED
+    from fraud.simulate import DEFAULT_EVAL_SEED, DEFAULT_TRAIN_SEED
 
     sub = p.add_subparsers(dest="fraud_command", required=True)
     t = sub.add_parser("train", help="simulate a period, add reviewed alerts, fit and save a new signed model version")
@@ -54,7 +54,7 @@ def add_fraud_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_simulate_arguments(p: argparse.ArgumentParser) -> None:
-    from fraud.model import DEFAULT_TRAIN_SEED
+    from fraud.simulate import DEFAULT_TRAIN_SEED
 
     _period_args(p, DEFAULT_TRAIN_SEED)
     p.add_argument("--out", help="write the labelled dataset (JSON lines) to this file")
@@ -80,7 +80,8 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
 
     from keel.bootstrap import build, fraud_service, migrate
 
-    migrate(settings)
+    if not settings.is_postgres:  # PostgreSQL: only `keel migrate` runs DDL
+        migrate(settings)
     c = build(settings, start_writer=False)
     try:
         svc = fraud_service(c)
@@ -169,7 +170,8 @@ def simulate_cmd(args: argparse.Namespace, settings: Settings) -> int:
     if args.ledger:
         from keel.bootstrap import build, migrate
 
-        migrate(settings)
+        if not settings.is_postgres:  # PostgreSQL: only `keel migrate` runs DDL
+            migrate(settings)
         c = build(settings)
         try:
             r = drive_ledger(records, c.writer)

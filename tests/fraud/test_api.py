@@ -110,3 +110,15 @@ def test_alerts_are_listed_and_reviewed_once(api: Api) -> None:
     assert alert["id"] in {a["id"] for a in _ok(analyst.get("/v1/fraud/alerts", params={"status": "reviewed"}))["items"]}
     assert analyst.get("/v1/fraud/alerts", params={"status": "bogus"}).status_code in (400, 422)
     assert analyst.post(f"/v1/fraud/alerts/{uuid4()}/review", json={"label": "fraud"}).status_code == 404
+
+
+def test_keel_simulate_drives_the_api_in_its_request_shapes(api: Api) -> None:
+    from fraud.drive import drive_api
+    from fraud.simulate import SimConfig, SimTransfer, simulate
+
+    records = simulate(SimConfig(seed=31, customers=12, days=2, takeovers=2000.0))
+    result = drive_api(records, api.server.base_url, api.tokens["bank_a"], rate_per_s=1000)
+    assert result.refused == {} and result.transfers == sum(isinstance(r, SimTransfer) for r in records)
+    last = next(r for r in reversed(records) if isinstance(r, SimTransfer))
+    assert _ok(api.bank.get(f"/v1/transfers/{last.transfer_id}"))["amount"] == last.amount_minor
+    assert 0.0 <= _assessment(api.bank, str(last.transfer_id))["score"] <= 1.0

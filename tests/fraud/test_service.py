@@ -63,6 +63,11 @@ def test_each_transfer_is_assessed_once_and_rescoring_matches_exactly(container)
     reviewed = svc.app.alerts("reviewed")
     assert [v.id for v in reviewed] == [first.id] and reviewed[0].label == "fraud"
     assert svc.app.reviewed_examples() == [(svc.app.assessment(first.transfer_id).features, 1)]
+    # The review is a label of the next training run, which becomes the current model.
+    before = svc.store.current()
+    version = svc.train(seed=5, customers=40, days=3)
+    assert svc.store.manifest(version)["meta"]["reviewed_examples"] == 1
+    assert svc.store.current() == version != before
     with pytest.raises(NotFound):
         svc.app.assessment(uuid4())
 
