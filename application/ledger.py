@@ -514,42 +514,33 @@ def _make_transfer(uow: UnitOfWork, c: MakeTransfer) -> TransferState:
 
 
 def _deposit(uow: UnitOfWork, c: Deposit) -> TransferState:
-    check_amount(c.amount_minor)
-    check_currency(c.currency)
-    metadata = check_metadata(c.metadata)
-    settlement_id = settlement_account_id(c.tenant, c.currency)
-    repeated = _repeat(
-        uow, c.transfer_id, tenant=c.tenant, kind=DEPOSIT, debit_account_id=settlement_id,
-        credit_account_id=c.account_id, amount_minor=c.amount_minor, currency=c.currency,
-        reference=c.reference, metadata=metadata, pending=False, timeout_s=None,
-    )  # fmt: skip
-    if repeated is not None:
-        return repeated
-    credit = uow.account(c.account_id, c.tenant)
-    return _move(
-        uow, tenant=c.tenant, kind=DEPOSIT, transfer_id=c.transfer_id,
-        debit=uow.settlement(c.tenant, c.currency), credit=credit, amount_minor=c.amount_minor,
-        currency=c.currency, reference=c.reference, metadata=metadata,
-    )  # fmt: skip
+    return _against_settlement(uow, c, DEPOSIT)
 
 
 def _withdraw(uow: UnitOfWork, c: Withdraw) -> TransferState:
+    return _against_settlement(uow, c, WITHDRAWAL)
+
+
+def _against_settlement(uow: UnitOfWork, c: Deposit | Withdraw, kind: str) -> TransferState:
+    """A deposit credits the account from the tenant's settlement account; a withdrawal debits it."""
     check_amount(c.amount_minor)
     check_currency(c.currency)
     metadata = check_metadata(c.metadata)
     settlement_id = settlement_account_id(c.tenant, c.currency)
+    debit_id, credit_id = (settlement_id, c.account_id) if kind == DEPOSIT else (c.account_id, settlement_id)
     repeated = _repeat(
-        uow, c.transfer_id, tenant=c.tenant, kind=WITHDRAWAL, debit_account_id=c.account_id,
-        credit_account_id=settlement_id, amount_minor=c.amount_minor, currency=c.currency,
-        reference=c.reference, metadata=metadata, pending=False, timeout_s=None,
+        uow, c.transfer_id, tenant=c.tenant, kind=kind, debit_account_id=debit_id, credit_account_id=credit_id,
+        amount_minor=c.amount_minor, currency=c.currency, reference=c.reference, metadata=metadata,
+        pending=False, timeout_s=None,
     )  # fmt: skip
     if repeated is not None:
         return repeated
-    debit = uow.account(c.account_id, c.tenant)
+    account = uow.account(c.account_id, c.tenant)
+    settlement = uow.settlement(c.tenant, c.currency)
+    debit, credit = (settlement, account) if kind == DEPOSIT else (account, settlement)
     return _move(
-        uow, tenant=c.tenant, kind=WITHDRAWAL, transfer_id=c.transfer_id,
-        debit=debit, credit=uow.settlement(c.tenant, c.currency), amount_minor=c.amount_minor,
-        currency=c.currency, reference=c.reference, metadata=metadata,
+        uow, tenant=c.tenant, kind=kind, transfer_id=c.transfer_id, debit=debit, credit=credit,
+        amount_minor=c.amount_minor, currency=c.currency, reference=c.reference, metadata=metadata,
     )  # fmt: skip
 
 
