@@ -1,6 +1,9 @@
 """One real server per test module and database (module-scoped), with keys of every role."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -10,7 +13,7 @@ import httpx
 import pytest
 
 from infrastructure.settings import Settings, load_settings
-from tests.conftest import PG_DSN, fresh_pg_settings
+from tests.conftest import PG_DSN, require_postgres
 from tests.e2e.server import ServerProcess, auth, make_token
 
 
@@ -56,8 +59,19 @@ def start_sqlite_api(tmp: Path) -> Api:
     return Api(server=server, settings=settings, tokens=_tokens(settings))
 
 
+def migrated_pg_settings(schemas: list[str]) -> Settings:
+    """A fresh schema, created the operator's way: `keel migrate` as a subprocess."""
+    require_postgres()
+    schema = f"keel_e2e_{uuid.uuid4().hex[:12]}"
+    schemas.append(schema)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
+    env.update({"KEEL_DATABASE_URL": PG_DSN, "KEEL_DATABASE_SCHEMA": schema})
+    subprocess.run([sys.executable, "-m", "keel.cli", "migrate"], env=env, check=True, capture_output=True, timeout=120)
+    return load_settings(env)
+
+
 def start_pg_api(tmp: Path, schemas: list[str], settings: Settings | None = None, **env: str) -> Api:
-    settings = settings or fresh_pg_settings(schemas)
+    settings = settings or migrated_pg_settings(schemas)
     server = ServerProcess(
         {"KEEL_DATABASE_URL": PG_DSN, "KEEL_DATABASE_SCHEMA": settings.database_schema, **env},
         cwd=tmp,
