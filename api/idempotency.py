@@ -52,9 +52,9 @@ IDEMPOTENCY_KEY_MAX_CHARS = 255
 IDEMPOTENCY_TTL_S = 24 * 3600
 CONFLICT_RESUBMITS_MAX = 3
 WRITE_TIMEOUT_S = 30.0
-# Longer than any request may take (WRITE_TIMEOUT_S plus the lookups): only a dead holder's
-# claim gets this old.
-CLAIM_STALE_S = 120.0
+# Twice the longest a live request holds a claim (WRITE_TIMEOUT_S for all its resubmits, plus
+# two lookups): only a dead or stuck holder's claim gets this old.
+CLAIM_STALE_S = 60.0
 # Ids of objects created under an Idempotency-Key: the same (key id, Idempotency-Key) always
 # names the same transfer/account, so a racing duplicate can never create a second one.
 IDEMPOTENT_ID_NAMESPACE = UUID("c1d7e0a4-3b9f-4f55-8e2a-6a0d9b7c2e18")
@@ -143,10 +143,11 @@ def derived_id(scope: str, key: str | None) -> UUID | None:
 
 async def _submit(request: Request[Any, Any, Any], command: Command, render: Renderer | None) -> Any:
     writer = request.app.state.container.writer
+    deadline = time.monotonic() + WRITE_TIMEOUT_S  # for all resubmits together: bounds a claim's life
     for _ in range(CONFLICT_RESUBMITS_MAX):
         try:
             future = writer.submit(command, render)
-            outcome = await asyncio.wait_for(asyncio.wrap_future(future), WRITE_TIMEOUT_S)
+            outcome = await asyncio.wait_for(asyncio.wrap_future(future), max(0.001, deadline - time.monotonic()))
         except (asyncio.TimeoutError, TimeoutError):
             raise ApiError("unavailable", "the write did not complete in time; retry with the same Idempotency-Key") from None
         except (ApiError, DomainError, Overloaded, WriterStopped):
