@@ -137,3 +137,17 @@ async def test_full_writer_queue_is_503_with_retry_after(tmp_path: object) -> No
         container.writer.start()
         assert (await first).status_code == 201
     container.close()
+
+
+def test_readyz_is_503_when_a_migration_is_missing(pg_settings: Settings) -> None:
+    import psycopg
+
+    from tests.conftest import PG_DSN
+
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        conn.execute(f'DROP TABLE "{pg_settings.database_schema}".keel_api_keys')
+    container = build(pg_settings)
+    with TestClient(create_app(container, on_shutdown=[container.close])) as client:
+        r = client.get("/readyz")
+        assert r.status_code == 503 and r.json()["code"] == "unavailable"
+        assert "keel_api_keys" not in r.text  # no SQL or table names in responses
