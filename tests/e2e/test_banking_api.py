@@ -264,6 +264,7 @@ def test_batches_atomic_and_not(api: Api) -> None:
     problem(c.post("/v1/transfers/batch", json={"transfers": []}), 422, "validation_error")
     too_many = {"transfers": [{**item, "amount": 1}] * 1001}
     problem(c.post("/v1/transfers/batch", json=too_many), 422, "validation_error")
+    problem(c.post("/v1/transfers/batch", content=b" " * (1024 * 1024 + 1)), 413, "payload_too_large")
     full = ok(c.post("/v1/transfers/batch", json={"transfers": [{**item, "amount": 1}] * 1000}))
     assert len(full["results"]) == 1000 and not any(r["ok"] for r in full["results"])
 
