@@ -77,10 +77,9 @@ def idempotency_key(request: Request[Any, Any, Any]) -> str | None:
     raw = request.headers.get(IDEMPOTENCY_HEADER)
     if raw is None:
         return None
-    if not 1 <= len(raw) <= IDEMPOTENCY_KEY_MAX_CHARS or not all(" " < c <= "~" for c in raw):
+    if not 1 <= len(raw) <= IDEMPOTENCY_KEY_MAX_CHARS or not all(" " <= c <= "~" for c in raw):
         raise ApiError(
-            "validation_error",
-            f"Idempotency-Key must be 1..{IDEMPOTENCY_KEY_MAX_CHARS} printable ASCII characters without spaces",
+            "validation_error", f"Idempotency-Key must be 1..{IDEMPOTENCY_KEY_MAX_CHARS} printable ASCII characters"
         )
     return raw
 
