@@ -173,7 +173,7 @@ def _batch_presenter(outcome: Any) -> tuple[int, bytes]:
     for index, r in enumerate(outcome.results):
         if isinstance(r, DomainError):
             _, body = domain_problem(r)
-            items.append(BatchItemOut(index=index, ok=False, error=msgspec.json.decode(body, type=ProblemOut)))
+            items.append(BatchItemOut(index=index, ok=False, error=msgspec.json.decode(body)))
         else:
             items.append(BatchItemOut(index=index, ok=True, transfer=transfer_out(r)))
     status = 201 if outcome.atomic else 200

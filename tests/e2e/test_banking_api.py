@@ -259,6 +259,7 @@ def test_batches_atomic_and_not(api: Api) -> None:
     )
     assert [r["ok"] for r in res["results"]] == [True, False, True]
     assert res["results"][1]["error"]["code"] == "insufficient_funds"
+    assert res["results"][1]["error"]["available"] == 200 and res["results"][1]["error"]["status"] == 422
     assert balance(c, a)["posted"] == 0 and balance(c, b)["posted"] == 1_000
 
     problem(c.post("/v1/transfers/batch", json={"transfers": []}), 422, "validation_error")
