@@ -56,7 +56,15 @@ def start_sqlite_api(tmp: Path) -> Api:
     # Exactly the newcomer's setup: no KEEL_* settings, the default SQLite file under ./var/.
     settings = load_settings({}, database_url=f"sqlite:///{tmp}/var/keel.db")
     server = ServerProcess({}, cwd=tmp, log_path=tmp / "serve.log")
-    return Api(server=server, settings=settings, tokens=_tokens(settings))
+    return _with_tokens(server, settings)
+
+
+def _with_tokens(server: ServerProcess, settings: Settings) -> Api:
+    try:
+        return Api(server=server, settings=settings, tokens=_tokens(settings))
+    except BaseException:
+        server.stop()  # never leave a server running behind a failed fixture
+        raise
 
 
 def migrated_pg_settings(schemas: list[str]) -> Settings:
@@ -77,7 +85,7 @@ def start_pg_api(tmp: Path, schemas: list[str], settings: Settings | None = None
         cwd=tmp,
         log_path=tmp / f"serve-{uuid.uuid4().hex[:6]}.log",
     )
-    return Api(server=server, settings=settings, tokens=_tokens(settings))
+    return _with_tokens(server, settings)
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
