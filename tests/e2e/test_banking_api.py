@@ -366,6 +366,41 @@ def test_every_v1_route_needs_a_key(api: Api) -> None:
     assert checked >= len(BANKING_ROUTES)
 
 
+def test_every_v1_route_has_roles_and_refuses_the_others(api: Api) -> None:
+    """Generic over the app's routes (so later routers are covered): each /v1 route carries a
+    `require_roles` guard, and every role outside it gets 403 from the running server."""
+    from litestar.routes import HTTPRoute
+
+    from api.app import create_app
+    from infrastructure.keys import ROLES
+    from keel.bootstrap import build
+
+    container = build(api.settings, start_writer=False)
+    try:
+        app = create_app(container)
+    finally:
+        container.ledger.close()
+    role_client = {"banking": "bank_a", "auditor": "auditor", "analyst": "analyst", "admin": "admin"}
+    checked = 0
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute) or not route.path.startswith("/v1/"):
+            continue
+        url = re.sub(r"\{[^}]+\}", str(uuid.uuid4()), route.path)
+        for handler in route.route_handlers:
+            methods = set(handler.http_methods) - {"OPTIONS", "HEAD"}  # Litestar's automatic handlers
+            if not methods:
+                continue
+            # Litestar wraps each guard in an AsyncCallable (.func is ours)
+            roles = set().union(*(getattr(getattr(g, "func", g), "roles", set()) for g in handler.resolve_guards()))
+            assert roles, f"{route.path} has no require_roles guard"
+            for method in methods:
+                for role in set(ROLES) - roles:
+                    r = api.client(role_client[role]).request(method, url, json={})
+                    problem(r, 403, "forbidden")
+                    checked += 1
+    assert checked >= 3 * len(BANKING_ROUTES)
+
+
 def test_ops_routes_need_no_key(api: Api) -> None:
     anon = api.client("anonymous")
     assert ok(anon.get("/healthz")) == {"status": "ok"}
