@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import random
 import time
 import uuid
 from collections.abc import Callable
@@ -50,11 +51,15 @@ log = logging.getLogger(__name__)
 IDEMPOTENCY_HEADER = "idempotency-key"
 IDEMPOTENCY_KEY_MAX_CHARS = 255
 IDEMPOTENCY_TTL_S = 24 * 3600
-CONFLICT_RESUBMITS_MAX = 3
+# A command whose batch kept conflicting with another process's commits is resubmitted (it
+# joins a new, different batch) after a jittered, growing pause, within the write deadline.
+CONFLICT_RESUBMITS_MAX = 12
+CONFLICT_BACKOFF_FIRST_S = 0.005
+CONFLICT_BACKOFF_MAX_S = 0.25
 WRITE_TIMEOUT_S = 30.0
-# Longer than any request may take (WRITE_TIMEOUT_S plus the lookups): only a dead holder's
-# claim gets this old.
-CLAIM_STALE_S = 120.0
+# Twice the longest a live request holds a claim (WRITE_TIMEOUT_S for all its resubmits, plus
+# two lookups): only a dead or stuck holder's claim gets this old.
+CLAIM_STALE_S = 60.0
 # Ids of objects created under an Idempotency-Key: the same (key id, Idempotency-Key) always
 # names the same transfer/account, so a racing duplicate can never create a second one.
 IDEMPOTENT_ID_NAMESPACE = UUID("c1d7e0a4-3b9f-4f55-8e2a-6a0d9b7c2e18")
@@ -77,10 +82,9 @@ def idempotency_key(request: Request[Any, Any, Any]) -> str | None:
     raw = request.headers.get(IDEMPOTENCY_HEADER)
     if raw is None:
         return None
-    if not 1 <= len(raw) <= IDEMPOTENCY_KEY_MAX_CHARS or not all(" " < c <= "~" for c in raw):
+    if not 1 <= len(raw) <= IDEMPOTENCY_KEY_MAX_CHARS or not all(" " <= c <= "~" for c in raw):
         raise ApiError(
-            "validation_error",
-            f"Idempotency-Key must be 1..{IDEMPOTENCY_KEY_MAX_CHARS} printable ASCII characters without spaces",
+            "validation_error", f"Idempotency-Key must be 1..{IDEMPOTENCY_KEY_MAX_CHARS} printable ASCII characters"
         )
     return raw
 
@@ -143,10 +147,11 @@ def derived_id(scope: str, key: str | None) -> UUID | None:
 
 async def _submit(request: Request[Any, Any, Any], command: Command, render: Renderer | None) -> Any:
     writer = request.app.state.container.writer
-    for _ in range(CONFLICT_RESUBMITS_MAX):
+    deadline = time.monotonic() + WRITE_TIMEOUT_S  # for all resubmits together: bounds a claim's life
+    for attempt in range(CONFLICT_RESUBMITS_MAX):
         try:
             future = writer.submit(command, render)
-            outcome = await asyncio.wait_for(asyncio.wrap_future(future), WRITE_TIMEOUT_S)
+            outcome = await asyncio.wait_for(asyncio.wrap_future(future), max(0.001, deadline - time.monotonic()))
         except (asyncio.TimeoutError, TimeoutError):
             raise ApiError("unavailable", "the write did not complete in time; retry with the same Idempotency-Key") from None
         except (ApiError, DomainError, Overloaded, WriterStopped):
@@ -156,6 +161,10 @@ async def _submit(request: Request[Any, Any, Any], command: Command, render: Ren
             log.warning("write failed: %s", type(e).__name__)
             raise ApiError("unavailable", "the event store is unavailable; retry shortly") from None
         if isinstance(outcome, ConcurrencyConflict) and (render is None or not render.superseded):
+            pause_s = random.uniform(0, min(CONFLICT_BACKOFF_MAX_S, CONFLICT_BACKOFF_FIRST_S * 2**attempt))
+            if time.monotonic() + pause_s >= deadline:
+                break
+            await asyncio.sleep(pause_s)
             continue
         _count_transfers(request, outcome)
         return outcome

@@ -116,7 +116,7 @@ async def list_alerts(
     cursor: Annotated[str | None, QueryParameter(max_length=12)] = None,
     limit: Annotated[int, QueryParameter(ge=1, le=ALERT_PAGE_MAX)] = ALERTS_LIMIT_DEFAULT,
 ) -> AlertPage:
-    if cursor and (not cursor.isdigit()):
+    if cursor and not (cursor.isascii() and cursor.isdigit()):
         raise ApiError("validation_error", "cursor must be a next_cursor value from a previous page", field="cursor")
     after = int(cursor) if cursor else 0
     views = await anyio.to_thread.run_sync(lambda: _service(request).app.alerts(status, limit + 1, after))

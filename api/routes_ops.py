@@ -7,9 +7,11 @@ from litestar import Request, Response, Router, get
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.errors import problem_response
-from keel.bootstrap import Container
+from keel.bootstrap import Container, key_store
 
 log = logging.getLogger(__name__)
+
+READINESS_PROBE_KEY_ID = "0" * 16  # never issued: key ids are random
 
 
 @get("/healthz", sync_to_thread=False, summary="Liveness: the process is up", description="No key needed.")
@@ -18,8 +20,10 @@ def healthz() -> dict[str, str]:
 
 
 def _store_reachable(container: Container) -> None:
-    # Any read of the store proves a connection; a missing aggregate is a fine answer.
+    # One read of the event store and one of a table `keel migrate` creates: a reachable but
+    # unmigrated database is not ready either.
     container.ledger.recorder.max_notification_id()  # type: ignore[attr-defined]
+    key_store(container).get(READINESS_PROBE_KEY_ID)
 
 
 @get(

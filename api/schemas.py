@@ -139,7 +139,8 @@ class BatchItemOut(msgspec.Struct, frozen=True):
     index: int
     ok: bool
     transfer: TransferOut | None = None
-    error: ProblemOut | None = None
+    # The item's problem: type, title, status, detail, code and its details (e.g. `available`).
+    error: dict[str, Any] | None = None
 
 
 class BatchOut(msgspec.Struct, frozen=True):

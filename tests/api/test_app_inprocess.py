@@ -112,3 +112,42 @@ def test_readyz_is_503_when_the_store_fails(pg_settings: Settings) -> None:
         r = client.get("/readyz")
         assert r.status_code == 503 and r.json()["code"] == "unavailable" and r.headers["retry-after"]
     container.writer.stop()
+
+
+@pytest.mark.anyio
+async def test_full_writer_queue_is_503_with_retry_after(tmp_path: object) -> None:
+    import asyncio
+
+    import httpx
+
+    settings = fresh_sqlite_settings(tmp_path, group_commit_queue_max=1)
+    container = build(settings, start_writer=False)
+    key, token = new_key("banking", "t")
+    key_store(container).add(key)
+    app = create_app(container)
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        first = asyncio.ensure_future(client.post("/v1/accounts", json={"currency": "EUR"}, headers=headers))
+        for _ in range(200):
+            if container.writer._queue:  # noqa: SLF001
+                break
+            await asyncio.sleep(0.01)
+        shed = await client.post("/v1/accounts", json={"currency": "EUR"}, headers=headers)
+        assert shed.status_code == 503 and shed.json()["code"] == "overloaded" and shed.headers["retry-after"] == "1"
+        container.writer.start()
+        assert (await first).status_code == 201
+    container.close()
+
+
+def test_readyz_is_503_when_a_migration_is_missing(pg_settings: Settings) -> None:
+    import psycopg
+
+    from tests.conftest import PG_DSN
+
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        conn.execute(f'DROP TABLE "{pg_settings.database_schema}".keel_api_keys')
+    container = build(pg_settings)
+    with TestClient(create_app(container, on_shutdown=[container.close])) as client:
+        r = client.get("/readyz")
+        assert r.status_code == 503 and r.json()["code"] == "unavailable"
+        assert "keel_api_keys" not in r.text  # no SQL or table names in responses

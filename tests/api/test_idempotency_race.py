@@ -79,3 +79,39 @@ def test_claims_exclude_a_second_holder_until_released_or_stale(settings: Settin
         assert claims.delete_older_than(3_000) == 2  # ("s","other") and ("t","k")
     finally:
         container.ledger.close()
+
+
+def test_cleanup_worker_deletes_old_records_and_claims(settings: Settings) -> None:
+    import time
+
+    from keel.bootstrap import idempotency_claims
+    from keel.workers import WORKERS
+
+    container = build(settings)
+    try:
+        now_ms = int(time.time() * 1000)
+
+        def render_at(created_at_ms: int, key: str):  # noqa: ANN202
+            return lambda _outcome: IdempotencyRecord(
+                scope="s", key=key, request_hash="h", status_code=201, body=b"{}", created_at_ms=created_at_ms
+            )
+
+        for key, created in (("old", now_ms - 25 * 3600 * 1000), ("young", now_ms - 23 * 3600 * 1000)):
+            container.writer.submit(OpenAccount(tenant="t", currency="EUR"), render_at(created, key)).result(30)
+        claims = idempotency_claims(container)
+        assert claims.claim("s", "dead", 0, 0)
+        assert claims.claim("s", "live", now_ms, 0)
+
+        worker = WORKERS["idempotency_cleanup"](container)
+        worker.start()  # ticks once at once
+        for _ in range(100):
+            if container.idempotency.get("s", "old") is None:
+                break
+            time.sleep(0.05)
+        worker.stop()
+        assert container.idempotency.get("s", "old") is None
+        assert container.idempotency.get("s", "young") is not None  # kept: younger than 24 h
+        assert claims.claim("s", "dead", now_ms, 0)  # free again: its stale claim was deleted
+        assert not claims.claim("s", "live", now_ms, 0)
+    finally:
+        container.close()
