@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -40,7 +41,7 @@ from application.commands import (
     VoidTransfer,
     Withdraw,
 )
-from application.ports import IdempotencyRecord
+from application.ports import IdempotencyRecord, NoLease, WriteLease
 from application.privacy import EraseHolder, HolderVault
 from domain.account import Account, settlement_account_id
 from domain.errors import (
@@ -60,6 +61,10 @@ log = logging.getLogger(__name__)
 
 CONFLICT_RETRIES_MAX = 30
 CONFLICT_BACKOFF_MAX_S = 0.05
+# How long a writer waits for another process's batch before going ahead optimistically.
+LEASE_WAIT_S = 2.0
+# More foreign events than this since the last batch: drop the whole cache instead.
+CACHE_TAIL_MAX = 5_000
 BATCH_ITEMS_MAX = 1000
 AGGREGATE_CACHE_MAX = 200_000
 # Reversal ids are derived from the original, so a repeated reverse can never reverse twice.
@@ -125,6 +130,21 @@ class Ledger(Application[UUID]):
         self.clock: Callable[[], datetime] = utcnow
         # Seals holder personal data before it enters an event; set by the composition root.
         self.holder_vault: HolderVault | None = None
+        # Serialises batches across processes on one database; set by the composition root.
+        self.write_lease: WriteLease = NoLease()
+        # Cache coherence across processes: the log position up to which the cache is known to
+        # be current, and the positions of our own commits after it (those need no eviction).
+        self._seen: int | None = None
+        self._own_positions: set[int] = set()
+        # Batches re-run after an optimistic-concurrency conflict (exported as a metric).
+        self.conflict_retries = 0
+        # The cache and its aggregates are mutated by a batch: one batch at a time per process
+        # (the group-commit writer is the usual only caller; this makes direct callers safe).
+        self._batch_lock = threading.Lock()
+
+    def close(self) -> None:
+        self.write_lease.close()
+        super().close()
 
     def save(self, *objs: Any, **kwargs: Any) -> Any:
         """As Application.save, for aggregates only, without its per-object isinstance checks
@@ -191,6 +211,43 @@ class Ledger(Application[UUID]):
         left no trace). `idempotency[i]`, when given, renders command i's outcome as the
         IdempotencyRecord that is stored in the same transaction as the effect.
         """
+        with self._batch_lock:
+            leased = self.write_lease.acquire(LEASE_WAIT_S)
+            try:
+                self._forget_foreign_writes()
+                return self._execute_batch(commands, idempotency)
+            finally:
+                if leased:
+                    self.write_lease.release()
+
+    def _forget_foreign_writes(self) -> None:
+        """Evicts cached aggregates that another process changed since our last batch.
+
+        Reads the log after the last position we have accounted for: an event that is not one
+        of our own commits means our cached copy of its aggregate is stale.
+        """
+        if self._seen is None:
+            self._seen = self.recorder.max_notification_id() or 0
+            self._cache.clear()
+            return
+        tail = self.recorder.select_notifications(start=self._seen, limit=CACHE_TAIL_MAX, inclusive_of_start=False)
+        if len(tail) >= CACHE_TAIL_MAX:
+            self._cache.clear()
+            self._own_positions.clear()
+            self._seen = self.recorder.max_notification_id() or 0
+            return
+        for n in tail:
+            if n.id not in self._own_positions:
+                self._cache.pop(n.originator_id, None)
+            assert n.id > self._seen, "notification log positions must increase"
+            self._seen = n.id
+        self._own_positions = {p for p in self._own_positions if p > self._seen}
+
+    def _execute_batch(
+        self,
+        commands: Sequence[Command],
+        idempotency: Sequence[Callable[[Result | DomainError], IdempotencyRecord | None] | None] | None,
+    ) -> list[Result | DomainError]:
         check_existing = False
         for attempt in range(CONFLICT_RETRIES_MAX):
             uow = UnitOfWork(self, check_existing=check_existing)
@@ -203,12 +260,13 @@ class Ledger(Application[UUID]):
                         if record is not None:
                             records.append(record)
             try:
-                self.save(*uow.touched(), idempotency=records)
+                recordings = self.save(*uow.touched(), idempotency=records)
             except IntegrityError:
                 # Another writer got there first (same aggregate version, same new id, or same
                 # idempotency key). Forget what we believed and re-run against fresh state.
                 uow.evict_all()
                 check_existing = True
+                self.conflict_retries += 1
                 # Jittered exponential backoff, so two writers hammering the same accounts
                 # stop colliding in lock-step.
                 time.sleep(random.uniform(0, min(CONFLICT_BACKOFF_MAX_S, 0.001 * 2**attempt)))
@@ -218,6 +276,7 @@ class Ledger(Application[UUID]):
                 uow.evict_all()
                 raise
             uow.keep()
+            self._own_positions.update(r.notification.id for r in recordings)
             return outcomes
         conflict = ConcurrencyConflict("the command conflicted with concurrent writes; retry it")
         return [conflict for _ in commands]

@@ -26,3 +26,32 @@ class IdempotencyStore(Protocol):
     def get_many(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], IdempotencyRecord]: ...
 
     def delete_older_than(self, cutoff_ms: int) -> int: ...
+
+
+class WriteLease(Protocol):
+    """Mutual exclusion of ledger writers across processes (one database, many API processes).
+
+    Holding it while refreshing, applying and committing a batch means no other process commits
+    in between, so batches do not fail optimistic concurrency and re-run. It is an optimisation,
+    never a correctness requirement: `acquire` may give up (False) and the batch then runs
+    optimistically, as without a lease.
+    """
+
+    def acquire(self, timeout_s: float) -> bool: ...
+
+    def release(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class NoLease:
+    """For a single writer (SQLite, tests): always granted, nothing to release."""
+
+    def acquire(self, timeout_s: float) -> bool:
+        return True
+
+    def release(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None

@@ -36,6 +36,10 @@ def build_ledger(settings: Settings, *, create_table: bool = False) -> Ledger:
         from infrastructure.audit_store import Db, SqlHolderVault
 
         ledger.holder_vault = SqlHolderVault(Db(ledger.recorder.datastore, postgres=settings.is_postgres))  # type: ignore[attr-defined]
+    if settings.is_postgres and not create_table:
+        from infrastructure.write_lease import PostgresWriteLease
+
+        ledger.write_lease = PostgresWriteLease(settings.postgres())
     return ledger
 
 
