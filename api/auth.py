@@ -184,11 +184,12 @@ def principal_of(request: ASGIConnection[Any, Any, Any, Any]) -> Principal:
     return user
 
 
-def require_roles(*roles: str) -> Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]:
+def require_roles(*roles: str) -> Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Any]:
     """A guard allowing only keys with one of `roles`."""
     allowed = frozenset(roles)
 
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    # async: Litestar runs a sync guard in a worker thread — a thread hop on every request.
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         principal = principal_of(connection)
         if principal.role not in allowed:
             raise PermissionDeniedException(f"this route needs the role {' or '.join(sorted(allowed))}")

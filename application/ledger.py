@@ -64,7 +64,7 @@ CONFLICT_BACKOFF_MAX_S = 0.05
 # How long a writer waits for another process's batch before going ahead optimistically.
 LEASE_WAIT_S = 2.0
 # More foreign events than this since the last batch: drop the whole cache instead.
-CACHE_TAIL_MAX = 5_000
+CACHE_TAIL_MAX = 20_000
 BATCH_ITEMS_MAX = 1000
 AGGREGATE_CACHE_MAX = 200_000
 # Reversal ids are derived from the original, so a repeated reverse can never reverse twice.
@@ -221,10 +221,11 @@ class Ledger(Application[UUID]):
                     self.write_lease.release()
 
     def _forget_foreign_writes(self) -> None:
-        """Evicts cached aggregates that another process changed since our last batch.
+        """Brings the cache up to date with what other processes committed since our last batch.
 
-        Reads the log after the last position we have accounted for: an event that is not one
-        of our own commits means our cached copy of its aggregate is stale.
+        Reads the log after the last position we have accounted for. An event that is not one
+        of our own commits is applied to our cached copy of its aggregate when it is the next
+        version (cheap replication: no reload), and evicts the copy otherwise.
         """
         if self._seen is None:
             self._seen = self.recorder.max_notification_id() or 0
@@ -237,11 +238,32 @@ class Ledger(Application[UUID]):
             self._seen = self.recorder.max_notification_id() or 0
             return
         for n in tail:
-            if n.id not in self._own_positions:
-                self._cache.pop(n.originator_id, None)
             assert n.id > self._seen, "notification log positions must increase"
             self._seen = n.id
+            if n.id in self._own_positions:
+                continue
+            cached = self._cache.get(n.originator_id)
+            if cached is None:
+                continue
+            if n.originator_version == cached.version + 1:
+                try:
+                    self.mapper.to_domain_event(n).mutate(cached)
+                    continue
+                except Exception:  # noqa: BLE001 - any doubt: reload from the store instead
+                    log.warning("could not apply foreign event at %d; evicting", n.id)
+            self._cache.pop(n.originator_id, None)
         self._own_positions = {p for p in self._own_positions if p > self._seen}
+
+    def _note_own_commit(self, positions: list[int]) -> None:
+        """Our commit's positions: directly after what we have seen means nobody else committed
+        in between (positions are handed out under the events table lock), so skip them."""
+        if not positions:
+            return
+        contiguous = positions[-1] - positions[0] == len(positions) - 1
+        if self._seen is not None and contiguous and positions[0] == self._seen + 1 and not self._own_positions:
+            self._seen = positions[-1]
+        else:
+            self._own_positions.update(positions)
 
     def _execute_batch(
         self,
@@ -276,7 +298,7 @@ class Ledger(Application[UUID]):
                 uow.evict_all()
                 raise
             uow.keep()
-            self._own_positions.update(r.notification.id for r in recordings)
+            self._note_own_commit(sorted(r.notification.id for r in recordings))
             return outcomes
         conflict = ConcurrencyConflict("the command conflicted with concurrent writes; retry it")
         return [conflict for _ in commands]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 
 import psycopg
 
@@ -17,7 +16,6 @@ from infrastructure.settings import PostgresParams
 
 log = logging.getLogger(__name__)
 
-LEASE_POLL_S = 0.0005
 CONNECT_TIMEOUT_S = 2
 
 
@@ -29,9 +27,11 @@ class PostgresWriteLease:
         self.lock_id = int.from_bytes(digest[:8], "big", signed=True)
         self._conn: psycopg.Connection | None = None
         self._held = False
+        self._timeout_s: float | None = None
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
+            self._timeout_s = None
             p = self.params
             self._conn = psycopg.connect(
                 host=p.host, port=p.port, user=p.user, password=p.password or None, dbname=p.dbname,
@@ -40,18 +40,18 @@ class PostgresWriteLease:
         return self._conn
 
     def acquire(self, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
         try:
             conn = self._connection()
-            while True:
-                row = conn.execute("SELECT pg_try_advisory_lock(%s)", (self.lock_id,), prepare=True).fetchone()
-                if row and row[0]:
-                    self._held = True
-                    return True
-                if time.monotonic() >= deadline:
-                    log.warning("write lease busy for %.1f s; committing optimistically", timeout_s)
-                    return False
-                time.sleep(LEASE_POLL_S)
+            if self._timeout_s != timeout_s:
+                conn.execute(f"SET lock_timeout = '{int(timeout_s * 1000)}ms'")
+                self._timeout_s = timeout_s
+            # Blocks in the server (no polling) until the other process releases, or times out.
+            conn.execute("SELECT pg_advisory_lock(%s)", (self.lock_id,), prepare=True)
+            self._held = True
+            return True
+        except psycopg.errors.LockNotAvailable:
+            log.warning("write lease busy for %.1f s; committing optimistically", timeout_s)
+            return False
         except psycopg.Error as e:
             log.warning("write lease unavailable (%s); committing optimistically", type(e).__name__)
             self._drop()
