@@ -42,7 +42,7 @@ SQLITE_POLL_S = 0.02
 LISTEN_TIMEOUT_S = 0.5
 GAUGE_INTERVAL_S = 1.0
 ERROR_BACKOFF_S = 1.0
-REBUILD_BATCH_MAX = 10_000
+REBUILD_BATCH_MAX = 50_000
 CHECK_CHASE_MAX = 20
 
 POSITION = Gauge("keel_projection_position", "Last log position applied to the views", ["projection"])
