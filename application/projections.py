@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 # The only projection of this module; its tracking row carries this name.
 VIEWS = "views"
-READ_BATCH_MAX = 5000
+READ_BATCH_MAX = 20_000
 HOUR_S = 3600
 DAY_S = 86400
 INTERVALS = {"hour": HOUR_S, "day": DAY_S}

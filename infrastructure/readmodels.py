@@ -210,9 +210,10 @@ class Tables:
 class SqlViewStore:
     """The `ViewStore` port of application/projections.py over one set of tables."""
 
-    def __init__(self, db: Database, prefix: str = LIVE) -> None:
+    def __init__(self, db: Database, prefix: str = LIVE, *, one_statement_rows_max: int | None = None) -> None:
         self.db = db
         self.t = Tables(db, prefix)
+        self.one_statement_rows_max = ONE_STATEMENT_ROWS_MAX if one_statement_rows_max is None else one_statement_rows_max
         # PostgreSQL: read the log on the view transaction's own connection (fewer round trips).
         self.reads_in_transaction = db.is_pg
 
@@ -225,7 +226,10 @@ class SqlViewStore:
     @contextmanager
     def transaction(self) -> Iterator[_ViewTx]:
         with self.db.transaction(commit=True) as cur:
-            yield (_PgViewTx if self.db.is_pg else _SqliteViewTx)(cur, self.t)
+            if self.db.is_pg:
+                yield _PgViewTx(cur, self.t, self.one_statement_rows_max)
+            else:
+                yield _SqliteViewTx(cur, self.t)
 
 
 class _ViewTx:
@@ -251,7 +255,7 @@ _PG_STAGING = {
 
 # Up to this many rows a batch goes in ONE statement (live following: a round trip costs more
 # than the work); larger batches (replays) go by COPY.
-ONE_STATEMENT_ROWS_MAX = 3000
+ONE_STATEMENT_ROWS_MAX = 8000
 # Views are derived data: a crash may lose the last few view commits, but never rows without
 # their tracking position (one atomic commit, applied in WAL order), and the worker then simply
 # re-applies them. Not waiting for the WAL flush keeps the lag low.
@@ -262,8 +266,10 @@ class _PgViewTx(_ViewTx):
     """Small batches: one statement of data-modifying CTEs over `unnest` arrays, guarded by the
     tracking update. Large batches: rows by COPY (formatted in C), one statement per table."""
 
-    def __init__(self, cur: Any, t: Tables) -> None:
+    def __init__(self, cur: Any, t: Tables, one_statement_rows_max: int | None = None) -> None:
         super().__init__(cur, t)
+        # -1: always by COPY (tests use it to exercise both ways on small histories).
+        self.one_statement_rows_max = ONE_STATEMENT_ROWS_MAX if one_statement_rows_max is None else one_statement_rows_max
         self._advance: tuple[int, int] | None = None
 
     def advance(self, expected: int, position: int) -> None:
@@ -377,7 +383,7 @@ class _PgViewTx(_ViewTx):
             len(ch.new_accounts) + len(ch.account_deltas) + len(ch.account_status) + 3 * len(ch.new_transfers)
             + 3 * len(ch.transfer_updates) + len(ch.volumes) + len(ch.flows)
         )  # fmt: skip
-        if rows <= ONE_STATEMENT_ROWS_MAX:
+        if rows <= self.one_statement_rows_max:
             self._one_statement(ch)
             return
         self.cur.execute(_ASYNC_COMMIT)
