@@ -3,7 +3,10 @@
 To add a route family, write `api/routes_<name>.py` exporting `router` (a Litestar Router with
 its guards, e.g. `guards=[require_roles("auditor")]` from api.auth) and add one import and one
 entry to ROUTERS below. Authentication, rate limiting, error mapping (api.errors), metrics and
-the 64 KiB body limit apply to every router. The app never builds Applications itself: it is
+the 64 KiB body limit apply to every router. Conventions the routers share: path ids declared
+`{account_id:str}` and parsed with `api.schemas.parse_uuid` (a bad UUID is 422, not 404);
+bodies decoded with `api.schemas.strict_body` (Litestar's own decoding coerces "25" to 25);
+database work in `anyio.to_thread.run_sync`; errors raised as DomainError or `api.errors.ApiError`. The app never builds Applications itself: it is
 handed a Container by the composition root (keel.bootstrap / keel.serve).
 """
 from __future__ import annotations
@@ -22,7 +25,7 @@ from api import routes_analytics, routes_banking, routes_history, routes_ops
 from api.auth import KeyAuthMiddleware, KeyCache, RateLimitMiddleware, TokenBucket
 from api.errors import EXCEPTION_HANDLERS
 from api.metrics import LatencyMiddleware, Metrics
-from keel.bootstrap import Container, key_store
+from keel.bootstrap import Container, idempotency_claims, key_store
 from keel.projections import ProjectionLagCollector
 
 log = logging.getLogger(__name__)
@@ -64,6 +67,7 @@ def create_app(
             "api_keys": KeyCache(key_store(container).get),
             "rate_limiter": TokenBucket(rate, max(1.0, rate * RATE_LIMIT_BURST_S)) if rate > 0 else None,
             "idempotency_in_flight": set(),
+            "idempotency_claims": idempotency_claims(container),
             "metrics": metrics,
         }
     )
@@ -90,6 +94,7 @@ def create_app(
             ),
             security=[{"bearer": []}],
             path="/schema",
+            create_examples=True,  # success bodies; problem examples are written per route
         ),
         debug=debug,
     )

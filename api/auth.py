@@ -12,7 +12,9 @@ How other routers use it:
 
 - The middleware authenticates every request except PUBLIC_PATHS: a missing, malformed, unknown
   or revoked token is 401 `unauthorized`; it then applies the per-key rate limit (429).
-- `require_roles(*roles)` is a Litestar guard: another role is 403 `forbidden`.
+- `require_roles(*roles)` is a Litestar guard: another role is 403 `forbidden`. Every /v1 route
+  must carry one: tests/e2e/test_banking_api.py walks the app's routes and sends every other
+  role to each route, expecting 403.
 - A banking key sees only its tenant: look objects up with `tenant=principal.tenant` and answer
   404 for another tenant's object (the ledger's queries and commands already do this).
 
@@ -51,7 +53,7 @@ class Principal(msgspec.Struct, frozen=True):
 
 
 class KeyCache:
-    """Verified keys by token hash input, for a short time; misses go to the key store."""
+    """Stored keys (or their absence) by key id, for `ttl_s`; the secret is checked on every request."""
 
     def __init__(self, lookup: Callable[[str], ApiKey | None], ttl_s: float = KEY_CACHE_TTL_S) -> None:
         self._lookup = lookup
@@ -192,6 +194,7 @@ def require_roles(*roles: str) -> Callable[[ASGIConnection[Any, Any, Any, Any], 
             raise PermissionDeniedException(f"this route needs the role {' or '.join(sorted(allowed))}")
 
     guard.__name__ = f"require_roles_{'_'.join(sorted(allowed))}"
+    guard.roles = allowed  # type: ignore[attr-defined] - read by the test that every route has a role
     return guard
 
 

@@ -7,11 +7,17 @@
   request hash -> the stored status and body with `Idempotent-Replayed: true`; another hash ->
   422 `idempotency_key_reused`. The same key already running in this process -> 409
   `idempotency_key_in_flight`.
-- Two processes racing on one key: both submit; the second commit hits the primary key of
-  `keel_idempotency`, so the ledger re-runs that batch. Creation commands get ids derived from
-  (key id, Idempotency-Key), so the re-run finds the first process's transfer/account and adds
-  no second effect; the renderer, called again for the re-run, sees the stored record, stores
-  nothing and marks itself superseded; the caller then answers with the stored record.
+- Across processes, a claim row (`keel_idempotency_claims`, UNLOGGED on PostgreSQL) is taken
+  before submitting and released after the answer: a second process finding the key claimed
+  replays the stored response if it exists by then, else answers 409. A claim older than
+  `CLAIM_STALE_S` (a killed process) is taken over.
+- Should two processes still run one key at once (a takeover of a claim whose holder was only
+  slow), the second commit hits the primary key of `keel_idempotency` and the ledger re-runs
+  that batch. Creation commands get ids derived from (key id, Idempotency-Key), so the re-run
+  finds the first transfer/account and adds no second effect; the renderer, called again for the
+  re-run, sees the stored record, stores nothing and marks itself superseded; the caller then
+  answers with the stored record. The claim makes this fallback rare, because a re-run of a
+  command whose first run failed (or of another body under the same key) may still apply.
 - Retryable outcomes (`concurrency_conflict`) are never stored: the client may retry them.
 
 Handlers never block the event loop: the writer runs on its own thread and store lookups run
@@ -22,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import random
 import time
 import uuid
 from collections.abc import Callable
@@ -34,7 +41,8 @@ from litestar import Request, Response
 
 from api.auth import principal_of
 from api.errors import PROBLEM_MEDIA_TYPE, ApiError, domain_problem, problem_response
-from application.commands import Command, Result
+from application.commands import BatchResult, Command, Result, TransferState
+from application.group_commit import Overloaded, WriterStopped
 from application.ports import IdempotencyRecord
 from domain.errors import ConcurrencyConflict, DomainError
 
@@ -43,8 +51,15 @@ log = logging.getLogger(__name__)
 IDEMPOTENCY_HEADER = "idempotency-key"
 IDEMPOTENCY_KEY_MAX_CHARS = 255
 IDEMPOTENCY_TTL_S = 24 * 3600
-CONFLICT_RESUBMITS_MAX = 3
+# A command whose batch kept conflicting with another process's commits is resubmitted (it
+# joins a new, different batch) after a jittered, growing pause, within the write deadline.
+CONFLICT_RESUBMITS_MAX = 12
+CONFLICT_BACKOFF_FIRST_S = 0.005
+CONFLICT_BACKOFF_MAX_S = 0.25
 WRITE_TIMEOUT_S = 30.0
+# Twice the longest a live request holds a claim (WRITE_TIMEOUT_S for all its resubmits, plus
+# two lookups): only a dead or stuck holder's claim gets this old.
+CLAIM_STALE_S = 60.0
 # Ids of objects created under an Idempotency-Key: the same (key id, Idempotency-Key) always
 # names the same transfer/account, so a racing duplicate can never create a second one.
 IDEMPOTENT_ID_NAMESPACE = UUID("c1d7e0a4-3b9f-4f55-8e2a-6a0d9b7c2e18")
@@ -67,10 +82,9 @@ def idempotency_key(request: Request[Any, Any, Any]) -> str | None:
     raw = request.headers.get(IDEMPOTENCY_HEADER)
     if raw is None:
         return None
-    if not 1 <= len(raw) <= IDEMPOTENCY_KEY_MAX_CHARS or not all(" " < c <= "~" for c in raw):
+    if not 1 <= len(raw) <= IDEMPOTENCY_KEY_MAX_CHARS or not all(" " <= c <= "~" for c in raw):
         raise ApiError(
-            "validation_error",
-            f"Idempotency-Key must be 1..{IDEMPOTENCY_KEY_MAX_CHARS} printable ASCII characters without spaces",
+            "validation_error", f"Idempotency-Key must be 1..{IDEMPOTENCY_KEY_MAX_CHARS} printable ASCII characters"
         )
     return raw
 
@@ -133,26 +147,37 @@ def derived_id(scope: str, key: str | None) -> UUID | None:
 
 async def _submit(request: Request[Any, Any, Any], command: Command, render: Renderer | None) -> Any:
     writer = request.app.state.container.writer
-    for _ in range(CONFLICT_RESUBMITS_MAX):
+    deadline = time.monotonic() + WRITE_TIMEOUT_S  # for all resubmits together: bounds a claim's life
+    for attempt in range(CONFLICT_RESUBMITS_MAX):
         try:
             future = writer.submit(command, render)
-            outcome = await asyncio.wait_for(asyncio.wrap_future(future), WRITE_TIMEOUT_S)
+            outcome = await asyncio.wait_for(asyncio.wrap_future(future), max(0.001, deadline - time.monotonic()))
         except (asyncio.TimeoutError, TimeoutError):
             raise ApiError("unavailable", "the write did not complete in time; retry with the same Idempotency-Key") from None
-        except (ApiError, DomainError):
-            raise
+        except (ApiError, DomainError, Overloaded, WriterStopped):
+            raise  # mapped by api.errors
         except Exception as e:
-            from application.group_commit import Overloaded, WriterStopped
-
-            if isinstance(e, (Overloaded, WriterStopped)):
-                raise
             # A storage failure: nothing of the batch was committed. Safe to retry.
             log.warning("write failed: %s", type(e).__name__)
             raise ApiError("unavailable", "the event store is unavailable; retry shortly") from None
         if isinstance(outcome, ConcurrencyConflict) and (render is None or not render.superseded):
+            pause_s = random.uniform(0, min(CONFLICT_BACKOFF_MAX_S, CONFLICT_BACKOFF_FIRST_S * 2**attempt))
+            if time.monotonic() + pause_s >= deadline:
+                break
+            await asyncio.sleep(pause_s)
             continue
+        _count_transfers(request, outcome)
         return outcome
     return outcome
+
+
+def _count_transfers(request: Request[Any, Any, Any], outcome: Any) -> None:
+    if isinstance(outcome, TransferState):
+        request.app.state.metrics.transfers_committed.inc()
+    elif isinstance(outcome, BatchResult):
+        done = sum(isinstance(r, TransferState) for r in outcome.results)
+        if done:
+            request.app.state.metrics.transfers_committed.inc(done)
 
 
 async def run_write(
@@ -174,13 +199,23 @@ async def run_write(
     if (scope, key) in in_flight:
         raise ApiError("idempotency_key_in_flight", "a request with this Idempotency-Key is still running")
     store = request.app.state.container.idempotency
+    claims = request.app.state.idempotency_claims
     in_flight.add((scope, key))
     try:
-        stored = await anyio.to_thread.run_sync(store.get, scope, key)
-        if stored is not None:
-            return _replay(stored, hash_)
-        render = Renderer(scope, key, hash_, present, store)
-        outcome = await _submit(request, build(derived_id(scope, key)), render)
+        now_ms = int(time.time() * 1000)
+        claimed = await anyio.to_thread.run_sync(claims.claim, scope, key, now_ms, now_ms - int(CLAIM_STALE_S * 1000))
+        try:
+            # After claiming, so that a holder who committed and released is seen.
+            stored = await anyio.to_thread.run_sync(store.get, scope, key)
+            if stored is not None:
+                return _replay(stored, hash_)
+            if not claimed:
+                raise ApiError("idempotency_key_in_flight", "a request with this Idempotency-Key is still running")
+            render = Renderer(scope, key, hash_, present, store)
+            outcome = await _submit(request, build(derived_id(scope, key)), render)
+        finally:
+            if claimed:
+                await anyio.to_thread.run_sync(claims.release, scope, key)
         if render.superseded:
             stored = await anyio.to_thread.run_sync(store.get, scope, key)
             if stored is not None:

@@ -27,7 +27,13 @@ class Metrics:
         )
         self.transfers_committed = Counter(
             "keel_transfers_committed",
-            "Commands committed by the group-commit writer, counting each batch item",
+            "Transfers (incl. deposits, withdrawals, reversals, batch items) that writes of this process "
+            "answered as done; a repeated transfer id counts again, a replayed Idempotency-Key does not",
+            registry=self.registry,
+        )
+        self.commands_committed = Counter(
+            "keel_group_commit_commands",
+            "Commands committed by the group-commit writer (a batch counts its transfers)",
             registry=self.registry,
         )
         self.commit_batch_size = Histogram(
@@ -45,7 +51,7 @@ class Metrics:
 
     def on_commit(self, commands: int, weight: int, seconds: float) -> None:
         """The writer's hook: called on its thread after every successful commit."""
-        self.transfers_committed.inc(weight)
+        self.commands_committed.inc(weight)
         self.commit_batch_size.observe(commands)
         self.commit_seconds.observe(seconds)
 

@@ -7,17 +7,20 @@ like one that does not exist. Handlers convert wire types to commands here and n
 from __future__ import annotations
 
 import time
+import uuid
 from datetime import datetime
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 from uuid import UUID
 
 import anyio
 import msgspec
 from litestar import Request, Response, Router, get, post
-from litestar.params import Parameter
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import Example
+from litestar.params import Body, FromPath, QueryParameter
 
 from api.auth import banking_tenant, require_roles
-from api.errors import ApiError
+from api.errors import PROBLEM_MEDIA_TYPE, ApiError, domain_problem
 from api.idempotency import run_write
 from api.schemas import (
     PAGE_LIMIT_DEFAULT,
@@ -36,6 +39,8 @@ from api.schemas import (
     TransferCreate,
     TransferOut,
     account_out,
+    parse_uuid,
+    strict_body,
     transfer_out,
 )
 from application import queries
@@ -56,9 +61,7 @@ from application.commands import (
     Withdraw,
 )
 from domain.errors import DomainError
-from api.errors import domain_problem
 
-T = TypeVar("T")
 # 1,000 transfers do not fit in the 64 KiB of every other route (SPEC §3 and §5 meet here):
 # a batch may carry 1 MiB, i.e. ~1 KiB per item including metadata.
 BATCH_BODY_MAX_BYTES = 1024 * 1024
@@ -68,11 +71,11 @@ IDEMPOTENCY_DOC = (
     "response with `Idempotent-Replayed: true`; the same key with another body is 422 `idempotency_key_reused`; "
     "while the first request runs, 409 `idempotency_key_in_flight`. Keys are kept at least 24 hours."
 )
-CursorParam = Annotated[str | None, Parameter(query="cursor", description="`next_cursor` of the previous page", max_length=40)]
-LimitParam = Annotated[int, Parameter(query="limit", ge=1, le=PAGE_LIMIT_MAX, description="Page size")]
+CursorParam = Annotated[str | None, QueryParameter(description="`next_cursor` of the previous page", max_length=40)]
+LimitParam = Annotated[int, QueryParameter(ge=1, le=PAGE_LIMIT_MAX, description="Page size")]
 
-ACCOUNT_EXAMPLE = {"currency": "EUR", "overdraft_limit": 0, "holder": {"name": "Ada Lovelace"}, "metadata": {"ref": "c-1"}}
-TRANSFER_EXAMPLE = {
+ACCOUNT_EXAMPLE: dict[str, Any] = {"currency": "EUR", "overdraft_limit": 0, "holder": {"name": "Ada Lovelace"}, "metadata": {"ref": "c-1"}}
+TRANSFER_EXAMPLE: dict[str, Any] = {
     "debit_account_id": "6f0e6c1e-1b7a-4c57-9f39-0c7d0e6e7a11",
     "credit_account_id": "9a3c3c52-43a4-4f61-8f40-7d0a2b1c3e22",
     "amount": 2500,
@@ -81,24 +84,53 @@ TRANSFER_EXAMPLE = {
 }
 
 
-def _parse_uuid(value: str, name: str) -> UUID:
-    try:
-        return UUID(value)
-    except ValueError:
-        raise ApiError("validation_error", f"{name} must be a UUID", field=name) from None
+MOVEMENT_EXAMPLE: dict[str, Any] = {"account_id": TRANSFER_EXAMPLE["credit_account_id"], "amount": 10000, "currency": "EUR"}
+BATCH_EXAMPLE: dict[str, Any] = {"atomic": True, "transfers": [TRANSFER_EXAMPLE, {**TRANSFER_EXAMPLE, "amount": 100}]}
 
 
-async def strict_body(request: Request, type_: type[T], *, empty: T | None = None) -> T:
-    """The body decoded strictly: Litestar's own decoding coerces "25" to 25; money must not."""
-    body = await request.body()
-    if not body.strip() and empty is not None:
-        return empty
-    try:
-        return msgspec.json.decode(body, type=type_, strict=True)
-    except msgspec.ValidationError as e:
-        raise ApiError("validation_error", str(e)) from None
-    except msgspec.DecodeError:
-        raise ApiError("validation_error", "the request body is not valid JSON") from None
+def _problem_example(status: int, code: str, detail: str, **extra: Any) -> Example:
+    value = {"type": f"urn:keel:problem:{code}", "title": code.replace("_", " ").capitalize(), "status": status,
+             "detail": detail, "code": code, **extra}  # fmt: skip
+    return Example(summary=code, value=value)
+
+
+def _problems(*extra: tuple[int, str, str, dict[str, Any]]) -> dict[int, ResponseSpec]:
+    """OpenAPI: the problem responses every banking route can give, plus route-specific ones."""
+    by_status: dict[int, list[Example]] = {
+        401: [_problem_example(401, "unauthorized", "invalid API key")],
+        403: [_problem_example(403, "forbidden", "this route needs the role banking")],
+        404: [_problem_example(404, "not_found", "account not found", account_id=TRANSFER_EXAMPLE["debit_account_id"])],
+        422: [_problem_example(422, "validation_error", "Expected `int`, got `float` - at `$.amount`")],
+        429: [_problem_example(429, "rate_limited", "too many requests for this API key")],
+        503: [_problem_example(503, "concurrency_conflict", "the command conflicted with concurrent writes; retry it")],
+    }
+    for status, code, detail, fields in extra:
+        by_status.setdefault(status, []).append(_problem_example(status, code, detail, **fields))
+    return {
+        status: ResponseSpec(
+            data_container=ProblemOut, description="RFC 9457 problem", examples=examples, media_type=PROBLEM_MEDIA_TYPE
+        )
+        for status, examples in by_status.items()
+    }
+
+
+READ_PROBLEMS = _problems()
+WRITE_PROBLEMS = _problems(
+    (409, "idempotency_key_in_flight", "a request with this Idempotency-Key is still running", {}),
+    (422, "idempotency_key_reused", "this Idempotency-Key was used with a different request", {}),
+)
+MOVE_PROBLEMS = _problems(
+    (409, "exists_with_different_fields", "a transfer with this id exists with different fields", {}),
+    (409, "idempotency_key_in_flight", "a request with this Idempotency-Key is still running", {}),
+    (422, "insufficient_funds", "insufficient funds", {"account_id": TRANSFER_EXAMPLE["debit_account_id"], "available": 1200, "amount": 2500}),
+    (422, "account_frozen", "account is frozen; debits are not allowed", {}),
+    (422, "currency_mismatch", "currency must equal both accounts' currency", {}),
+    (422, "idempotency_key_reused", "this Idempotency-Key was used with a different request", {}),
+)
+
+
+def _body(description: str, example: dict[str, Any]) -> Any:
+    return Body(description=description, examples=[Example(summary="example", value=example)])
 
 
 def _json(value: Any) -> bytes:
@@ -141,7 +173,7 @@ def _batch_presenter(outcome: Any) -> tuple[int, bytes]:
     for index, r in enumerate(outcome.results):
         if isinstance(r, DomainError):
             _, body = domain_problem(r)
-            items.append(BatchItemOut(index=index, ok=False, error=msgspec.json.decode(body, type=ProblemOut)))
+            items.append(BatchItemOut(index=index, ok=False, error=msgspec.json.decode(body)))
         else:
             items.append(BatchItemOut(index=index, ok=True, transfer=transfer_out(r)))
     status = 201 if outcome.atomic else 200
@@ -159,8 +191,9 @@ def _batch_presenter(outcome: Any) -> tuple[int, bytes]:
     "`exists_with_different_fields`. " + IDEMPOTENCY_DOC,
     response_description="The new account (201).",
     status_code=201,
+    responses=WRITE_PROBLEMS,
 )
-async def open_account(request: Request, data: AccountCreate) -> Response[AccountOut]:
+async def open_account(request: Request, data: Annotated[AccountCreate, _body("The account to open", ACCOUNT_EXAMPLE)]) -> Response[AccountOut]:
     tenant = banking_tenant(request)
     data = await strict_body(request, AccountCreate)
 
@@ -177,10 +210,16 @@ async def open_account(request: Request, data: AccountCreate) -> Response[Accoun
     return await run_write(request, build, _account_presenter(201))  # type: ignore[return-value]
 
 
-@get("/accounts/{account_id:str}", summary="Get an account and its balances")
-async def get_account(request: Request, account_id: str) -> AccountOut:
+@get(
+    "/accounts/{account_id:str}",
+    summary="Get an account and its balances",
+    description="Balances in minor units: `posted` = credits − debits; `available` = posted − pending_debits + "
+    "overdraft_limit. Another tenant's account is 404, exactly like a missing one.",
+    responses=READ_PROBLEMS,
+)
+async def get_account(request: Request, account_id: FromPath[str]) -> AccountOut:
     tenant = banking_tenant(request)
-    aid = _parse_uuid(account_id, "account_id")
+    aid = parse_uuid(account_id, "account_id")
     state = await anyio.to_thread.run_sync(request.app.state.container.ledger.get_account, aid, tenant)
     return account_out(state)
 
@@ -196,7 +235,10 @@ def _cursor(cursor: str | None) -> int | None:
 @get(
     "/accounts",
     summary="List the tenant's accounts",
-    description="Oldest first. Pass `next_cursor` as `cursor` for the next page; it is null at the end.",
+    description="Oldest first. Pass `next_cursor` as `cursor` for the next page; it is null at the end. "
+    "A page reads a bounded part of the log, so it may hold fewer than `limit` accounts (even none) "
+    "while `next_cursor` is not null.",
+    responses=READ_PROBLEMS,
 )
 async def list_accounts(request: Request, cursor: CursorParam = None, limit: LimitParam = PAGE_LIMIT_DEFAULT) -> AccountPage:
     tenant = banking_tenant(request)
@@ -212,12 +254,13 @@ async def list_accounts(request: Request, cursor: CursorParam = None, limit: Lim
     "/accounts/{account_id:str}/transactions",
     summary="An account's balance changes, newest first",
     description="Each posted debit or credit, hold and hold settlement, with its transfer id. Cursor-paginated.",
+    responses=READ_PROBLEMS,
 )
 async def account_transactions(
-    request: Request, account_id: str, cursor: CursorParam = None, limit: LimitParam = PAGE_LIMIT_DEFAULT
+    request: Request, account_id: FromPath[str], cursor: CursorParam = None, limit: LimitParam = PAGE_LIMIT_DEFAULT
 ) -> TransactionPage:
     tenant = banking_tenant(request)
-    aid = _parse_uuid(account_id, "account_id")
+    aid = parse_uuid(account_id, "account_id")
     before = _cursor(cursor)
     page = await anyio.to_thread.run_sync(
         queries.account_movements, request.app.state.container.ledger, aid, tenant, before, limit
@@ -232,10 +275,10 @@ async def account_transactions(
 
 
 def _account_action(name: str, command_type: type, summary: str):  # noqa: ANN202
-    @post(f"/accounts/{{account_id:str}}/{name}", summary=summary, description=IDEMPOTENCY_DOC, status_code=200)
-    async def action(request: Request, account_id: str) -> Response[AccountOut]:
+    @post(f"/accounts/{{account_id:str}}/{name}", summary=summary, description=IDEMPOTENCY_DOC, status_code=200, responses=WRITE_PROBLEMS)
+    async def action(request: Request, account_id: FromPath[str]) -> Response[AccountOut]:
         tenant = banking_tenant(request)
-        aid = _parse_uuid(account_id, "account_id")
+        aid = parse_uuid(account_id, "account_id")
         return await run_write(  # type: ignore[return-value]
             request, lambda _: command_type(tenant=tenant, account_id=aid), _account_presenter(200)
         )
@@ -257,8 +300,9 @@ close_account = _account_action("close", CloseAccount, "Close an account (only a
     summary="Deposit money into an account (from the tenant's settlement account)",
     description="Amounts are integers in minor units. " + IDEMPOTENCY_DOC,
     status_code=201,
+    responses=MOVE_PROBLEMS,
 )
-async def deposit(request: Request, data: MoneyMovement) -> Response[TransferOut]:
+async def deposit(request: Request, data: Annotated[MoneyMovement, _body("Amount to deposit", MOVEMENT_EXAMPLE)]) -> Response[TransferOut]:
     tenant = banking_tenant(request)
     data = await strict_body(request, MoneyMovement)
     received_at = time.time()
@@ -278,8 +322,9 @@ async def deposit(request: Request, data: MoneyMovement) -> Response[TransferOut
     description="Fails with 422 `insufficient_funds` (carrying `available`) when the account cannot cover it. "
     + IDEMPOTENCY_DOC,
     status_code=201,
+    responses=MOVE_PROBLEMS,
 )
-async def withdraw(request: Request, data: MoneyMovement) -> Response[TransferOut]:
+async def withdraw(request: Request, data: Annotated[MoneyMovement, _body("Amount to withdraw", MOVEMENT_EXAMPLE)]) -> Response[TransferOut]:
     tenant = banking_tenant(request)
     data = await strict_body(request, MoneyMovement)
     received_at = time.time()
@@ -315,8 +360,9 @@ def _make_transfer(tenant: str, t: TransferCreate, transfer_id: UUID | None) -> 
     "after `timeout_seconds`). The same `id` with the same fields returns the original (200); with other "
     "fields, 409 `exists_with_different_fields`. " + IDEMPOTENCY_DOC,
     status_code=201,
+    responses=MOVE_PROBLEMS,
 )
-async def create_transfer(request: Request, data: TransferCreate) -> Response[TransferOut]:
+async def create_transfer(request: Request, data: Annotated[TransferCreate, _body("The transfer", TRANSFER_EXAMPLE)]) -> Response[TransferOut]:
     tenant = banking_tenant(request)
     data = await strict_body(request, TransferCreate)
     received_at = time.time()
@@ -335,8 +381,9 @@ async def create_transfer(request: Request, data: TransferCreate) -> Response[Tr
     "order. The body may be up to 1 MiB (every other route: 64 KiB). " + IDEMPOTENCY_DOC,
     status_code=201,
     request_max_body_size=BATCH_BODY_MAX_BYTES,
+    responses=MOVE_PROBLEMS,
 )
-async def create_batch(request: Request, data: BatchCreate) -> Response[BatchOut]:
+async def create_batch(request: Request, data: Annotated[BatchCreate, _body("1..1000 transfers", BATCH_EXAMPLE)]) -> Response[BatchOut]:
     tenant = banking_tenant(request)
     data = await strict_body(request, BatchCreate)
 
@@ -351,15 +398,18 @@ async def create_batch(request: Request, data: BatchCreate) -> Response[BatchOut
 
 
 def _item_id(base: UUID, index: int) -> UUID:
-    import uuid
-
     return uuid.uuid5(base, str(index))
 
 
-@get("/transfers/{transfer_id:str}", summary="Get a transfer")
-async def get_transfer(request: Request, transfer_id: str) -> TransferOut:
+@get(
+    "/transfers/{transfer_id:str}",
+    summary="Get a transfer",
+    description="Status is posted, pending, voided or expired; `posted_amount` is what became final.",
+    responses=READ_PROBLEMS,
+)
+async def get_transfer(request: Request, transfer_id: FromPath[str]) -> TransferOut:
     tenant = banking_tenant(request)
-    tid = _parse_uuid(transfer_id, "transfer_id")
+    tid = parse_uuid(transfer_id, "transfer_id")
     state = await anyio.to_thread.run_sync(request.app.state.container.ledger.get_transfer, tid, tenant)
     return transfer_out(state)
 
@@ -370,10 +420,15 @@ async def get_transfer(request: Request, transfer_id: str) -> TransferOut:
     description="Body `{}` posts the held amount; `{\"amount\": N}` posts N (≤ held) and releases the rest. "
     + IDEMPOTENCY_DOC,
     status_code=200,
+    responses=MOVE_PROBLEMS,
 )
-async def post_transfer(request: Request, transfer_id: str, data: PostHold | None = None) -> Response[TransferOut]:
+async def post_transfer(
+    request: Request,
+    transfer_id: FromPath[str],
+    data: Annotated[PostHold | None, _body("Optional partial amount", {"amount": 2000})] = None,
+) -> Response[TransferOut]:
     tenant = banking_tenant(request)
-    tid = _parse_uuid(transfer_id, "transfer_id")
+    tid = parse_uuid(transfer_id, "transfer_id")
     data = await strict_body(request, PostHold, empty=PostHold())
     amount = data.amount
     return await run_write(  # type: ignore[return-value]
@@ -383,10 +438,10 @@ async def post_transfer(request: Request, transfer_id: str, data: PostHold | Non
     )
 
 
-@post("/transfers/{transfer_id:str}/void", summary="Void a pending transfer", description=IDEMPOTENCY_DOC, status_code=200)
-async def void_transfer(request: Request, transfer_id: str) -> Response[TransferOut]:
+@post("/transfers/{transfer_id:str}/void", summary="Void a pending transfer", description=IDEMPOTENCY_DOC, status_code=200, responses=WRITE_PROBLEMS)
+async def void_transfer(request: Request, transfer_id: FromPath[str]) -> Response[TransferOut]:
     tenant = banking_tenant(request)
-    tid = _parse_uuid(transfer_id, "transfer_id")
+    tid = parse_uuid(transfer_id, "transfer_id")
     return await run_write(  # type: ignore[return-value]
         request, lambda _: VoidTransfer(tenant=tenant, transfer_id=tid), _transfer_presenter(None, 200)
     )
@@ -397,10 +452,11 @@ async def void_transfer(request: Request, transfer_id: str) -> Response[Transfer
     summary="Reverse a posted transfer with a new compensating transfer",
     description="Returns the reversal (201). Reversing again returns the same reversal (200). " + IDEMPOTENCY_DOC,
     status_code=201,
+    responses=MOVE_PROBLEMS,
 )
-async def reverse_transfer(request: Request, transfer_id: str) -> Response[TransferOut]:
+async def reverse_transfer(request: Request, transfer_id: FromPath[str]) -> Response[TransferOut]:
     tenant = banking_tenant(request)
-    tid = _parse_uuid(transfer_id, "transfer_id")
+    tid = parse_uuid(transfer_id, "transfer_id")
     received_at = time.time()
     return await run_write(  # type: ignore[return-value]
         request, lambda _: ReverseTransfer(tenant=tenant, transfer_id=tid), _transfer_presenter(received_at, 201)

@@ -16,6 +16,7 @@ from litestar import Request, Response, Router, get
 from litestar.params import QueryParameter
 
 from api.auth import banking_tenant, require_roles
+from api.routes_banking import READ_PROBLEMS
 from api.schemas import PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX
 from domain.errors import NotFound, ValidationFailed
 from infrastructure.readside import WAIT_MAX_S, Page
@@ -69,6 +70,7 @@ def _history(container: Container, account_id: UUID, tenant: str, cursor: str | 
     summary="An account's transactions, newest first (read model)",
     description="One row per transfer leg of this account, with counterparty, direction, status and reference. "
     "Waits up to 2 s for the read model to include every write acknowledged before the request. Cursor-paginated.",
+    responses=READ_PROBLEMS,
 )
 async def account_transactions(
     request: Request,

@@ -7,14 +7,18 @@ Rules that need state (balances, metadata size, ...) are checked by the domain. 
 """
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from uuid import UUID
 
 import msgspec
+from litestar import Request
 from msgspec import Meta
 
+from api.errors import ApiError
 from application.commands import AccountState, TransferState
 from domain.limits import HOLD_TIMEOUT_MAX_S, REFERENCE_MAX_CHARS
+
+T = TypeVar("T")
 
 AMOUNT_MAX_MINOR = 2**63 - 1
 BATCH_ITEMS_MAX = 1000
@@ -87,10 +91,6 @@ class PostHold(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     amount: Amount | None = None
 
 
-class Empty(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    pass
-
-
 # ---- responses -------------------------------------------------------------------------------
 
 
@@ -139,7 +139,8 @@ class BatchItemOut(msgspec.Struct, frozen=True):
     index: int
     ok: bool
     transfer: TransferOut | None = None
-    error: ProblemOut | None = None
+    # The item's problem: type, title, status, detail, code and its details (e.g. `available`).
+    error: dict[str, Any] | None = None
 
 
 class BatchOut(msgspec.Struct, frozen=True):
@@ -163,6 +164,27 @@ class TransactionOut(msgspec.Struct, frozen=True):
 class TransactionPage(msgspec.Struct, frozen=True):
     items: list[TransactionOut]
     next_cursor: str | None
+
+
+async def strict_body(request: Request[Any, Any, Any], type_: type[T], *, empty: T | None = None) -> T:
+    """The body decoded strictly: Litestar's own decoding coerces "25" to 25; money must not."""
+    body = await request.body()
+    if not body.strip() and empty is not None:
+        return empty
+    try:
+        return msgspec.json.decode(body, type=type_, strict=True)
+    except msgspec.ValidationError as e:
+        raise ApiError("validation_error", str(e)) from None
+    except msgspec.DecodeError:
+        raise ApiError("validation_error", "the request body is not valid JSON") from None
+
+
+def parse_uuid(value: str, name: str) -> UUID:
+    """A path parameter as a UUID; a malformed one is 422 `validation_error` (not a 404)."""
+    try:
+        return UUID(value)
+    except ValueError:
+        raise ApiError("validation_error", f"{name} must be a UUID", field=name) from None
 
 
 def account_out(a: AccountState) -> AccountOut:

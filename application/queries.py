@@ -13,7 +13,7 @@ import msgspec
 from eventsourcing.utils import get_topic
 
 from application.commands import AccountState
-from application.ledger import Ledger, account_state
+from application.ledger import Ledger
 from domain.account import Account
 from domain.errors import NotFound
 
@@ -113,4 +113,4 @@ def account_movements(ledger: Ledger, account_id: UUID, tenant: str, before: int
     return MovementsPage(items=items, next_cursor=None)
 
 
-__all__ = ["AccountsPage", "Movement", "MovementsPage", "account_movements", "account_state", "list_accounts"]
+__all__ = ["AccountsPage", "Movement", "MovementsPage", "account_movements", "list_accounts"]

@@ -158,10 +158,15 @@ def persistence_env(settings: Settings, *, create_table: bool = False) -> dict[s
 
 
 def extra_ddl(settings: Settings) -> list[str]:
-    from infrastructure import keys
+    from infrastructure import idempotency_claims, keys
     from infrastructure.readmodels import readmodel_ddl  # read models (issue 4)
 
     if settings.is_postgres:
         schema = settings.database_schema
-        return [s.replace("{schema}", f'"{schema}"') for s in _PG_DDL] + keys.pg_ddl(schema) + readmodel_ddl(settings)
-    return list(_SQLITE_DDL) + keys.sqlite_ddl() + readmodel_ddl(settings)
+        return (
+            [s.replace("{schema}", f'"{schema}"') for s in _PG_DDL]
+            + keys.pg_ddl(schema)
+            + idempotency_claims.pg_ddl(schema)
+            + readmodel_ddl(settings)
+        )
+    return list(_SQLITE_DDL) + keys.sqlite_ddl() + idempotency_claims.sqlite_ddl() + readmodel_ddl(settings)

@@ -37,7 +37,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     pg_pool_size: int = 8
     log_level: str = "INFO"
     # Requests per second per API key (token bucket; bursts up to 2 s worth). 0 disables it.
-    rate_limit_per_s: float = 1000.0
+    rate_limit_per_s: float = 10_000.0
 
     @property
     def is_postgres(self) -> bool:

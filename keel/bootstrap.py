@@ -86,3 +86,11 @@ def key_store(container: Container) -> Any:
 
     datastore = container.ledger.recorder.datastore  # type: ignore[attr-defined]
     return PostgresKeyStore(datastore) if container.settings.is_postgres else SQLiteKeyStore(datastore)
+
+
+def idempotency_claims(container: Container) -> Any:
+    """Cross-process claims on Idempotency-Keys (table `keel_idempotency_claims`)."""
+    from infrastructure.idempotency_claims import PostgresClaims, SQLiteClaims
+
+    datastore = container.ledger.recorder.datastore  # type: ignore[attr-defined]
+    return PostgresClaims(datastore) if container.settings.is_postgres else SQLiteClaims(datastore)

@@ -78,12 +78,18 @@ WORKERS: dict[str, Callable[[Container], Worker]] = {
 
 IDEMPOTENCY_CLEANUP_INTERVAL_S = 60.0
 IDEMPOTENCY_KEEP_S = 24 * 3600  # SPEC §5: stored responses are kept at least 24 hours
+IDEMPOTENCY_CLAIM_MAX_S = 3600  # claims of killed processes (live ones last seconds)
 
 
 def idempotency_cleanup_worker(c: Container) -> Worker:
     import time
 
+    from keel.bootstrap import idempotency_claims
+
+    claims = idempotency_claims(c)
+
     def tick() -> None:
+        claims.delete_older_than(int((time.time() - IDEMPOTENCY_CLAIM_MAX_S) * 1000))
         deleted = c.idempotency.delete_older_than(int((time.time() - IDEMPOTENCY_KEEP_S) * 1000))
         if deleted:
             log.info("deleted %d idempotency records older than %d s", deleted, IDEMPOTENCY_KEEP_S)

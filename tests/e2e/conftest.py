@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from infrastructure.settings import Settings, load_settings
-from tests.conftest import PG_DSN, fresh_pg_settings
+from tests.conftest import PG_DSN, require_postgres
 from tests.e2e.server import ServerProcess, auth, make_token
 
 
@@ -61,23 +61,45 @@ def start_sqlite_api(tmp: Path) -> Api:
     # Exactly the newcomer's setup: no KEEL_* settings, the default SQLite file under ./var/.
     settings = load_settings({}, database_url=f"sqlite:///{tmp}/var/keel.db")
     server = ServerProcess({}, cwd=tmp, log_path=tmp / "serve.log")
-    return Api(server=server, settings=settings, tokens=_tokens(settings))
+    return _with_tokens(server, settings)
+
+
+def _with_tokens(server: ServerProcess, settings: Settings) -> Api:
+    try:
+        return Api(server=server, settings=settings, tokens=_tokens(settings))
+    except BaseException:
+        server.stop()  # never leave a server running behind a failed fixture
+        raise
+
+
+def migrated_pg_settings(schemas: list[str]) -> Settings:
+    """A fresh schema, created the operator's way: `keel migrate` as a subprocess."""
+    require_postgres()
+    schema = f"keel_e2e_{uuid.uuid4().hex[:12]}"
+    schemas.append(schema)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
+    env.update({"KEEL_DATABASE_URL": PG_DSN, "KEEL_DATABASE_SCHEMA": schema})
+    subprocess.run([sys.executable, "-m", "keel.cli", "migrate"], env=env, check=True, capture_output=True, timeout=120)
+    return load_settings(env)
 
 
 def start_pg_api(tmp: Path, schemas: list[str], settings: Settings | None = None, **env: str) -> Api:
-    settings = settings or fresh_pg_settings(schemas)
+    settings = settings or migrated_pg_settings(schemas)
     server = ServerProcess(
         {"KEEL_DATABASE_URL": PG_DSN, "KEEL_DATABASE_SCHEMA": settings.database_schema, **env},
         cwd=tmp,
         log_path=tmp / f"serve-{uuid.uuid4().hex[:6]}.log",
     )
+    api = _with_tokens(server, settings)
     # On PostgreSQL the read models are kept by their own worker process (SPEC §10).
     worker_env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
     worker_env.update(KEEL_DATABASE_URL=PG_DSN, KEEL_DATABASE_SCHEMA=settings.database_schema, KEEL_LOG_LEVEL="WARNING", **env)
-    projections = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "keel.cli", "worker", "projections"], cwd=Path(__file__).resolve().parents[2], env=worker_env
+    api.workers.append(
+        subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", "keel.cli", "worker", "projections"], cwd=Path(__file__).resolve().parents[2], env=worker_env
+        )
     )
-    return Api(server=server, settings=settings, tokens=_tokens(settings), workers=[projections])
+    return api
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -1,0 +1,9 @@
+# The Keel service image: one installable project, console script `keel`.
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+WORKDIR /app
+COPY . .
+RUN pip install --no-cache-dir . && useradd --create-home keel && mkdir -p /app/var && chown keel /app/var
+USER keel
+EXPOSE 8000
+CMD ["keel", "serve", "--host", "0.0.0.0", "--port", "8000"]
