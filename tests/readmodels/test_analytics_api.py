@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -86,6 +87,20 @@ def test_history_and_analytics_over_http(client: tuple[TestClient, dict[str, dic
     bodies.append(vol)
     assert sum(v["amount"] for v in vol["items"]) == 10_000 + sum(amounts)
     assert sum(v["count"] for v in vol["items"]) == 13
+
+    # Time filters: a window around now holds everything; one in the future holds nothing.
+    now = datetime.now(tz=timezone.utc)
+    around = {"from": (now - timedelta(hours=2)).isoformat(), "to": (now + timedelta(hours=2)).isoformat()}
+    later = {"from": (now + timedelta(days=2)).isoformat(), "to": (now + timedelta(days=3)).isoformat()}
+    for interval in ("hour", "day"):
+        window = ok(tc.get("/v1/analytics/volumes", params={"interval": interval, **around}, headers=analyst))
+        assert sum(v["amount"] for v in window["items"]) == 10_000 + sum(amounts)
+        assert ok(tc.get("/v1/analytics/volumes", params={"interval": interval, **later}, headers=analyst))["items"] == []
+    assert len(ok(tc.get("/v1/analytics/transactions", params={"limit": 100, **around}, headers=analyst))["items"]) == 13
+    assert ok(tc.get("/v1/analytics/transactions", params=later, headers=analyst))["items"] == []
+    assert ok(tc.get("/v1/analytics/top-accounts", params={"by": "outflow", **later}, headers=analyst))["items"] == []
+    out_top = ok(tc.get("/v1/analytics/top-accounts", params={"by": "outflow", **around}, headers=analyst))["items"]
+    assert out_top[0]["outflow"] == max(sum(amounts), 10_000)
 
     txs = ok(tc.get("/v1/analytics/transactions", params={"account": b, "min_amount": 500, "limit": 3}, headers=analyst))
     bodies.append(txs)
