@@ -565,21 +565,35 @@ def compare(db: Database, live: Tables, scratch: Tables, cur: Any) -> list[str]:
 
 
 def replace_live(db: Database, scratch_position: int, catch_up: Callable[[Any, int], int]) -> int:
-    """Copies the scratch views over the live ones in one transaction; returns the new position.
+    """Makes the live views equal to the scratch ones in one transaction; returns the new position.
 
     The live tracking row is locked first, so a running worker waits, then finds its position
     moved and resumes from the new one. `catch_up(cur, live_position)` brings the scratch
-    tables up to at least the live position inside this same transaction.
+    tables up to at least the live position inside this same transaction. Only rows that
+    differ are deleted and inserted (set difference, NULLs compare equal), so replacing views
+    that were right costs two comparisons instead of rewriting every row; readers see the old
+    rows until the commit.
     """
     live, scratch = Tables(db, LIVE), Tables(db, SCRATCH)
     with db.transaction(commit=True) as cur:
-        lock = " FOR UPDATE" if db.is_pg else ""
-        cur.execute(db.sql(f"SELECT position FROM {live.tracking} WHERE name = %s{lock}"), (VIEWS,))
+        if db.is_pg:
+            cur.execute(f"SELECT position FROM {live.tracking} WHERE name = %s FOR UPDATE", (VIEWS,))
+        else:
+            # Take SQLite's write lock before reading, so no other writer commits in between.
+            cur.execute(f"UPDATE {live.tracking} SET position = position WHERE name = ?", (VIEWS,))
+            cur.execute(f"SELECT position FROM {live.tracking} WHERE name = ?", (VIEWS,))
         live_position = int(cur.fetchone()[0])
         position = max(scratch_position, catch_up(cur, live_position))
         for table in VIEW_TABLES:
-            cur.execute(f"DELETE FROM {live.name(table)}")
-            cur.execute(f"INSERT INTO {live.name(table)} ({_cols(table)}) SELECT {_cols(table)} FROM {scratch.name(table)}")
+            cols, keys = _cols(table), ", ".join(KEYS[table])
+            cur.execute(
+                f"DELETE FROM {live.name(table)} WHERE ({keys}) IN (SELECT {keys} FROM"
+                f" (SELECT {cols} FROM {live.name(table)} EXCEPT SELECT {cols} FROM {scratch.name(table)}) AS d)"
+            )
+            cur.execute(
+                f"INSERT INTO {live.name(table)} ({cols})"
+                f" SELECT {cols} FROM {scratch.name(table)} EXCEPT SELECT {cols} FROM {live.name(table)}"
+            )
         cur.execute(db.sql(f"UPDATE {live.tracking} SET position = %s WHERE name = %s"), (position, VIEWS))
     return position
 
