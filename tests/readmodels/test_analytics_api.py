@@ -7,6 +7,7 @@ import io
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from litestar.testing import TestClient
@@ -153,3 +154,21 @@ def test_bad_filters_are_validation_errors(client: tuple[TestClient, dict[str, d
         r = tc.get(path, headers=tok["analyst"])
         assert r.status_code in (400, 422), (path, r.text)
         assert r.json()["code"] == "validation_error", (path, r.text)
+
+
+NASTY = ["¹", "\x00", "é" * 10, "=", "%%", "-1", "9" * 30, "djE", "WyJ2MSJd", "WyJ2MiIsMV0", "WyJ2MSIsMSwyXQ"]
+
+
+def test_odd_cursors_and_ids_are_4xx(client: tuple[TestClient, dict[str, dict[str, str]], Container]) -> None:
+    tc, tok, _ = client
+    a = ok(tc.post("/v1/accounts", json={"currency": "EUR"}, headers=tok["bank"]))["id"]
+    for value in NASTY:
+        for path, who in (
+            (f"/v1/accounts/{a}/transactions", "bank"),
+            ("/v1/analytics/transactions", "analyst"),
+            ("/v1/analytics/balances", "analyst"),
+        ):
+            r = tc.get(path, params={"cursor": value}, headers=tok[who])
+            assert 400 <= r.status_code < 500, (path, value, r.text)
+        r = tc.get(f"/v1/accounts/{quote(value, safe='')}/transactions", headers=tok["bank"])
+        assert 400 <= r.status_code < 500, (value, r.text)
