@@ -227,7 +227,7 @@ async def get_account(request: Request, account_id: FromPath[str]) -> AccountOut
 def _cursor(cursor: str | None) -> int | None:
     if cursor is None or cursor == "":
         return None
-    if not cursor.isdigit() or len(cursor) > 19:
+    if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 19:  # "¹".isdigit() is True
         raise ApiError("validation_error", "cursor must be a next_cursor value from a previous page", field="cursor")
     return int(cursor)
 
