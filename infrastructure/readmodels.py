@@ -66,6 +66,8 @@ _TYPES = {
 }
 # Columns that may be NULL; every other column is NOT NULL.
 _NULLABLE = {"reference", "reverses_id", "reversed_by_id"}
+_UPDATED_IN_PLACE = {"accounts", "flows", "volumes", "tracking"}
+UPDATED_FILLFACTOR = 70
 _INDEXES = {
     "accounts": [("currency", "account_id"), ("tenant", "account_id")],
     "entries": [("transfer_id",)],
@@ -83,7 +85,10 @@ def _ddl(prefix: str, qualify: Callable[[str], str], pg: bool, *, unlogged: bool
             cols.append(f"{name} {sql_type}{'' if name in _NULLABLE else ' NOT NULL'}")
         cols.append(f"PRIMARY KEY ({', '.join(KEYS[table])})")
         kind = "UNLOGGED TABLE" if unlogged and pg else "TABLE"
-        statements.append(f"CREATE {kind} IF NOT EXISTS {qualify(prefix + table)} ({', '.join(cols)})")
+        # Rows updated in place on every batch leave room on their page, so that PostgreSQL
+        # can update them without touching the indexes (HOT updates).
+        storage = f" WITH (fillfactor = {UPDATED_FILLFACTOR})" if pg and table in _UPDATED_IN_PLACE else ""
+        statements.append(f"CREATE {kind} IF NOT EXISTS {qualify(prefix + table)} ({', '.join(cols)}){storage}")
         for index_cols in _INDEXES.get(table, []):
             index = f"{prefix}{table}_{'_'.join(index_cols)}_idx"
             statements.append(f"CREATE INDEX IF NOT EXISTS {index} ON {qualify(prefix + table)} ({', '.join(index_cols)})")
@@ -210,9 +215,10 @@ class Tables:
 class SqlViewStore:
     """The `ViewStore` port of application/projections.py over one set of tables."""
 
-    def __init__(self, db: Database, prefix: str = LIVE) -> None:
+    def __init__(self, db: Database, prefix: str = LIVE, *, one_statement_rows_max: int | None = None) -> None:
         self.db = db
         self.t = Tables(db, prefix)
+        self.one_statement_rows_max = ONE_STATEMENT_ROWS_MAX if one_statement_rows_max is None else one_statement_rows_max
         # PostgreSQL: read the log on the view transaction's own connection (fewer round trips).
         self.reads_in_transaction = db.is_pg
 
@@ -225,7 +231,10 @@ class SqlViewStore:
     @contextmanager
     def transaction(self) -> Iterator[_ViewTx]:
         with self.db.transaction(commit=True) as cur:
-            yield (_PgViewTx if self.db.is_pg else _SqliteViewTx)(cur, self.t)
+            if self.db.is_pg:
+                yield _PgViewTx(cur, self.t, self.one_statement_rows_max)
+            else:
+                yield _SqliteViewTx(cur, self.t)
 
 
 class _ViewTx:
@@ -251,7 +260,7 @@ _PG_STAGING = {
 
 # Up to this many rows a batch goes in ONE statement (live following: a round trip costs more
 # than the work); larger batches (replays) go by COPY.
-ONE_STATEMENT_ROWS_MAX = 3000
+ONE_STATEMENT_ROWS_MAX = 8000
 # Views are derived data: a crash may lose the last few view commits, but never rows without
 # their tracking position (one atomic commit, applied in WAL order), and the worker then simply
 # re-applies them. Not waiting for the WAL flush keeps the lag low.
@@ -262,8 +271,10 @@ class _PgViewTx(_ViewTx):
     """Small batches: one statement of data-modifying CTEs over `unnest` arrays, guarded by the
     tracking update. Large batches: rows by COPY (formatted in C), one statement per table."""
 
-    def __init__(self, cur: Any, t: Tables) -> None:
+    def __init__(self, cur: Any, t: Tables, one_statement_rows_max: int | None = None) -> None:
         super().__init__(cur, t)
+        # -1: always by COPY (tests use it to exercise both ways on small histories).
+        self.one_statement_rows_max = ONE_STATEMENT_ROWS_MAX if one_statement_rows_max is None else one_statement_rows_max
         self._advance: tuple[int, int] | None = None
 
     def advance(self, expected: int, position: int) -> None:
@@ -377,7 +388,7 @@ class _PgViewTx(_ViewTx):
             len(ch.new_accounts) + len(ch.account_deltas) + len(ch.account_status) + 3 * len(ch.new_transfers)
             + 3 * len(ch.transfer_updates) + len(ch.volumes) + len(ch.flows)
         )  # fmt: skip
-        if rows <= ONE_STATEMENT_ROWS_MAX:
+        if rows <= self.one_statement_rows_max:
             self._one_statement(ch)
             return
         self.cur.execute(_ASYNC_COMMIT)
@@ -554,21 +565,35 @@ def compare(db: Database, live: Tables, scratch: Tables, cur: Any) -> list[str]:
 
 
 def replace_live(db: Database, scratch_position: int, catch_up: Callable[[Any, int], int]) -> int:
-    """Copies the scratch views over the live ones in one transaction; returns the new position.
+    """Makes the live views equal to the scratch ones in one transaction; returns the new position.
 
     The live tracking row is locked first, so a running worker waits, then finds its position
     moved and resumes from the new one. `catch_up(cur, live_position)` brings the scratch
-    tables up to at least the live position inside this same transaction.
+    tables up to at least the live position inside this same transaction. Only rows that
+    differ are deleted and inserted (set difference, NULLs compare equal), so replacing views
+    that were right costs two comparisons instead of rewriting every row; readers see the old
+    rows until the commit.
     """
     live, scratch = Tables(db, LIVE), Tables(db, SCRATCH)
     with db.transaction(commit=True) as cur:
-        lock = " FOR UPDATE" if db.is_pg else ""
-        cur.execute(db.sql(f"SELECT position FROM {live.tracking} WHERE name = %s{lock}"), (VIEWS,))
+        if db.is_pg:
+            cur.execute(f"SELECT position FROM {live.tracking} WHERE name = %s FOR UPDATE", (VIEWS,))
+        else:
+            # Take SQLite's write lock before reading, so no other writer commits in between.
+            cur.execute(f"UPDATE {live.tracking} SET position = position WHERE name = ?", (VIEWS,))
+            cur.execute(f"SELECT position FROM {live.tracking} WHERE name = ?", (VIEWS,))
         live_position = int(cur.fetchone()[0])
         position = max(scratch_position, catch_up(cur, live_position))
         for table in VIEW_TABLES:
-            cur.execute(f"DELETE FROM {live.name(table)}")
-            cur.execute(f"INSERT INTO {live.name(table)} ({_cols(table)}) SELECT {_cols(table)} FROM {scratch.name(table)}")
+            cols, keys = _cols(table), ", ".join(KEYS[table])
+            cur.execute(
+                f"DELETE FROM {live.name(table)} WHERE ({keys}) IN (SELECT {keys} FROM"
+                f" (SELECT {cols} FROM {live.name(table)} EXCEPT SELECT {cols} FROM {scratch.name(table)}) AS d)"
+            )
+            cur.execute(
+                f"INSERT INTO {live.name(table)} ({cols})"
+                f" SELECT {cols} FROM {scratch.name(table)} EXCEPT SELECT {cols} FROM {live.name(table)}"
+            )
         cur.execute(db.sql(f"UPDATE {live.tracking} SET position = %s WHERE name = %s"), (position, VIEWS))
     return position
 

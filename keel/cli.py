@@ -61,13 +61,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from eventsourcing.persistence import PersistenceError
+
     from keel.projections import replay_check, replay_rebuild
 
     settings = _settings(args)
-    if args.rebuild:
-        replay_rebuild(settings)
-        return 0
-    return 1 if replay_check(settings) else 0
+    try:
+        if args.rebuild:
+            replay_rebuild(settings)
+            return 0
+        return 1 if replay_check(settings) else 0
+    except PersistenceError as e:
+        print(f"keel: cannot replay: {e} (has `keel migrate` run on this database?)", file=sys.stderr)
+        return 2
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

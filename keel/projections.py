@@ -7,10 +7,10 @@ never write anything but view rows together with their tracking position.
 from __future__ import annotations
 
 import logging
-from collections import deque
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -40,9 +40,10 @@ log = logging.getLogger(__name__)
 
 SQLITE_POLL_S = 0.02
 LISTEN_TIMEOUT_S = 0.5
+LISTEN_CONNECT_TIMEOUT_S = 10
 GAUGE_INTERVAL_S = 1.0
 ERROR_BACKOFF_S = 1.0
-REBUILD_BATCH_MAX = 10_000
+REBUILD_BATCH_MAX = 50_000
 CHECK_CHASE_MAX = 20
 
 POSITION = Gauge("keel_projection_position", "Last log position applied to the views", ["projection"])
@@ -166,14 +167,14 @@ class ProjectionWorker:
             self._thread.join(15)
         log.info("%s", lag_summary(self.lag_samples_ms))
 
-
     def _listener(self) -> psycopg.Connection | None:
         if not self.container.settings.is_postgres:
             return None
         pg = self.container.settings.postgres()
         conn = psycopg.connect(
-            host=pg.host, port=pg.port, user=pg.user, password=pg.password or None, dbname=pg.dbname, autocommit=True
-        )
+            host=pg.host, port=pg.port, user=pg.user, password=pg.password or None, dbname=pg.dbname,
+            autocommit=True, connect_timeout=LISTEN_CONNECT_TIMEOUT_S,
+        )  # fmt: skip
         channel = self.ledger.recorder.channel_name  # type: ignore[attr-defined]
         conn.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(channel)))
         return conn
@@ -199,6 +200,8 @@ class ProjectionWorker:
                     LAG_EVENTS.labels(VIEWS).set(max(0, head - follower.position))
                 if n >= self.batch_max:
                     continue  # more is waiting: read on before anything else
+                if n == 0:
+                    LAG_MS.labels(VIEWS).set(0)
                 # Everything committed before the read is applied. A commit after it has sent
                 # a NOTIFY that is already queued on the listener, so the wait below returns
                 # at once: no head query is needed on the hot path.

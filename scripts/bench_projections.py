@@ -35,7 +35,7 @@ from keel.bench import DEFAULT_PG, _drive, _open_accounts  # noqa: E402
 from keel.bootstrap import build_ledger, migrate  # noqa: E402
 from keel.projections import replay_check, replay_rebuild  # noqa: E402
 
-SAMPLE_INTERVAL_S = 0.002
+SAMPLE_INTERVAL_S = 0.005
 
 
 def sample_lag(dsn: str, head_sql: str, pos_sql: str, stop: Any, out: Any) -> None:

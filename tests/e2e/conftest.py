@@ -94,10 +94,11 @@ def start_pg_api(tmp: Path, schemas: list[str], settings: Settings | None = None
     # On PostgreSQL the read models are kept by their own worker process (SPEC §10).
     worker_env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
     worker_env.update(KEEL_DATABASE_URL=PG_DSN, KEEL_DATABASE_SCHEMA=settings.database_schema, KEEL_LOG_LEVEL="WARNING", **env)
-    projections = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "keel.cli", "worker", "projections"], cwd=Path(__file__).resolve().parents[2], env=worker_env
+    api.workers.append(
+        subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", "keel.cli", "worker", "projections"], cwd=Path(__file__).resolve().parents[2], env=worker_env
+        )
     )
-    api.workers.append(projections)
     return api
 
 

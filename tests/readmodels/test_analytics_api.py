@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from litestar.testing import TestClient
@@ -87,6 +89,20 @@ def test_history_and_analytics_over_http(client: tuple[TestClient, dict[str, dic
     assert sum(v["amount"] for v in vol["items"]) == 10_000 + sum(amounts)
     assert sum(v["count"] for v in vol["items"]) == 13
 
+    # Time filters: a window around now holds everything; one in the future holds nothing.
+    now = datetime.now(tz=timezone.utc)
+    around = {"from": (now - timedelta(hours=2)).isoformat(), "to": (now + timedelta(hours=2)).isoformat()}
+    later = {"from": (now + timedelta(days=2)).isoformat(), "to": (now + timedelta(days=3)).isoformat()}
+    for interval in ("hour", "day"):
+        window = ok(tc.get("/v1/analytics/volumes", params={"interval": interval, **around}, headers=analyst))
+        assert sum(v["amount"] for v in window["items"]) == 10_000 + sum(amounts)
+        assert ok(tc.get("/v1/analytics/volumes", params={"interval": interval, **later}, headers=analyst))["items"] == []
+    assert len(ok(tc.get("/v1/analytics/transactions", params={"limit": 100, **around}, headers=analyst))["items"]) == 13
+    assert ok(tc.get("/v1/analytics/transactions", params=later, headers=analyst))["items"] == []
+    assert ok(tc.get("/v1/analytics/top-accounts", params={"by": "outflow", **later}, headers=analyst))["items"] == []
+    out_top = ok(tc.get("/v1/analytics/top-accounts", params={"by": "outflow", **around}, headers=analyst))["items"]
+    assert out_top[0]["outflow"] == max(sum(amounts), 10_000)
+
     txs = ok(tc.get("/v1/analytics/transactions", params={"account": b, "min_amount": 500, "limit": 3}, headers=analyst))
     bodies.append(txs)
     assert [t["amount"] for t in txs["items"]] == [500, 600, 700] and txs["next_cursor"]
@@ -138,3 +154,21 @@ def test_bad_filters_are_validation_errors(client: tuple[TestClient, dict[str, d
         r = tc.get(path, headers=tok["analyst"])
         assert r.status_code in (400, 422), (path, r.text)
         assert r.json()["code"] == "validation_error", (path, r.text)
+
+
+NASTY = ["¹", "\x00", "é" * 10, "=", "%%", "-1", "9" * 30, "djE", "WyJ2MSJd", "WyJ2MiIsMV0", "WyJ2MSIsMSwyXQ"]
+
+
+def test_odd_cursors_and_ids_are_4xx(client: tuple[TestClient, dict[str, dict[str, str]], Container]) -> None:
+    tc, tok, _ = client
+    a = ok(tc.post("/v1/accounts", json={"currency": "EUR"}, headers=tok["bank"]))["id"]
+    for value in NASTY:
+        for path, who in (
+            (f"/v1/accounts/{a}/transactions", "bank"),
+            ("/v1/analytics/transactions", "analyst"),
+            ("/v1/analytics/balances", "analyst"),
+        ):
+            r = tc.get(path, params={"cursor": value}, headers=tok[who])
+            assert 400 <= r.status_code < 500, (path, value, r.text)
+        r = tc.get(f"/v1/accounts/{quote(value, safe='')}/transactions", headers=tok["bank"])
+        assert 400 <= r.status_code < 500, (value, r.text)

@@ -13,11 +13,14 @@ from collections import defaultdict
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+import pytest
+
 from application.projections import ViewFollower
 from infrastructure.readmodels import Database, SqlViewStore
-from infrastructure.settings import load_settings
+from infrastructure.settings import Settings, load_settings
 from keel.bootstrap import build_ledger, migrate
 from keel.projections import log_reader
+from tests.conftest import fresh_pg_settings
 from tests.readmodels.helpers import dump_views, literal_fold, log_events, run_history
 
 small = st.integers(0, 40)
@@ -36,51 +39,68 @@ op = st.one_of(
 SEED = [("open", 0, 0), ("open", 0, 1000), ("open", 1, 0), ("commit",), ("deposit", 0, 5000), ("deposit", 2, 5000)]
 
 
+ops_strategy = st.lists(op, min_size=10, max_size=80)
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # A hold initiated and partly posted inside one read batch, and across batches.
 @example(ops=[("transfer", 0, 1, 700, True), ("commit",), ("post", 0, 300), ("commit",)], batch_max=40)
 @example(ops=[("transfer", 0, 1, 700, True), ("commit",), ("post", 0, 300), ("commit",)], batch_max=1)
-@given(ops=st.lists(op, min_size=10, max_size=80), batch_max=st.integers(1, 40))
+@given(ops=ops_strategy, batch_max=st.integers(1, 40))
 def test_views_equal_the_literal_fold_of_the_log(ops: list, batch_max: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         s = load_settings({}, database_url=f"sqlite:///{tmp}/k-{uuid.uuid4().hex[:6]}.db")
         migrate(s)
-        ledger = build_ledger(s)
-        try:
-            run_history(ledger, SEED + ops)
-            db = Database(s, ledger.recorder.datastore)
-            follower = ViewFollower(log_reader(ledger, db), SqlViewStore(db), batch_max=batch_max)
-            follower.catch_up()
-            events = log_events(ledger)
-            assert follower.position == events[-1][0]
-            views = dump_views(db)
-            assert views == literal_fold(events)
+        check_history(s, ops, batch_max, None)
 
-            # Analytics totals equal the ledger: balances equal the aggregates, and per
-            # currency the volumes (hour and day alike) sum to the committed transfer amounts.
-            for row in views["accounts"]:
-                a = ledger.get_account(uuid.UUID(row[0]))
-                assert (row[6], row[7], row[8], row[4]) == (
-                    a.posted_minor, a.pending_debits_minor, a.pending_credits_minor, a.status
-                )
-            committed: dict[str, int] = defaultdict(int)
-            for row in views["transfers"]:
-                t = ledger.get_transfer(uuid.UUID(row[0]))
-                assert (row[7], row[9], row[12]) == (
-                    t.posted_amount_minor, t.status, str(t.reversed_by_id) if t.reversed_by_id else None
-                )
-                if t.status == "posted":
-                    committed[t.currency] += t.posted_amount_minor
-            for period in ("hour", "day"):
-                volume: dict[str, int] = defaultdict(int)
-                for p, _, currency, amount_minor, _ in views["volumes"]:
-                    if p == period:
-                        volume[currency] += amount_minor
-                assert volume == committed
-            # Conservation holds in the view too.
-            per_currency: dict[str, int] = defaultdict(int)
-            for row in views["accounts"]:
-                per_currency[row[2]] += row[6]
-            assert all(v == 0 for v in per_currency.values())
-        finally:
-            ledger.close()
+
+@pytest.mark.postgres
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@example(ops=[("transfer", 0, 1, 700, True), ("commit",), ("post", 0, 300), ("commit",)], batch_max=40, by_copy=True)
+@given(ops=ops_strategy, batch_max=st.integers(1, 40), by_copy=st.booleans())
+def test_views_equal_the_literal_fold_of_the_log_postgres(pg_session_schemas: list[str], ops: list, batch_max: int, by_copy: bool) -> None:
+    # Both ways of writing a batch: one statement (live following) and COPY (large batches).
+    check_history(fresh_pg_settings(pg_session_schemas), ops, batch_max, -1 if by_copy else None)
+
+
+def check_history(s: Settings, ops: list, batch_max: int, one_statement_rows_max: int | None) -> None:
+    ledger = build_ledger(s)
+    try:
+        run_history(ledger, SEED + ops)
+        db = Database(s, ledger.recorder.datastore)
+        store = SqlViewStore(db, one_statement_rows_max=one_statement_rows_max)
+        follower = ViewFollower(log_reader(ledger, db), store, batch_max=batch_max)
+        follower.catch_up()
+        events = log_events(ledger)
+        assert follower.position == events[-1][0]
+        views = dump_views(db)
+        assert views == literal_fold(events)
+
+        # Analytics totals equal the ledger: balances equal the aggregates, and per
+        # currency the volumes (hour and day alike) sum to the committed transfer amounts.
+        for row in views["accounts"]:
+            a = ledger.get_account(uuid.UUID(row[0]))
+            assert (row[6], row[7], row[8], row[4]) == (
+                a.posted_minor, a.pending_debits_minor, a.pending_credits_minor, a.status
+            )
+        committed: dict[str, int] = defaultdict(int)
+        for row in views["transfers"]:
+            t = ledger.get_transfer(uuid.UUID(row[0]))
+            assert (row[7], row[9], row[12]) == (
+                t.posted_amount_minor, t.status, str(t.reversed_by_id) if t.reversed_by_id else None
+            )
+            if t.status == "posted":
+                committed[t.currency] += t.posted_amount_minor
+        for period in ("hour", "day"):
+            volume: dict[str, int] = defaultdict(int)
+            for p, _, currency, amount_minor, _ in views["volumes"]:
+                if p == period:
+                    volume[currency] += amount_minor
+            assert volume == committed
+        # Conservation holds in the view too.
+        per_currency: dict[str, int] = defaultdict(int)
+        for row in views["accounts"]:
+            per_currency[row[2]] += row[6]
+        assert all(v == 0 for v in per_currency.values())
+    finally:
+        ledger.close()

@@ -7,6 +7,7 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -182,3 +183,46 @@ def test_second_runner_and_swap_with_catch_up_never_double_apply(c: Container) -
     drop_scratch(db)
     assert SqlViewStore(db).position() == head
     assert dump_views(db) == literal_fold(log_events(c.ledger))
+
+
+def test_encrypted_log_and_replay_cli_exit_status(tmp_path: Path) -> None:
+    """Events encrypted at rest are read by the projection; `keel replay --check` exits 1 on a
+    tampered view and 0 once rebuilt (through the real command line)."""
+    import base64
+    import os
+    import subprocess
+    import sys
+
+    from application.projections import ViewFollower
+    from infrastructure.readmodels import SqlViewStore
+    from keel.projections import log_reader
+    from tests.conftest import fresh_sqlite_settings
+
+    key = "k1:" + base64.b64encode(os.urandom(32)).decode()
+    s = fresh_sqlite_settings(tmp_path, data_key=key)
+    container = build(s)
+    try:
+        run_history(container.ledger, random_ops(random.Random(9), 120))
+        with container.ledger.recorder.datastore.transaction(commit=False) as cur:
+            cur.execute("SELECT state FROM ledger_events LIMIT 1")
+            assert bytes(cur.fetchone()[0]).startswith(b"K1")  # really encrypted at rest
+        db = db_of(container)
+        ViewFollower(log_reader(container.ledger, db), SqlViewStore(db)).catch_up()
+        assert dump_views(db) == literal_fold(log_events(container.ledger))
+        with db.transaction(commit=True) as cur:
+            cur.execute("UPDATE rm_accounts SET status = 'closed' WHERE kind = 'customer'")
+    finally:
+        container.close()
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
+    env.update(KEEL_DATABASE_URL=s.database_url, KEEL_DATA_KEY=key, KEEL_LOG_LEVEL="WARNING")
+    root = Path(__file__).resolve().parents[2]
+
+    def keel(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "keel.cli", *args], env=env, cwd=root, capture_output=True, text=True, timeout=120)
+
+    tampered = keel("replay", "--check")
+    assert tampered.returncode == 1 and "accounts:" in tampered.stdout, tampered.stdout + tampered.stderr
+    assert keel("replay", "--rebuild").returncode == 0
+    clean = keel("replay", "--check")
+    assert clean.returncode == 0 and "match" in clean.stdout, clean.stdout + clean.stderr
