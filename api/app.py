@@ -25,7 +25,7 @@ from api import routes_analytics, routes_audit, routes_banking, routes_fraud, ro
 from api.access_log import AccessLogMiddleware, close_access_log
 from api.auth import KeyAuthMiddleware, KeyCache, RateLimitMiddleware, TokenBucket
 from api.errors import EXCEPTION_HANDLERS
-from api.metrics import LatencyMiddleware, Metrics
+from api.metrics import FraudScoringMetrics, LatencyMiddleware, LedgerAndFraudCollector, Metrics
 from keel.bootstrap import Container, idempotency_claims, key_store
 from keel.projections import ProjectionLagCollector
 
@@ -53,6 +53,10 @@ def create_app(
 ) -> Litestar:
     metrics = Metrics()
     metrics.registry.register(ProjectionLagCollector(container))
+    metrics.registry.register(LedgerAndFraudCollector(container))
+    fraud = container.extras.get("fraud")
+    if fraud is not None:  # the fraud consumer runs in this process (embedded SQLite default)
+        fraud.consumer.on_scored = FraudScoringMetrics(metrics.registry).on_scored
     # The writer reports each commit; chain any hook that was already installed.
     previous_hook = container.writer._on_commit  # noqa: SLF001
 

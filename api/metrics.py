@@ -81,3 +81,51 @@ class LatencyMiddleware:
                 metrics.request_latency.labels(scope.get("method", "?"), route, f"{status[0] // 100}xx").observe(
                     time.perf_counter() - started
                 )
+
+
+class LedgerAndFraudCollector:
+    """Read at scrape time: this process's optimistic-concurrency re-runs, and how far the fraud
+    consumer (maybe another process) has scored the log, from its tracking table."""
+
+    def __init__(self, container: Any) -> None:
+        from infrastructure.audit_store import Db
+
+        self.container = container
+        self.db = Db(container.ledger.recorder.datastore, postgres=container.settings.is_postgres)
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        retries = CounterMetricFamily(
+            "keel_ledger_conflict_retries", "Group commits re-run after an optimistic-concurrency conflict (this process)"
+        )
+        retries.add_metric([], self.container.ledger.conflict_retries)
+        yield retries
+        try:
+            (position,), = self.db.query(f"SELECT COALESCE(MAX(notification_id), 0) FROM {self.db.t('fraud_tracking')}")
+            head = self.container.ledger.recorder.max_notification_id() or 0
+        except Exception:  # noqa: BLE001 - a scrape must not fail while the database restarts
+            return
+        pos = GaugeMetricFamily("keel_fraud_position", "Last ledger log position scored by the fraud consumer")
+        pos.add_metric([], position)
+        lag = GaugeMetricFamily("keel_fraud_lag_events", "Ledger events not yet seen by the fraud consumer")
+        lag.add_metric([], max(0, head - position))
+        yield pos
+        yield lag
+
+
+class FraudScoringMetrics:
+    """In-process scoring latency (per transfer) when the fraud consumer runs in this process."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.scoring_seconds = Histogram(
+            "keel_fraud_scoring_seconds",
+            "Scoring time per transfer (features, rules and model), averaged over each scored page",
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05),
+            registry=registry,
+        )
+
+    def on_scored(self, count: int, seconds: float) -> None:
+        per = seconds / max(count, 1)
+        for _ in range(min(count, 1000)):
+            self.scoring_seconds.observe(per)

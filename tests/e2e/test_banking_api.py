@@ -420,6 +420,19 @@ def test_ops_routes_need_no_key(api: Api) -> None:
     assert metrics.status_code == 200
     assert 'keel_http_request_duration_seconds_bucket{le="0.005",method="POST",route="/v1/deposits",status="2xx"}' in metrics.text
     assert "keel_group_commit_batch_commands_bucket" in metrics.text
+    assert "keel_ledger_conflict_retries_total" in metrics.text
+    # the fraud consumer (in-process on SQLite, `keel worker fraud` on PostgreSQL) reports its position
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        lines = dict(l.split(" ", 1) for l in anon.get("/metrics").text.splitlines() if l.startswith("keel_fraud_") and " " in l)
+        if float(lines.get("keel_fraud_position", "0")) > 0:
+            break
+        time.sleep(0.2)
+    if api.settings.is_postgres:
+        assert "keel_fraud_lag_events" in lines
+    else:
+        assert float(lines["keel_fraud_position"]) > 0
+        assert "keel_fraud_scoring_seconds_count" in lines
 
 
 def test_openapi_documents_every_route(api: Api) -> None:
