@@ -67,3 +67,13 @@ def test_topology(compose: dict[str, Any]) -> None:
     workers = [s["command"][2] for s in services.values() if s.get("command", [None, None])[:2] == ["keel", "worker"]]
     assert "expiry" in workers
     assert (ROOT / "Dockerfile").exists()
+
+
+def test_every_worker_runs_somewhere(compose: dict[str, Any]) -> None:
+    """Each background worker is a compose service, or runs inside every `keel serve` on PostgreSQL."""
+    from keel.serve import IN_PROCESS_WORKERS_PG
+
+    services = [s.get("command") or [] for s in compose["services"].values()]
+    run = {c[2] for c in services if c[:2] == ["keel", "worker"] and len(c) > 2}
+    missing = set(WORKERS) - run - set(IN_PROCESS_WORKERS_PG)
+    assert not missing, f"workers with no compose service: {sorted(missing)}"
