@@ -137,7 +137,7 @@ class KeelPostgresApplicationRecorder(PostgresApplicationRecorder):
         # field by field through regex escaping (~25 µs per event); plain arrays are cheap.
         self._insert_arrays_statement = SQL(
             "INSERT INTO {}.{} (originator_id, originator_version, topic, state)"
-            " SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::bytea[])"
+            " SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::bytea[])"
             " RETURNING notification_id, originator_id, originator_version"
         ).format(Identifier(self.datastore.schema), Identifier(self.events_table_name))
         self.chain_table = CHAINED_EVENTS_TABLES.get(events_table_name)
@@ -145,7 +145,7 @@ class KeelPostgresApplicationRecorder(PostgresApplicationRecorder):
             schema, chain = Identifier(self.datastore.schema), Identifier(self.chain_table)
             self._chain_head = SQL("SELECT hash FROM {}.{} ORDER BY notification_id DESC LIMIT 1").format(schema, chain)
             self._chain_insert = SQL(
-                "INSERT INTO {}.{} (notification_id, hash) SELECT * FROM unnest(%s::bigint[], %s::bytea[])"
+                "INSERT INTO {}.{} (notification_id, hash) SELECT * FROM unnest(%b::bigint[], %b::bytea[])"
             ).format(schema, chain)
 
     def _insert_stored_events(self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
