@@ -11,6 +11,8 @@ from keel.bootstrap import Container
 
 log = logging.getLogger(__name__)
 
+READY_TIMEOUT_S = 5
+
 
 @get("/healthz", sync_to_thread=False, summary="Liveness: the process is up", include_in_schema=True)
 def healthz() -> dict[str, str]:
@@ -28,11 +30,12 @@ async def readyz(request: Request) -> Response:
 
     container: Container = request.app.state.container
     try:
-        with anyio.fail_after(5):
-            await anyio.to_thread.run_sync(_store_reachable, container)
+        with anyio.fail_after(READY_TIMEOUT_S):
+            # Abandon the thread on timeout: a store that hangs must not hang the probe too.
+            await anyio.to_thread.run_sync(_store_reachable, container, abandon_on_cancel=True)
     except Exception as e:  # noqa: BLE001 - any failure means "not ready"
         log.warning("readiness check failed: %s", type(e).__name__)
-        return problem_response("shutting_down", "the event store is not reachable")
+        return problem_response("unavailable", "the event store is not reachable")
     return Response({"status": "ready"})
 
 

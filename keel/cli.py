@@ -96,6 +96,12 @@ def cmd_keys(args: argparse.Namespace) -> int:
         container.ledger.close()
 
 
+def cmd_chaos(args: argparse.Namespace) -> int:
+    from keel.chaos import main as chaos_main
+
+    return chaos_main(args.minutes, seed=args.seed, accounts=args.accounts, writers=args.writers)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="keel", description="Keel: event-sourced transaction backend")
     parser.add_argument("--database-url", help="overrides KEEL_DATABASE_URL")
@@ -125,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
     k = keys_sub.add_parser("revoke", help="revoke a key by its id (the hex part after keel_)")
     k.add_argument("key_id")
     p.set_defaults(func=cmd_keys)
+
+    p = sub.add_parser("chaos", help="bank test with faults on a throwaway PostgreSQL cluster (see keel/chaos.py)")
+    p.add_argument("--minutes", type=float, default=5.0, help="how long to inject faults")
+    p.add_argument("--seed", type=int, help="random seed (printed at start) to replay a run's choices")
+    p.add_argument("--accounts", type=int, default=10)
+    p.add_argument("--writers", type=int, default=6, help="concurrent transferring clients")
+    p.set_defaults(func=cmd_chaos)
 
     p = sub.add_parser("bench", help="benchmarks (see docs/benchmarks.md)")
     bench_sub = p.add_subparsers(dest="bench", required=True)
