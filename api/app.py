@@ -19,9 +19,10 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
 from api import routes_banking, routes_ops
-from api.auth import KeyAuthMiddleware, KeyCache, RateLimitMiddleware, TokenBucket
+from api.auth import KeyAuthMiddleware, KeyCache, RateLimitMiddleware, TokenBucket, is_public_path
 from api.errors import EXCEPTION_HANDLERS
 from api.metrics import LatencyMiddleware, Metrics
+from api.openapi import StrictStructSchemaPlugin, document_problems
 from keel.bootstrap import Container, key_store
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def create_app(
             "metrics": metrics,
         }
     )
-    return Litestar(
+    app = Litestar(
         route_handlers=list(ROUTERS),
         state=state,
         middleware=[
@@ -73,6 +74,7 @@ def create_app(
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=REQUEST_BODY_MAX_BYTES,
+        plugins=[StrictStructSchemaPlugin()],
         on_startup=list(on_startup),
         on_shutdown=list(on_shutdown),
         openapi_config=OpenAPIConfig(
@@ -89,6 +91,8 @@ def create_app(
         ),
         debug=debug,
     )
+    document_problems(app, is_public_path)
+    return app
 
 
 __all__ = ["ROUTERS", "create_app"]

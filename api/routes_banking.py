@@ -14,6 +14,7 @@ from uuid import UUID
 import anyio
 import msgspec
 from litestar import Request, Response, Router, get, post
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 
 from api.auth import banking_tenant, require_roles
@@ -68,7 +69,16 @@ IDEMPOTENCY_DOC = (
     "response with `Idempotent-Replayed: true`; the same key with another body is 422 `idempotency_key_reused`; "
     "while the first request runs, 409 `idempotency_key_in_flight`. Keys are kept at least 24 hours."
 )
-CursorParam = Annotated[str | None, Parameter(query="cursor", description="`next_cursor` of the previous page", max_length=40)]
+CursorParam = Annotated[
+    str | None,
+    Parameter(query="cursor", description="`next_cursor` of the previous page", pattern=r"^[0-9]{0,19}$"),
+]
+UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+# Path ids stay `str` so a malformed one is a 422 problem (not Litestar's 404 for no route);
+# the pattern documents (and enforces) the UUID form in the OpenAPI document.
+AccountIdParam = Annotated[str, Parameter(description="The account's UUID", pattern=UUID_PATTERN)]
+TransferIdParam = Annotated[str, Parameter(description="The transfer's UUID", pattern=UUID_PATTERN)]
+EXISTING_TRANSFER = {200: ResponseSpec(data_container=TransferOut, description="The `id` named an existing transfer with the same fields: the original.")}
 LimitParam = Annotated[int, Parameter(query="limit", ge=1, le=PAGE_LIMIT_MAX, description="Page size")]
 
 ACCOUNT_EXAMPLE = {"currency": "EUR", "overdraft_limit": 0, "holder": {"name": "Ada Lovelace"}, "metadata": {"ref": "c-1"}}
@@ -91,7 +101,8 @@ def _parse_uuid(value: str, name: str) -> UUID:
 async def strict_body(request: Request, type_: type[T], *, empty: T | None = None) -> T:
     """The body decoded strictly: Litestar's own decoding coerces "25" to 25; money must not."""
     body = await request.body()
-    if not body.strip() and empty is not None:
+    # No body, or JSON null (the documented body is optional and nullable): the empty request.
+    if body.strip() in (b"", b"null") and empty is not None:
         return empty
     try:
         return msgspec.json.decode(body, type=type_, strict=True)
@@ -178,7 +189,7 @@ async def open_account(request: Request, data: AccountCreate) -> Response[Accoun
 
 
 @get("/accounts/{account_id:str}", summary="Get an account and its balances")
-async def get_account(request: Request, account_id: str) -> AccountOut:
+async def get_account(request: Request, account_id: AccountIdParam) -> AccountOut:
     tenant = banking_tenant(request)
     aid = _parse_uuid(account_id, "account_id")
     state = await anyio.to_thread.run_sync(request.app.state.container.ledger.get_account, aid, tenant)
@@ -214,7 +225,7 @@ async def list_accounts(request: Request, cursor: CursorParam = None, limit: Lim
     description="Each posted debit or credit, hold and hold settlement, with its transfer id. Cursor-paginated.",
 )
 async def account_transactions(
-    request: Request, account_id: str, cursor: CursorParam = None, limit: LimitParam = PAGE_LIMIT_DEFAULT
+    request: Request, account_id: AccountIdParam, cursor: CursorParam = None, limit: LimitParam = PAGE_LIMIT_DEFAULT
 ) -> TransactionPage:
     tenant = banking_tenant(request)
     aid = _parse_uuid(account_id, "account_id")
@@ -233,7 +244,7 @@ async def account_transactions(
 
 def _account_action(name: str, command_type: type, summary: str):  # noqa: ANN202
     @post(f"/accounts/{{account_id:str}}/{name}", summary=summary, description=IDEMPOTENCY_DOC, status_code=200)
-    async def action(request: Request, account_id: str) -> Response[AccountOut]:
+    async def action(request: Request, account_id: AccountIdParam) -> Response[AccountOut]:
         tenant = banking_tenant(request)
         aid = _parse_uuid(account_id, "account_id")
         return await run_write(  # type: ignore[return-value]
@@ -254,6 +265,7 @@ close_account = _account_action("close", CloseAccount, "Close an account (only a
 
 @post(
     "/deposits",
+    responses=EXISTING_TRANSFER,
     summary="Deposit money into an account (from the tenant's settlement account)",
     description="Amounts are integers in minor units. " + IDEMPOTENCY_DOC,
     status_code=201,
@@ -274,6 +286,7 @@ async def deposit(request: Request, data: MoneyMovement) -> Response[TransferOut
 
 @post(
     "/withdrawals",
+    responses=EXISTING_TRANSFER,
     summary="Withdraw money from an account (to the tenant's settlement account)",
     description="Fails with 422 `insufficient_funds` (carrying `available`) when the account cannot cover it. "
     + IDEMPOTENCY_DOC,
@@ -310,6 +323,7 @@ def _make_transfer(tenant: str, t: TransferCreate, transfer_id: UUID | None) -> 
 
 @post(
     "/transfers",
+    responses=EXISTING_TRANSFER,
     summary="Move money between two accounts of the tenant",
     description="Posted at once, or a two-phase hold with `pending: true` (then post, void, or let it expire "
     "after `timeout_seconds`). The same `id` with the same fields returns the original (200); with other "
@@ -334,6 +348,7 @@ async def create_transfer(request: Request, data: TransferCreate) -> Response[Tr
     "item). Otherwise each item succeeds or fails on its own and the response (200) lists every result in "
     "order. The body may be up to 1 MiB (every other route: 64 KiB). " + IDEMPOTENCY_DOC,
     status_code=201,
+    responses={200: ResponseSpec(data_container=BatchOut, description="Not atomic: every item's own result, in order.")},
     request_max_body_size=BATCH_BODY_MAX_BYTES,
 )
 async def create_batch(request: Request, data: BatchCreate) -> Response[BatchOut]:
@@ -357,7 +372,7 @@ def _item_id(base: UUID, index: int) -> UUID:
 
 
 @get("/transfers/{transfer_id:str}", summary="Get a transfer")
-async def get_transfer(request: Request, transfer_id: str) -> TransferOut:
+async def get_transfer(request: Request, transfer_id: TransferIdParam) -> TransferOut:
     tenant = banking_tenant(request)
     tid = _parse_uuid(transfer_id, "transfer_id")
     state = await anyio.to_thread.run_sync(request.app.state.container.ledger.get_transfer, tid, tenant)
@@ -371,7 +386,7 @@ async def get_transfer(request: Request, transfer_id: str) -> TransferOut:
     + IDEMPOTENCY_DOC,
     status_code=200,
 )
-async def post_transfer(request: Request, transfer_id: str, data: PostHold | None = None) -> Response[TransferOut]:
+async def post_transfer(request: Request, transfer_id: TransferIdParam, data: PostHold | None = None) -> Response[TransferOut]:
     tenant = banking_tenant(request)
     tid = _parse_uuid(transfer_id, "transfer_id")
     data = await strict_body(request, PostHold, empty=PostHold())
@@ -384,7 +399,7 @@ async def post_transfer(request: Request, transfer_id: str, data: PostHold | Non
 
 
 @post("/transfers/{transfer_id:str}/void", summary="Void a pending transfer", description=IDEMPOTENCY_DOC, status_code=200)
-async def void_transfer(request: Request, transfer_id: str) -> Response[TransferOut]:
+async def void_transfer(request: Request, transfer_id: TransferIdParam) -> Response[TransferOut]:
     tenant = banking_tenant(request)
     tid = _parse_uuid(transfer_id, "transfer_id")
     return await run_write(  # type: ignore[return-value]
@@ -397,8 +412,9 @@ async def void_transfer(request: Request, transfer_id: str) -> Response[Transfer
     summary="Reverse a posted transfer with a new compensating transfer",
     description="Returns the reversal (201). Reversing again returns the same reversal (200). " + IDEMPOTENCY_DOC,
     status_code=201,
+    responses={200: ResponseSpec(data_container=TransferOut, description="Already reversed: the same reversal.")},
 )
-async def reverse_transfer(request: Request, transfer_id: str) -> Response[TransferOut]:
+async def reverse_transfer(request: Request, transfer_id: TransferIdParam) -> Response[TransferOut]:
     tenant = banking_tenant(request)
     tid = _parse_uuid(transfer_id, "transfer_id")
     received_at = time.time()

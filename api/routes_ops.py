@@ -44,4 +44,8 @@ async def metrics(request: Request) -> Response[bytes]:
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-router = Router(path="/", route_handlers=[healthz, readyz, metrics], tags=["operations"])
+# `[{}]` overrides the app-wide bearer requirement in the OpenAPI document: these routes are
+# public (api.auth.PUBLIC_PATHS); an empty list would be dropped and inherit the global one.
+PUBLIC = [{}]
+
+router = Router(path="/", route_handlers=[healthz, readyz, metrics], tags=["operations"], security=PUBLIC)

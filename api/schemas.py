@@ -24,7 +24,12 @@ HOLDER_FIELD_MAX_CHARS = 256
 
 Amount = Annotated[
     int,
-    Meta(ge=1, le=AMOUNT_MAX_MINOR, description="Amount in minor units (e.g. cents) as a JSON integer.", examples=[2500]),
+    Meta(
+        ge=1,
+        le=AMOUNT_MAX_MINOR,
+        description="Amount in minor units (e.g. cents) as a JSON integer; any float, even `2500.0`, is rejected.",
+        examples=[2500],
+    ),
 ]
 Currency = Annotated[str, Meta(pattern="^[A-Z]{3}$", description="ISO 4217 code, upper case.", examples=["EUR"])]
 Reference = Annotated[str, Meta(max_length=REFERENCE_MAX_CHARS, description="Free text shown to the customer.")]
