@@ -215,6 +215,15 @@ def _on_store_unreachable(_: Request[Any, Any, Any], exc: Exception) -> Response
     return problem_response("unavailable", "the event store is unavailable; retry shortly")
 
 
+def _on_undecodable(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    # Raised by the JSON decoder on a body it cannot read (Litestar wraps only msgspec's
+    # DecodeError): invalid UTF-8 inside a string, or nesting deeper than the decoder's stack.
+    detail = (
+        "the request body is not valid UTF-8" if isinstance(exc, UnicodeDecodeError) else "the request body is nested too deeply"
+    )
+    return problem_response("validation_error", detail)
+
+
 def _internal(exc: BaseException) -> Response[bytes]:
     log.error("unhandled error: %s", type(exc).__name__, exc_info=exc)
     return problem_response("internal_error", "an unexpected error occurred; it has been logged")
@@ -231,6 +240,8 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     HTTPException: _on_http,
     Overloaded: _on_overloaded,
     WriterStopped: _on_stopped,
+    UnicodeDecodeError: _on_undecodable,
+    RecursionError: _on_undecodable,
     StoreOperationalError: _on_store_unreachable,
     StoreInterfaceError: _on_store_unreachable,
     Exception: _on_any,

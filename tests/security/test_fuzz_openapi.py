@@ -18,16 +18,13 @@ actually invalid) and adding unknown query parameters (which routes ignore, as H
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 import schemathesis
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import negative_data_rejection
 
-from tests.e2e.conftest import Api, start_sqlite_api
+from tests.e2e.conftest import Api
 
 EXAMPLES_PER_OPERATION = 25
 CONFIG = {
@@ -51,22 +48,13 @@ def valid_data_is_never_a_validation_error(ctx: object, response: schemathesis.R
         assert code != "validation_error", f"schema-valid request rejected as invalid: {response.text[:300]}"
 
 
-@pytest.fixture(scope="module")
-def fuzz_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    running = start_sqlite_api(tmp_path_factory.mktemp("fuzz"))
-    try:
-        yield running
-    finally:
-        running.close()
-
-
-def test_openapi_conformance(fuzz_api: Api) -> None:
+def test_openapi_conformance(security_api: Api) -> None:
     # One hypothesis run per operation and mode, failures collected, so one report names every
     # broken route. (schemathesis' own pytest loader, `from_fixture`, does not run on pytest 9.)
     schema = schemathesis.openapi.from_url(
-        fuzz_api.server.base_url + "/schema/openapi.json", config=schemathesis.Config.from_dict(CONFIG)
+        security_api.server.base_url + "/schema/openapi.json", config=schemathesis.Config.from_dict(CONFIG)
     )
-    headers = {"Authorization": f"Bearer {fuzz_api.tokens['bank_a']}"}
+    headers = {"Authorization": f"Bearer {security_api.tokens['bank_a']}"}
     failures: list[str] = []
     operations = [r.ok() for r in schema.get_all_operations()]
     for operation in operations:
@@ -84,7 +72,7 @@ def test_openapi_conformance(fuzz_api: Api) -> None:
                 if mode == GenerationMode.POSITIVE:
                     assume(not _has_float(case.body))
                 case.call_and_validate(
-                    base_url=fuzz_api.server.base_url,
+                    base_url=security_api.server.base_url,
                     headers=headers,
                     additional_checks=[valid_data_is_never_a_validation_error],
                     excluded_checks=[negative_data_rejection] if mode == GenerationMode.NEGATIVE else [],
