@@ -440,6 +440,7 @@ def _move(
         pending=pending,
         timeout_s=timeout_s,
         reverses_id=reverses_id,
+        created_on=uow.now,
     )
     uow.add(transfer)
     if pending:

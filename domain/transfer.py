@@ -141,9 +141,13 @@ class Transfer(Aggregate):
         pending: bool = False,
         timeout_s: int | None = None,
         reverses_id: UUID | None = None,
+        created_on: datetime | None = None,
     ) -> Transfer:
+        # `created_on` starts the hold's timeout: it must come from the same clock that later
+        # decides whether the hold is due (the ledger's), not the event's own wall clock.
         return cls._create(
             cls.Initiated,
+            timestamp=created_on,
             id=transfer_id,
             tenant=tenant,
             kind=kind,
