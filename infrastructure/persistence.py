@@ -24,6 +24,7 @@ IDEMPOTENCY_TABLE = "keel_idempotency"
 # to this limit, and eventsourcing retries each read and insert up to 10 times: 2 s bounds a
 # request at ~20 s before it answers 503 `unavailable` (30 s made it minutes).
 POOL_WAIT_S = 2
+POOL_RECONNECT_GIVE_UP_S = 4.0
 
 _PG_DDL = [
     """CREATE TABLE IF NOT EXISTS {schema}.keel_idempotency (
@@ -148,6 +149,14 @@ class KeelSQLiteFactory(SQLiteFactory):
 
 class KeelPostgresFactory(PostgresFactory):
     application_recorder_class = KeelPostgresApplicationRecorder
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # psycopg_pool retries a lost connection with doubling delays (1, 2, 4, … s) for
+        # `reconnect_timeout` (5 min) before giving up: after a 90 s PostgreSQL outage the API
+        # stayed unavailable for another ~20 s, waiting out the delays. Giving up early lets the
+        # pool grow a fresh connection at the next request instead (tried at once).
+        self.datastore.pool.reconnect_timeout = POOL_RECONNECT_GIVE_UP_S
 
 
 def persistence_env(settings: Settings, *, create_table: bool = False) -> dict[str, str]:
