@@ -193,6 +193,9 @@ class Transfer(Aggregate):
     # ---- rules and commands -----------------------------------------------------------------
 
     def check_can_finish(self, now: datetime) -> None:
+        # The same answer whether or not the expiry worker has recorded the expiry yet.
+        if self.status == EXPIRED:
+            raise TransferExpired("the hold has expired", transfer_id=str(self.id))
         if self.status != PENDING:
             raise TransferNotPending(f"transfer is {self.status}, not pending", transfer_id=str(self.id), status=self.status)
         if self.is_due(now):

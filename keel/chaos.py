@@ -24,6 +24,7 @@ must never be pointed at a database it did not create (it stops and deletes the 
 """
 from __future__ import annotations
 
+import bisect
 import contextlib
 import os
 import random
@@ -492,10 +493,11 @@ def check_history(bank: Bank, rec: Record, client: httpx.Client) -> dict[str, in
         if posted != accounts[aid]["posted"]:
             rec.anomaly(f"account {aid}: balance {accounts[aid]['posted']} != its history {posted}")
     # Reads: the balance seen at a version is the one the history gives for that version.
+    ordered = {aid: sorted(v) for aid, v in prefix.items()}
     for o in rec.observations:
-        versions = prefix.get(o.account_id, {})
-        known = [v for v in versions if v <= o.version]
-        expected = versions[max(known)] if known else 0
+        versions = ordered.get(o.account_id, [])
+        at = bisect.bisect_right(versions, o.version)
+        expected = prefix[o.account_id][versions[at - 1]] if at else 0
         if o.version > accounts[o.account_id]["version"]:
             rec.anomaly(f"read: account {o.account_id} at version {o.version}, beyond the final {accounts[o.account_id]['version']}")
         elif expected != o.posted_minor:

@@ -185,8 +185,10 @@ class LedgerMachine(RuleBasedStateMachine):
             self.expect(outcome, "transfer_expired")
             self._finish_hold(t, 0, "expired")
             return
-        if t.status != "pending":
-            err: str | None = "transfer_not_pending"
+        if t.status == "expired":
+            err: str | None = "transfer_expired"
+        elif t.status != "pending":
+            err = "transfer_not_pending"
         elif part is not None and part > t.amount:
             err = "exceeds_held_amount"
         else:
@@ -205,7 +207,8 @@ class LedgerMachine(RuleBasedStateMachine):
             self.expect(outcome, "transfer_expired")
             self._finish_hold(t, 0, "expired")
             return
-        if self.expect(outcome, None if t.status == "pending" else "transfer_not_pending"):
+        expected = {"pending": None, "expired": "transfer_expired"}.get(t.status, "transfer_not_pending")
+        if self.expect(outcome, expected):
             self._finish_hold(t, 0, "voided")
 
     @rule(transfer=transfers)
