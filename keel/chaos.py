@@ -586,6 +586,30 @@ def check_replay(cluster: Cluster, rec: Record, log: Any) -> str:
         time.sleep(1)
 
 
+def _stored_events(cluster: Cluster, anomalies: list[str], rows_max: int = 200) -> str:
+    """The stored events of every aggregate an anomaly names, for the post-mortem."""
+    import re
+
+    import psycopg
+
+    ids = sorted(set(re.findall(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", " ".join(anomalies))))
+    if not ids:
+        return "(no aggregate ids in the anomalies)"
+    lines = ["--- stored events of the aggregates named above (notification id, aggregate, version, topic) ---"]
+    with psycopg.connect(cluster.pg.dsn) as conn:
+        # Events of those aggregates, and events of others that name them (e.g. a Debited
+        # event carries its transfer id); payloads are plain JSON unless KEEL_DATA_KEY is set.
+        rows = conn.execute(
+            "SELECT notification_id, originator_id, originator_version, topic FROM ledger_events"
+            " WHERE originator_id = ANY(%s::uuid[]) OR encode(state, 'escape') LIKE ANY(%s)"
+            " ORDER BY notification_id DESC LIMIT %s",
+            (ids, [f"%{i}%" for i in ids], rows_max),
+        ).fetchall()
+        for n, oid, v, topic in reversed(rows):
+            lines.append(f"{n:8d} {oid} v{v:<5d} {topic.rsplit(':', 1)[-1]}")
+    return "\n".join(lines)
+
+
 # ---- the run -----------------------------------------------------------------------------------
 
 
@@ -670,6 +694,7 @@ def run(
         if rec.anomalies:
             for p in sorted(root.glob("*.log")):
                 log(f"--- {p.name} (tail) ---\n{p.read_text(errors='replace')[-3000:]}")
+            log(_stored_events(cluster, rec.anomalies))
         return Summary(
             seconds=time.monotonic() - started,
             faults=dict(rec.faults),
