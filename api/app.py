@@ -23,9 +23,10 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from api import routes_analytics, routes_audit, routes_banking, routes_fraud, routes_history, routes_ops
 from api.access_log import AccessLogMiddleware, close_access_log
-from api.auth import KeyAuthMiddleware, KeyCache, RateLimitMiddleware, TokenBucket
+from api.auth import KeyAuthMiddleware, KeyCache, RateLimitMiddleware, TokenBucket, is_public_path
 from api.errors import EXCEPTION_HANDLERS
 from api.metrics import FraudScoringMetrics, LatencyMiddleware, LedgerAndFraudCollector, Metrics
+from api.openapi import StrictStructSchemaPlugin, document_problems
 from keel.bootstrap import Container, idempotency_claims, key_store
 from keel.projections import ProjectionLagCollector
 
@@ -78,7 +79,7 @@ def create_app(
             "metrics": metrics,
         }
     )
-    return Litestar(
+    app = Litestar(
         route_handlers=list(ROUTERS),
         state=state,
         middleware=[
@@ -89,6 +90,7 @@ def create_app(
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=REQUEST_BODY_MAX_BYTES,
+        plugins=[StrictStructSchemaPlugin()],
         on_startup=list(on_startup),
         on_shutdown=[close_access_log, *on_shutdown],  # hooks run in order: flush before the store closes
         openapi_config=OpenAPIConfig(
@@ -106,6 +108,8 @@ def create_app(
         ),
         debug=debug,
     )
+    document_problems(app, is_public_path)
+    return app
 
 
 __all__ = ["ROUTERS", "create_app"]

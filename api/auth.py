@@ -120,8 +120,11 @@ def bearer_token(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     return token.strip()
 
 
-def _is_public(path: str) -> bool:
+def is_public_path(path: str) -> bool:
     return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+
+_is_public = is_public_path
 
 
 class KeyAuthMiddleware(AbstractAuthenticationMiddleware):

@@ -11,8 +11,8 @@ One table (`STATUS_BY_CODE`) maps each DomainError code to an HTTP status. The r
   `same_account`, `exceeds_held_amount`, `settlement_account_restricted`,
   `balance_overflow`, `idempotency_key_reused`);
 - 503 with `Retry-After` when the service could not do it now (`concurrency_conflict` after
-  the bounded retries, `overloaded`, `shutting_down`, `unavailable`) — safe to retry with the same
-  Idempotency-Key;
+  the bounded retries, `overloaded`, `shutting_down`, `unavailable` — also when the database
+  cannot be reached) — safe to retry with the same Idempotency-Key;
 - 401 `unauthorized`, 403 `forbidden`, 413 `payload_too_large`, 429 `rate_limited`,
   500 `internal_error` (a bug: logged, never detailed).
 
@@ -26,6 +26,9 @@ from typing import Any
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotAuthorizedException, PermissionDeniedException, ValidationException
+
+from eventsourcing.persistence import InterfaceError as StoreInterfaceError
+from eventsourcing.persistence import OperationalError as StoreOperationalError
 
 from application.group_commit import Overloaded, WriterStopped
 from domain.errors import DomainError
@@ -205,6 +208,22 @@ def _on_stopped(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     return problem_response("shutting_down", "the service is restarting; retry shortly")
 
 
+def _on_store_unreachable(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    # The database is down, restarting or out of connections (eventsourcing wraps psycopg's and
+    # sqlite3's connection errors in these). Nothing was written by this request: retryable.
+    log.warning("event store unreachable: %s", type(exc).__name__)
+    return problem_response("unavailable", "the event store is unavailable; retry shortly")
+
+
+def _on_undecodable(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    # Raised by the JSON decoder on a body it cannot read (Litestar wraps only msgspec's
+    # DecodeError): invalid UTF-8 inside a string, or nesting deeper than the decoder's stack.
+    detail = (
+        "the request body is not valid UTF-8" if isinstance(exc, UnicodeDecodeError) else "the request body is nested too deeply"
+    )
+    return problem_response("validation_error", detail)
+
+
 def _internal(exc: BaseException) -> Response[bytes]:
     log.error("unhandled error: %s", type(exc).__name__, exc_info=exc)
     return problem_response("internal_error", "an unexpected error occurred; it has been logged")
@@ -221,5 +240,9 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     HTTPException: _on_http,
     Overloaded: _on_overloaded,
     WriterStopped: _on_stopped,
+    UnicodeDecodeError: _on_undecodable,
+    RecursionError: _on_undecodable,
+    StoreOperationalError: _on_store_unreachable,
+    StoreInterfaceError: _on_store_unreachable,
     Exception: _on_any,
 }

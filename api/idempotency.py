@@ -117,6 +117,14 @@ class Renderer:
         self.superseded = False
         self.record: IdempotencyRecord | None = None
 
+    def recorded(self) -> bool:
+        """Asked by the ledger before it re-runs the command after a conflict: when another
+        process has stored this key meanwhile, the command is skipped and that answer stands."""
+        if self.store.get(self.scope, self.key) is not None:
+            self.superseded = True
+            return True
+        return False
+
     def __call__(self, outcome: Result | DomainError) -> IdempotencyRecord | None:
         self.attempts += 1
         self.record = None

@@ -16,6 +16,7 @@ import msgspec
 from litestar import Request, Router, delete, get
 from litestar.params import FromPath, QueryParameter
 
+from api.schemas import AccountIdParam
 from api.auth import require_roles
 from api.errors import ApiError
 from api.schemas import AccountOut, account_out
@@ -86,7 +87,7 @@ async def audit_events(request: Request, after: AfterParam = 0, limit: LimitPara
 
 @get("/audit/accounts/{account_id:str}/events", guards=_auditor, summary="One account's events, oldest first")
 async def audit_account_events(
-    request: Request, account_id: FromPath[str], after: AfterParam = 0, limit: LimitParam = EVENTS_PAGE_DEFAULT
+    request: Request, account_id: AccountIdParam, after: AfterParam = 0, limit: LimitParam = EVENTS_PAGE_DEFAULT
 ) -> EventsPage:
     aid = _uuid(account_id, "account_id")
     items = await anyio.to_thread.run_sync(_audit(request).account_events, aid, after, limit)
@@ -100,7 +101,7 @@ async def audit_account_events(
 )
 async def audit_balance(
     request: Request,
-    account_id: FromPath[str],
+    account_id: AccountIdParam,
     at: Annotated[str | None, QueryParameter(max_length=AT_MAX_CHARS, description="RFC 3339 instant")] = None,
     version: Annotated[int | None, QueryParameter(ge=1, le=POSITION_MAX, description="aggregate version")] = None,
 ) -> PointInTime:
@@ -158,7 +159,7 @@ async def audit_access_log(
 
 @delete("/accounts/{account_id:str}/holder", guards=[require_roles("admin")], status_code=200,
         summary="Erase the holder's personal data (crypto-shredding); balances and history stay")  # fmt: skip
-async def erase_account_holder(request: Request, account_id: FromPath[str]) -> AccountOut:
+async def erase_account_holder(request: Request, account_id: AccountIdParam) -> AccountOut:
     aid = _uuid(account_id, "account_id")
     container = request.app.state.container
     ledger = container.ledger

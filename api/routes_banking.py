@@ -17,7 +17,7 @@ import msgspec
 from litestar import Request, Response, Router, get, post
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
-from litestar.params import Body, FromPath, QueryParameter
+from litestar.params import Body, FromPath, Parameter
 
 from api.auth import banking_tenant, require_roles
 from api.errors import PROBLEM_MEDIA_TYPE, ApiError, domain_problem
@@ -34,10 +34,10 @@ from api.schemas import (
     MoneyMovement,
     PostHold,
     ProblemOut,
-    TransactionOut,
-    TransactionPage,
     TransferCreate,
     TransferOut,
+    AccountIdParam,
+    TransferIdParam,
     account_out,
     parse_uuid,
     strict_body,
@@ -71,8 +71,12 @@ IDEMPOTENCY_DOC = (
     "response with `Idempotent-Replayed: true`; the same key with another body is 422 `idempotency_key_reused`; "
     "while the first request runs, 409 `idempotency_key_in_flight`. Keys are kept at least 24 hours."
 )
-CursorParam = Annotated[str | None, QueryParameter(description="`next_cursor` of the previous page", max_length=40)]
-LimitParam = Annotated[int, QueryParameter(ge=1, le=PAGE_LIMIT_MAX, description="Page size")]
+CursorParam = Annotated[
+    str | None,
+    Parameter(query="cursor", description="`next_cursor` of the previous page", pattern=r"^[0-9]{0,19}$"),
+]
+EXISTING_TRANSFER = {200: ResponseSpec(data_container=TransferOut, description="The `id` named an existing transfer with the same fields: the original.")}
+LimitParam = Annotated[int, Parameter(query="limit", ge=1, le=PAGE_LIMIT_MAX, description="Page size")]
 
 ACCOUNT_EXAMPLE: dict[str, Any] = {"currency": "EUR", "overdraft_limit": 0, "holder": {"name": "Ada Lovelace"}, "metadata": {"ref": "c-1"}}
 TRANSFER_EXAMPLE: dict[str, Any] = {
@@ -217,7 +221,7 @@ async def open_account(request: Request, data: Annotated[AccountCreate, _body("T
     "overdraft_limit. Another tenant's account is 404, exactly like a missing one.",
     responses=READ_PROBLEMS,
 )
-async def get_account(request: Request, account_id: FromPath[str]) -> AccountOut:
+async def get_account(request: Request, account_id: AccountIdParam) -> AccountOut:
     tenant = banking_tenant(request)
     aid = parse_uuid(account_id, "account_id")
     state = await anyio.to_thread.run_sync(request.app.state.container.ledger.get_account, aid, tenant)
@@ -252,7 +256,7 @@ async def list_accounts(request: Request, cursor: CursorParam = None, limit: Lim
 
 def _account_action(name: str, command_type: type, summary: str):  # noqa: ANN202
     @post(f"/accounts/{{account_id:str}}/{name}", summary=summary, description=IDEMPOTENCY_DOC, status_code=200, responses=WRITE_PROBLEMS)
-    async def action(request: Request, account_id: FromPath[str]) -> Response[AccountOut]:
+    async def action(request: Request, account_id: AccountIdParam) -> Response[AccountOut]:
         tenant = banking_tenant(request)
         aid = parse_uuid(account_id, "account_id")
         return await run_write(  # type: ignore[return-value]
@@ -276,7 +280,7 @@ close_account = _account_action("close", CloseAccount, "Close an account (only a
     summary="Deposit money into an account (from the tenant's settlement account)",
     description="Amounts are integers in minor units. " + IDEMPOTENCY_DOC,
     status_code=201,
-    responses=MOVE_PROBLEMS,
+    responses={**MOVE_PROBLEMS, **EXISTING_TRANSFER},
 )
 async def deposit(request: Request, data: Annotated[MoneyMovement, _body("Amount to deposit", MOVEMENT_EXAMPLE)]) -> Response[TransferOut]:
     tenant = banking_tenant(request)
@@ -298,7 +302,7 @@ async def deposit(request: Request, data: Annotated[MoneyMovement, _body("Amount
     description="Fails with 422 `insufficient_funds` (carrying `available`) when the account cannot cover it. "
     + IDEMPOTENCY_DOC,
     status_code=201,
-    responses=MOVE_PROBLEMS,
+    responses={**MOVE_PROBLEMS, **EXISTING_TRANSFER},
 )
 async def withdraw(request: Request, data: Annotated[MoneyMovement, _body("Amount to withdraw", MOVEMENT_EXAMPLE)]) -> Response[TransferOut]:
     tenant = banking_tenant(request)
@@ -336,7 +340,7 @@ def _make_transfer(tenant: str, t: TransferCreate, transfer_id: UUID | None) -> 
     "after `timeout_seconds`). The same `id` with the same fields returns the original (200); with other "
     "fields, 409 `exists_with_different_fields`. " + IDEMPOTENCY_DOC,
     status_code=201,
-    responses=MOVE_PROBLEMS,
+    responses={**MOVE_PROBLEMS, **EXISTING_TRANSFER},
 )
 async def create_transfer(request: Request, data: Annotated[TransferCreate, _body("The transfer", TRANSFER_EXAMPLE)]) -> Response[TransferOut]:
     tenant = banking_tenant(request)
@@ -356,8 +360,8 @@ async def create_transfer(request: Request, data: Annotated[TransferCreate, _bod
     "item). Otherwise each item succeeds or fails on its own and the response (200) lists every result in "
     "order. The body may be up to 1 MiB (every other route: 64 KiB). " + IDEMPOTENCY_DOC,
     status_code=201,
+    responses={**MOVE_PROBLEMS, 200: ResponseSpec(data_container=BatchOut, description="Not atomic: every item's own result, in order.")},
     request_max_body_size=BATCH_BODY_MAX_BYTES,
-    responses=MOVE_PROBLEMS,
 )
 async def create_batch(request: Request, data: Annotated[BatchCreate, _body("1..1000 transfers", BATCH_EXAMPLE)]) -> Response[BatchOut]:
     tenant = banking_tenant(request)
@@ -383,7 +387,7 @@ def _item_id(base: UUID, index: int) -> UUID:
     description="Status is posted, pending, voided or expired; `posted_amount` is what became final.",
     responses=READ_PROBLEMS,
 )
-async def get_transfer(request: Request, transfer_id: FromPath[str]) -> TransferOut:
+async def get_transfer(request: Request, transfer_id: TransferIdParam) -> TransferOut:
     tenant = banking_tenant(request)
     tid = parse_uuid(transfer_id, "transfer_id")
     state = await anyio.to_thread.run_sync(request.app.state.container.ledger.get_transfer, tid, tenant)
@@ -400,7 +404,7 @@ async def get_transfer(request: Request, transfer_id: FromPath[str]) -> Transfer
 )
 async def post_transfer(
     request: Request,
-    transfer_id: FromPath[str],
+    transfer_id: TransferIdParam,
     data: Annotated[PostHold | None, _body("Optional partial amount", {"amount": 2000})] = None,
 ) -> Response[TransferOut]:
     tenant = banking_tenant(request)
@@ -415,7 +419,7 @@ async def post_transfer(
 
 
 @post("/transfers/{transfer_id:str}/void", summary="Void a pending transfer", description=IDEMPOTENCY_DOC, status_code=200, responses=WRITE_PROBLEMS)
-async def void_transfer(request: Request, transfer_id: FromPath[str]) -> Response[TransferOut]:
+async def void_transfer(request: Request, transfer_id: TransferIdParam) -> Response[TransferOut]:
     tenant = banking_tenant(request)
     tid = parse_uuid(transfer_id, "transfer_id")
     return await run_write(  # type: ignore[return-value]
@@ -428,9 +432,9 @@ async def void_transfer(request: Request, transfer_id: FromPath[str]) -> Respons
     summary="Reverse a posted transfer with a new compensating transfer",
     description="Returns the reversal (201). Reversing again returns the same reversal (200). " + IDEMPOTENCY_DOC,
     status_code=201,
-    responses=MOVE_PROBLEMS,
+    responses={**MOVE_PROBLEMS, 200: ResponseSpec(data_container=TransferOut, description="Already reversed: the same reversal.")},
 )
-async def reverse_transfer(request: Request, transfer_id: FromPath[str]) -> Response[TransferOut]:
+async def reverse_transfer(request: Request, transfer_id: TransferIdParam) -> Response[TransferOut]:
     tenant = banking_tenant(request)
     tid = parse_uuid(transfer_id, "transfer_id")
     received_at = time.time()

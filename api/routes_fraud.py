@@ -16,6 +16,7 @@ from litestar import Request, Router, get, post
 from litestar.exceptions import PermissionDeniedException
 from litestar.params import FromPath, QueryParameter
 
+from api.schemas import AlertIdParam, TransferIdParam
 from api.auth import principal_of, require_roles
 from api.errors import ApiError
 from api.routes_banking import strict_body
@@ -95,7 +96,7 @@ def _alert_out(v: AlertView) -> AlertOut:
     "transfers only (404 otherwise). 404 also while the transfer is not yet scored (usually < 1 s).",
     guards=[require_roles("analyst", "banking")],
 )
-async def get_assessment(request: Request, transfer_id: FromPath[str]) -> AssessmentOut:
+async def get_assessment(request: Request, transfer_id: TransferIdParam) -> AssessmentOut:
     principal = principal_of(request)
     tid = _uuid(transfer_id, "transfer_id")
     a = await anyio.to_thread.run_sync(_service(request).app.assessment, tid)
@@ -132,7 +133,7 @@ async def list_alerts(
     guards=[require_roles("analyst")],
     status_code=200,
 )
-async def review_alert(request: Request, alert_id: FromPath[str]) -> AlertOut:
+async def review_alert(request: Request, alert_id: AlertIdParam) -> AlertOut:
     principal = principal_of(request)
     if principal.role != "analyst":
         raise PermissionDeniedException("this route needs the role analyst")

@@ -15,6 +15,7 @@ import msgspec
 from litestar import Request, Response, Router, get
 from litestar.params import FromPath, QueryParameter
 
+from api.schemas import AccountIdParam
 from api.auth import banking_tenant, require_roles
 from api.routes_banking import READ_PROBLEMS
 from api.schemas import PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX
@@ -74,7 +75,7 @@ def _history(container: Container, account_id: UUID, tenant: str, cursor: str | 
 )
 async def account_transactions(
     request: Request,
-    account_id: FromPath[str],
+    account_id: AccountIdParam,
     cursor: Annotated[str | None, QueryParameter(name="cursor", max_length=64)] = None,
     limit: Annotated[int, QueryParameter(name="limit", ge=1, le=PAGE_LIMIT_MAX)] = PAGE_LIMIT_DEFAULT,
 ) -> Response[HistoryPage]:

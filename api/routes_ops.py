@@ -12,6 +12,7 @@ from keel.bootstrap import Container, key_store
 log = logging.getLogger(__name__)
 
 READINESS_PROBE_KEY_ID = "0" * 16  # never issued: key ids are random
+READY_TIMEOUT_S = 5
 
 
 @get("/healthz", sync_to_thread=False, summary="Liveness: the process is up", description="No key needed.")
@@ -36,8 +37,9 @@ async def readyz(request: Request) -> Response:
 
     container: Container = request.app.state.container
     try:
-        with anyio.fail_after(5):
-            await anyio.to_thread.run_sync(_store_reachable, container)
+        with anyio.fail_after(READY_TIMEOUT_S):
+            # Abandon the thread on timeout: a store that hangs must not hang the probe too.
+            await anyio.to_thread.run_sync(_store_reachable, container, abandon_on_cancel=True)
     except Exception as e:  # noqa: BLE001 - any failure means "not ready"
         log.warning("readiness check failed: %s", type(e).__name__)
         return problem_response("unavailable", "the event store is not reachable")
@@ -54,4 +56,8 @@ async def metrics(request: Request) -> Response[bytes]:
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-router = Router(path="/", route_handlers=[healthz, readyz, metrics], tags=["operations"])
+# `[{}]` overrides the app-wide bearer requirement in the OpenAPI document: these routes are
+# public (api.auth.PUBLIC_PATHS); an empty list would be dropped and inherit the global one.
+PUBLIC = [{}]
+
+router = Router(path="/", route_handlers=[healthz, readyz, metrics], tags=["operations"], security=PUBLIC)

@@ -11,6 +11,7 @@ from typing import Annotated, Any, TypeVar
 from uuid import UUID
 
 import msgspec
+from litestar.params import PathParameter
 from litestar import Request
 from msgspec import Meta
 
@@ -28,7 +29,12 @@ HOLDER_FIELD_MAX_CHARS = 256
 
 Amount = Annotated[
     int,
-    Meta(ge=1, le=AMOUNT_MAX_MINOR, description="Amount in minor units (e.g. cents) as a JSON integer.", examples=[2500]),
+    Meta(
+        ge=1,
+        le=AMOUNT_MAX_MINOR,
+        description="Amount in minor units (e.g. cents) as a JSON integer; any float, even `2500.0`, is rejected.",
+        examples=[2500],
+    ),
 ]
 Currency = Annotated[str, Meta(pattern="^[A-Z]{3}$", description="ISO 4217 code, upper case.", examples=["EUR"])]
 Reference = Annotated[str, Meta(max_length=REFERENCE_MAX_CHARS, description="Free text shown to the customer.")]
@@ -169,7 +175,8 @@ class TransactionPage(msgspec.Struct, frozen=True):
 async def strict_body(request: Request[Any, Any, Any], type_: type[T], *, empty: T | None = None) -> T:
     """The body decoded strictly: Litestar's own decoding coerces "25" to 25; money must not."""
     body = await request.body()
-    if not body.strip() and empty is not None:
+    # No body, or JSON null (the documented body is optional and nullable): the empty request.
+    if body.strip() in (b"", b"null") and empty is not None:
         return empty
     try:
         return msgspec.json.decode(body, type=type_, strict=True)
@@ -177,6 +184,14 @@ async def strict_body(request: Request[Any, Any, Any], type_: type[T], *, empty:
         raise ApiError("validation_error", str(e)) from None
     except msgspec.DecodeError:
         raise ApiError("validation_error", "the request body is not valid JSON") from None
+
+
+UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+# Path ids stay `str` so a malformed one is a 422 problem (not Litestar's 404 for no route);
+# the pattern documents (and enforces) the UUID form in the OpenAPI document.
+AccountIdParam = Annotated[str, PathParameter(description="The account's UUID", pattern=UUID_PATTERN)]
+TransferIdParam = Annotated[str, PathParameter(description="The transfer's UUID", pattern=UUID_PATTERN)]
+AlertIdParam = Annotated[str, PathParameter(description="The alert's UUID", pattern=UUID_PATTERN)]
 
 
 def parse_uuid(value: str, name: str) -> UUID:

@@ -215,7 +215,7 @@ class Ledger(Application[UUID]):
             leased = self.write_lease.acquire(LEASE_WAIT_S)
             try:
                 self._forget_foreign_writes()
-                return self._execute_batch(commands, idempotency)
+                return self._execute_batch(commands, idempotency, cache_is_current=leased)
             finally:
                 if leased:
                     self.write_lease.release()
@@ -269,19 +269,29 @@ class Ledger(Application[UUID]):
         self,
         commands: Sequence[Command],
         idempotency: Sequence[Callable[[Result | DomainError], IdempotencyRecord | None] | None] | None,
+        *,
+        cache_is_current: bool,
     ) -> list[Result | DomainError]:
         check_existing = False
+        renders = list(idempotency) if idempotency else [None] * len(commands)
         for attempt in range(CONFLICT_RETRIES_MAX):
             uow = UnitOfWork(self, check_existing=check_existing)
-            outcomes = [uow.run(c) for c in commands]
-            records: list[IdempotencyRecord] = []
-            if idempotency:
-                for render, outcome in zip(idempotency, outcomes, strict=True):
-                    if render is not None:
+            try:
+                outcomes, skipped = self._run_all(uow, commands, renders, check_existing=check_existing)
+                if attempt == 0 and uow.rejected_on_cached and not cache_is_current:
+                    # A rejection (insufficient funds, frozen, ...) decided on a cached
+                    # aggregate that another process may have changed since: the commit checks
+                    # only aggregates that change, so re-decide once against stored state
+                    # before a stale "no" is answered and stored as the idempotent response.
+                    # (Under the write lease the cache was just brought up to date from the log.)
+                    uow.evict_all()
+                    continue
+                records: list[IdempotencyRecord] = []
+                for i, (render, outcome) in enumerate(zip(renders, outcomes, strict=True)):
+                    if render is not None and i not in skipped:
                         record = render(outcome)
                         if record is not None:
                             records.append(record)
-            try:
                 recordings = self.save(*uow.touched(), idempotency=records)
             except IntegrityError:
                 # Another writer got there first (same aggregate version, same new id, or same
@@ -295,6 +305,9 @@ class Ledger(Application[UUID]):
                 log.info("ledger batch conflict, retrying (attempt %d, %d commands)", attempt + 1, len(commands))
                 continue
             except BaseException:
+                # Whatever failed — the store while loading an aggregate, a renderer's lookup,
+                # the commit — the cached aggregates this batch changed hold events that were
+                # never saved. Kept, a later batch would save them: a transfer applied twice.
                 uow.evict_all()
                 raise
             uow.keep()
@@ -302,6 +315,23 @@ class Ledger(Application[UUID]):
             return outcomes
         conflict = ConcurrencyConflict("the command conflicted with concurrent writes; retry it")
         return [conflict for _ in commands]
+
+    @staticmethod
+    def _run_all(
+        uow: UnitOfWork, commands: Sequence[Command], renders: list[Any], *, check_existing: bool
+    ) -> tuple[list[Result | DomainError], set[int]]:
+        outcomes: list[Result | DomainError] = []
+        skipped: set[int] = set()
+        for i, (c, render) in enumerate(zip(commands, renders, strict=True)):
+            if check_existing and _already_recorded(render):
+                # Another writer stored this command's response first (a retry of the same
+                # Idempotency-Key racing in another process). Its outcome is the answer, so
+                # this command must add nothing: not even when that outcome was a rejection.
+                outcomes.append(ConcurrencyConflict("answered by another writer"))
+                skipped.add(i)
+                continue
+            outcomes.append(uow.run(c))
+        return outcomes, skipped
 
     # cache helpers used by UnitOfWork
     def _cache_get(self, aggregate_id: UUID) -> Account | Transfer | None:
@@ -320,6 +350,13 @@ class Ledger(Application[UUID]):
         self._cache.pop(aggregate_id, None)
 
 
+def _already_recorded(render: Any) -> bool:
+    """Whether the idempotency renderer's key already has a stored response (renderers may
+    offer `recorded()`; the API's do)."""
+    recorded = getattr(render, "recorded", None)
+    return bool(recorded is not None and recorded())
+
+
 class UnitOfWork:
     """The aggregates one batch touches, with a savepoint per command.
 
@@ -336,6 +373,8 @@ class UnitOfWork:
         self.aggregates: dict[UUID, Account | Transfer] = {}
         self._saved: dict[UUID, dict[str, Any] | None] | None = None
         self.now = ledger.clock()
+        self._from_cache: set[UUID] = set()  # aggregates this batch took from the ledger's cache
+        self.rejected_on_cached = False  # a command was rejected after reading one of them
 
     # ---- savepoints ------------------------------------------------------------------------
 
@@ -378,6 +417,8 @@ class UnitOfWork:
         try:
             result = HANDLERS[type(command)](self, command)
         except DomainError as e:
+            if self._saved is not None and not self._from_cache.isdisjoint(self._saved):
+                self.rejected_on_cached = True
             self._rollback()
             return e
         except BaseException:
@@ -392,7 +433,9 @@ class UnitOfWork:
         agg = self.aggregates.get(aggregate_id)
         if agg is None:
             agg = self.ledger._cache_get(aggregate_id)  # noqa: SLF001
-            if agg is None:
+            if agg is not None:
+                self._from_cache.add(aggregate_id)
+            else:
                 try:
                     agg = self.ledger.repository.get(aggregate_id)
                 except AggregateNotFoundError:
@@ -415,7 +458,11 @@ class UnitOfWork:
 
     def existing(self, aggregate_id: UUID, *, client_supplied: bool) -> Account | Transfer | None:
         """The aggregate with this id if it exists, for create-or-return-original commands."""
-        agg = self.aggregates.get(aggregate_id) or self.ledger._cache_get(aggregate_id)  # noqa: SLF001
+        agg = self.aggregates.get(aggregate_id)
+        if agg is None:
+            agg = self.ledger._cache_get(aggregate_id)  # noqa: SLF001
+            if agg is not None:
+                self._from_cache.add(aggregate_id)
         if agg is not None:
             self._touch(agg)
             return agg
@@ -534,6 +581,7 @@ def _move(
         pending=pending,
         timeout_s=timeout_s,
         reverses_id=reverses_id,
+        created_on=uow.now,
     )
     uow.add(transfer)
     if pending:

@@ -7,6 +7,9 @@ from typing import Any
 from domain.errors import ValidationFailed
 
 METADATA_MAX_BYTES = 4096
+# Nesting of metadata: 4 KiB of `[[[[…` is 2,000 levels, which decoders (and every later
+# replay of the event) would have to recurse through.
+METADATA_DEPTH_MAX = 16
 REFERENCE_MAX_CHARS = 128
 HOLD_TIMEOUT_MAX_S = 30 * 24 * 3600
 
@@ -18,6 +21,8 @@ def check_metadata(metadata: Any) -> dict[str, Any]:
         return metadata
     if not isinstance(metadata, dict):
         raise ValidationFailed("metadata must be a JSON object")
+    if _depth(metadata) > METADATA_DEPTH_MAX:
+        raise ValidationFailed(f"metadata may nest at most {METADATA_DEPTH_MAX} levels deep")
     try:
         size = len(json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode())
     except (TypeError, ValueError) as e:
@@ -25,6 +30,20 @@ def check_metadata(metadata: Any) -> dict[str, Any]:
     if size > METADATA_MAX_BYTES:
         raise ValidationFailed(f"metadata must be at most {METADATA_MAX_BYTES} bytes of JSON", size=size)
     return metadata
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of JSON containers, without recursion (the input may be hostile)."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            if depth > METADATA_DEPTH_MAX:
+                return depth
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def check_reference(reference: Any) -> str | None:

@@ -141,9 +141,13 @@ class Transfer(Aggregate):
         pending: bool = False,
         timeout_s: int | None = None,
         reverses_id: UUID | None = None,
+        created_on: datetime | None = None,
     ) -> Transfer:
+        # `created_on` starts the hold's timeout: it must come from the same clock that later
+        # decides whether the hold is due (the ledger's), not the event's own wall clock.
         return cls._create(
             cls.Initiated,
+            timestamp=created_on,
             id=transfer_id,
             tenant=tenant,
             kind=kind,
@@ -189,6 +193,9 @@ class Transfer(Aggregate):
     # ---- rules and commands -----------------------------------------------------------------
 
     def check_can_finish(self, now: datetime) -> None:
+        # The same answer whether or not the expiry worker has recorded the expiry yet.
+        if self.status == EXPIRED:
+            raise TransferExpired("the hold has expired", transfer_id=str(self.id))
         if self.status != PENDING:
             raise TransferNotPending(f"transfer is {self.status}, not pending", transfer_id=str(self.id), status=self.status)
         if self.is_due(now):

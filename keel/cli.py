@@ -122,6 +122,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from keel.fraud_cli import simulate_cmd
 
     return simulate_cmd(args, _settings(args))
+def cmd_chaos(args: argparse.Namespace) -> int:
+    from keel.chaos import main as chaos_main
+
+    return chaos_main(args.minutes, seed=args.seed, accounts=args.accounts, writers=args.writers)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="simulated activity with labelled fraud: to a file, the ledger or the API")
     add_simulate_arguments(p)
     p.set_defaults(func=cmd_simulate)
+    p = sub.add_parser("chaos", help="bank test with faults on a throwaway PostgreSQL cluster (see keel/chaos.py)")
+    p.add_argument("--minutes", type=float, default=5.0, help="how long to inject faults")
+    p.add_argument("--seed", type=int, help="random seed (printed at start) to replay a run's choices")
+    p.add_argument("--accounts", type=int, default=10)
+    p.add_argument("--writers", type=int, default=6, help="concurrent transferring clients")
+    p.set_defaults(func=cmd_chaos)
 
     p = sub.add_parser("bench", help="benchmarks (see docs/benchmarks.md)")
     bench_sub = p.add_subparsers(dest="bench", required=True)

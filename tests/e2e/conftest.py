@@ -57,10 +57,10 @@ def _tokens(settings: Settings) -> dict[str, str]:
     }
 
 
-def start_sqlite_api(tmp: Path) -> Api:
-    # Exactly the newcomer's setup: no KEEL_* settings, the default SQLite file under ./var/.
+def start_sqlite_api(tmp: Path, **env: str) -> Api:
+    # Exactly the newcomer's setup (no KEEL_* settings but `env`), the default SQLite file under ./var/.
     settings = load_settings({}, database_url=f"sqlite:///{tmp}/var/keel.db")
-    server = ServerProcess({}, cwd=tmp, log_path=tmp / "serve.log")
+    server = ServerProcess(dict(env), cwd=tmp, log_path=tmp / "serve.log")
     return _with_tokens(server, settings)
 
 

@@ -62,6 +62,7 @@ class MTransfer:
     posted: int
     reversed: bool = False
     is_reversal: bool = False
+    created_shift: timedelta = timedelta(0)
 
 
 @dataclass
@@ -156,6 +157,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 c.posted += amount
             self.model.transfers[tid] = MTransfer(
                 debit, credit, amount, pending, "pending" if pending else "posted", 0 if pending else amount,
+                created_shift=self.time_shift,
             )  # fmt: skip
             return tid
         return multiple()
@@ -169,9 +171,9 @@ class LedgerMachine(RuleBasedStateMachine):
         t.status, t.posted = status, posted
 
     def _due(self, t: MTransfer) -> bool:
-        # A hold's deadline counts from its event's timestamp, which is real time; the ledger's
-        # clock runs ahead by `time_shift`. Real time passing in a run is far below 60 s.
-        return t.status == "pending" and self.time_shift >= timedelta(seconds=60)
+        # A hold's deadline counts from its creation on the ledger's clock (which runs ahead by
+        # `time_shift`); real time passing in a run is far below 60 s.
+        return t.status == "pending" and self.time_shift - t.created_shift >= timedelta(seconds=60)
 
     @rule(transfer=transfers, part=st.one_of(st.none(), st.integers(1, 450)))
     def post(self, transfer: uuid.UUID, part: int | None) -> None:
@@ -185,8 +187,10 @@ class LedgerMachine(RuleBasedStateMachine):
             self.expect(outcome, "transfer_expired")
             self._finish_hold(t, 0, "expired")
             return
-        if t.status != "pending":
-            err: str | None = "transfer_not_pending"
+        if t.status == "expired":
+            err: str | None = "transfer_expired"
+        elif t.status != "pending":
+            err = "transfer_not_pending"
         elif part is not None and part > t.amount:
             err = "exceeds_held_amount"
         else:
@@ -205,7 +209,8 @@ class LedgerMachine(RuleBasedStateMachine):
             self.expect(outcome, "transfer_expired")
             self._finish_hold(t, 0, "expired")
             return
-        if self.expect(outcome, None if t.status == "pending" else "transfer_not_pending"):
+        expected = {"pending": None, "expired": "transfer_expired"}.get(t.status, "transfer_not_pending")
+        if self.expect(outcome, expected):
             self._finish_hold(t, 0, "voided")
 
     @rule(transfer=transfers)

@@ -196,6 +196,11 @@ def test_hold_expires_after_timeout() -> None:
         t.post_hold(None, later)
     t.expire_hold(later)
     assert t.status == EXPIRED
+    # After the expiry is recorded the answer stays "expired", not "not pending".
+    with pytest.raises(errors.TransferExpired):
+        t.post_hold(None, later)
+    with pytest.raises(errors.TransferExpired):
+        t.void_hold(later)
 
 
 def test_reverse_only_posted_and_only_once() -> None:
