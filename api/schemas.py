@@ -159,19 +159,6 @@ class AccountPage(msgspec.Struct, frozen=True):
     next_cursor: str | None
 
 
-class TransactionOut(msgspec.Struct, frozen=True):
-    transfer_id: UUID
-    type: str  # debited | credited | debit_held | credit_held | debit_settled | credit_settled
-    amount: int
-    version: int
-    at: str
-
-
-class TransactionPage(msgspec.Struct, frozen=True):
-    items: list[TransactionOut]
-    next_cursor: str | None
-
-
 async def strict_body(request: Request[Any, Any, Any], type_: type[T], *, empty: T | None = None) -> T:
     """The body decoded strictly: Litestar's own decoding coerces "25" to 25; money must not."""
     body = await request.body()
