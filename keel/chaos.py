@@ -78,6 +78,13 @@ def _pg_bindir() -> Path:
     raise RuntimeError("PostgreSQL server binaries (pg_ctl, initdb) not found")
 
 
+def _runuser() -> str:
+    found = shutil.which("runuser") or shutil.which("runuser", path="/usr/sbin:/sbin:/usr/bin:/bin")
+    if found is None:
+        raise RuntimeError("runuser (util-linux) is needed to run PostgreSQL as the postgres user")
+    return found
+
+
 class PgCluster:
     """A throwaway PostgreSQL cluster on its own port that the nemesis may crash."""
 
@@ -87,7 +94,9 @@ class PgCluster:
         self.log = root / "postgres.log"
         self.port = port
         self.bindir = _pg_bindir()
-        self._as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        # PostgreSQL refuses to run as root. runuser lives in /usr/sbin, which a minimal PATH
+        # (cron, CI) may leave out.
+        self._as_postgres = [_runuser(), "-u", "postgres", "--"] if os.geteuid() == 0 else []
         if self._as_postgres:
             shutil.chown(root, user="postgres", group="postgres")
 
