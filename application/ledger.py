@@ -42,7 +42,7 @@ from application.commands import (
     Withdraw,
 )
 from application.ports import IdempotencyRecord, NoLease, WriteLease
-from application.privacy import EraseHolder, HolderVault
+from application.privacy import ERASED, EraseHolder, HolderVault
 from domain.account import Account, settlement_account_id
 from domain.errors import (
     ConcurrencyConflict,
@@ -77,7 +77,10 @@ def utcnow() -> datetime:
 
 def account_state(a: Account, vault: HolderVault | None = None) -> AccountState:
     # The aggregate holds the holder sealed (application/privacy.py); only here is it revealed.
-    holder = vault.reveal(a.holder) if vault is not None and a.holder is not None else a.holder
+    if getattr(a, "holder_erased", False):
+        holder: dict[str, Any] | None = dict(ERASED)  # shown as erased, not as "never had one"
+    else:
+        holder = vault.reveal(a.holder) if vault is not None and a.holder is not None else a.holder
     return AccountState(
         id=a.id,
         tenant=a.tenant,

@@ -59,6 +59,7 @@ class Account(Aggregate):
             aggregate.kind = self.kind
             aggregate.overdraft_limit_minor = self.overdraft_limit_minor
             aggregate.holder = self.holder
+            aggregate.holder_erased = False
             aggregate.metadata = self.metadata
             aggregate.status = OPEN
             aggregate.posted_minor = 0
@@ -130,6 +131,7 @@ class Account(Aggregate):
 
         def apply(self, aggregate: Account) -> None:
             aggregate.holder = None
+            aggregate.holder_erased = True
 
     # State attributes are set only by the events' apply methods (the aggregate metaclass
     # would turn class-level annotations into constructor parameters).

@@ -42,7 +42,7 @@ def test_holder_is_sealed_at_rest_and_erasure_shreds_it(ac: Container, raw: Raw)
     b_posted = ac.ledger.get_account(b).posted_minor
 
     state = erase(ac, a)
-    assert state.holder is None and state.posted_minor == before.posted_minor
+    assert state.holder == ERASED and state.posted_minor == before.posted_minor
 
     # The snapshot taken before erasure still holds the sealed holder: now unreadable.
     snap = ac.ledger.snapshots.get(a)  # type: ignore[union-attr]
@@ -60,7 +60,7 @@ def test_holder_is_sealed_at_rest_and_erasure_shreds_it(ac: Container, raw: Raw)
     fresh = build(ac.settings)
     try:
         again = fresh.ledger.get_account(a)
-        assert (again.posted_minor, again.available_minor, again.holder) == (before.posted_minor, before.available_minor, None)
+        assert (again.posted_minor, again.available_minor, again.holder) == (before.posted_minor, before.available_minor, ERASED)
         assert fresh.ledger.get_account(b).posted_minor == b_posted
         pit = fresh.extras["audit"].balance_at_version(a, before.version)
         assert pit.posted_minor == before.posted_minor
@@ -68,7 +68,7 @@ def test_holder_is_sealed_at_rest_and_erasure_shreds_it(ac: Container, raw: Raw)
         assert report.ok, report
         fresh.writer.execute(Deposit(tenant=T, account_id=a, amount_minor=5, currency="USD"))
         assert fresh.ledger.get_account(a).posted_minor == before.posted_minor + 5
-        assert erase(fresh, a).holder is None  # erasing again is harmless
+        assert erase(fresh, a).holder == ERASED  # erasing again is harmless
     finally:
         fresh.close()
 
