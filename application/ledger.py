@@ -55,7 +55,7 @@ from domain.errors import (
 )
 from domain.limits import check_metadata
 from domain.money import check_amount, check_currency
-from domain.transfer import DEPOSIT, REVERSAL, TRANSFER, WITHDRAWAL, Transfer
+from domain.transfer import DEPOSIT, PENDING, REVERSAL, TRANSFER, WITHDRAWAL, Transfer
 
 log = logging.getLogger(__name__)
 
@@ -492,7 +492,12 @@ class UnitOfWork:
 
     def keep(self) -> None:
         for agg in self.aggregates.values():
-            self.ledger._cache_put(agg)  # noqa: SLF001
+            if isinstance(agg, Transfer) and agg.status != PENDING:
+                # A finished transfer is rarely touched again (a reverse, a repeated id): keep
+                # memory for accounts and open holds; those few reload from the store.
+                self.ledger._cache_evict(agg.id)  # noqa: SLF001
+            else:
+                self.ledger._cache_put(agg)  # noqa: SLF001
 
     def evict_all(self) -> None:
         for agg_id in self.aggregates:
