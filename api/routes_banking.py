@@ -275,6 +275,21 @@ close_account = _account_action("close", CloseAccount, "Close an account (only a
 # ---- money movements -------------------------------------------------------------------------
 
 
+async def _settlement_movement(request: Request, command_type: type[Deposit] | type[Withdraw]) -> Response[TransferOut]:
+    """A deposit or a withdrawal: the same body, against the tenant's settlement account."""
+    tenant = banking_tenant(request)
+    data = await strict_body(request, MoneyMovement)
+    received_at = time.time()
+    return await run_write(  # type: ignore[return-value]
+        request,
+        lambda default_id: command_type(
+            tenant=tenant, account_id=data.account_id, amount_minor=data.amount, currency=data.currency,
+            transfer_id=data.id or default_id, reference=data.reference, metadata=data.metadata,
+        ),  # fmt: skip
+        _transfer_presenter(received_at if data.id else None),
+    )
+
+
 @post(
     "/deposits",
     summary="Deposit money into an account (from the tenant's settlement account)",
@@ -283,17 +298,7 @@ close_account = _account_action("close", CloseAccount, "Close an account (only a
     responses={**MOVE_PROBLEMS, **EXISTING_TRANSFER},
 )
 async def deposit(request: Request, data: Annotated[MoneyMovement, _body("Amount to deposit", MOVEMENT_EXAMPLE)]) -> Response[TransferOut]:
-    tenant = banking_tenant(request)
-    data = await strict_body(request, MoneyMovement)
-    received_at = time.time()
-    return await run_write(  # type: ignore[return-value]
-        request,
-        lambda default_id: Deposit(
-            tenant=tenant, account_id=data.account_id, amount_minor=data.amount, currency=data.currency,
-            transfer_id=data.id or default_id, reference=data.reference, metadata=data.metadata,
-        ),  # fmt: skip
-        _transfer_presenter(received_at if data.id else None),
-    )
+    return await _settlement_movement(request, Deposit)
 
 
 @post(
@@ -305,17 +310,7 @@ async def deposit(request: Request, data: Annotated[MoneyMovement, _body("Amount
     responses={**MOVE_PROBLEMS, **EXISTING_TRANSFER},
 )
 async def withdraw(request: Request, data: Annotated[MoneyMovement, _body("Amount to withdraw", MOVEMENT_EXAMPLE)]) -> Response[TransferOut]:
-    tenant = banking_tenant(request)
-    data = await strict_body(request, MoneyMovement)
-    received_at = time.time()
-    return await run_write(  # type: ignore[return-value]
-        request,
-        lambda default_id: Withdraw(
-            tenant=tenant, account_id=data.account_id, amount_minor=data.amount, currency=data.currency,
-            transfer_id=data.id or default_id, reference=data.reference, metadata=data.metadata,
-        ),  # fmt: skip
-        _transfer_presenter(received_at if data.id else None),
-    )
+    return await _settlement_movement(request, Withdraw)
 
 
 def _make_transfer(tenant: str, t: TransferCreate, transfer_id: UUID | None) -> MakeTransfer:
