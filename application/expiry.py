@@ -22,6 +22,9 @@ from domain.transfer import Transfer
 log = logging.getLogger(__name__)
 
 READ_LIMIT = 1000
+# An expiry that was submitted but is not in the log yet is submitted again after this long
+# (the store was down, the queue full): a hold leaves the index only when the log says it ended.
+RESUBMIT_AFTER_S = 5.0
 TOPICS = [
     get_topic(Transfer.Initiated),
     get_topic(Transfer.HoldPosted),
@@ -61,10 +64,18 @@ class HoldExpiry:
         now = now or utcnow()
         self.catch_up()
         count = 0
+        retry: list[tuple[datetime, UUID]] = []
         while self._due and self._due[0][0] <= now:
             _, transfer_id = heapq.heappop(self._due)
-            if transfer_id in self._open:
-                self._open.discard(transfer_id)
+            if transfer_id not in self._open:
+                continue  # posted, voided or expired: seen in the log
+            retry.append((now + timedelta(seconds=RESUBMIT_AFTER_S), transfer_id))
+            try:
                 self.submit(ExpireHold(transfer_id=transfer_id))
-                count += 1
+            except Exception as e:  # noqa: BLE001 - the writer refused (overloaded, stopping): retry later
+                log.warning("could not submit the expiry of %s: %s", transfer_id, type(e).__name__)
+                continue
+            count += 1
+        for item in retry:
+            heapq.heappush(self._due, item)
         return count

@@ -274,3 +274,34 @@ def test_snapshots_do_not_change_state(settings: Settings, c: Container) -> None
     assert posted(c, a) == 10**6 - 230
     assert c.ledger.account_at(a, 2).posted_minor == 10**6
     assert c.ledger.account_at(a, 150).posted_minor == 10**6 - 148
+
+
+def test_hold_expiry_retries_until_the_log_shows_the_hold_ended(c: Container) -> None:
+    """A refused or failed expiry submit is not forgotten: the hold stays due until its end is logged."""
+    from datetime import timedelta
+
+    from application.expiry import RESUBMIT_AFTER_S
+    from application.ledger import utcnow
+
+    a, b = open_funded(c, 100), open_funded(c, 0)
+    h = c.writer.execute(MakeTransfer(tenant=T, debit_account_id=a, credit_account_id=b, amount_minor=60, currency="USD", pending=True, timeout_s=1))
+    calls: list[object] = []
+
+    def refuse(command: object) -> None:
+        calls.append(command)
+        raise RuntimeError("writer overloaded")
+
+    expiry = HoldExpiry(c.ledger, refuse)
+    later = utcnow() + timedelta(seconds=2)
+    assert expiry.expire_due(later) == 0 and len(calls) == 1
+    assert expiry.expire_due(later) == 0 and len(calls) == 1  # not before the resubmit delay
+    time.sleep(1.05)  # the hold is really due now for the ledger's clock too
+    expiry.submit = c.writer.submit
+    assert expiry.expire_due(later + timedelta(seconds=RESUBMIT_AFTER_S)) == 1
+    deadline = time.time() + 5
+    while c.ledger.get_transfer(h.id).status != "expired" and time.time() < deadline:
+        time.sleep(0.02)
+    assert c.ledger.get_transfer(h.id).status == "expired"
+    assert c.ledger.get_account(a).available_minor == 100
+    # once the log shows the end, it is never submitted again
+    assert expiry.expire_due(later + timedelta(seconds=10 * RESUBMIT_AFTER_S)) == 0
