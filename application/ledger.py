@@ -41,7 +41,7 @@ from application.commands import (
     VoidTransfer,
     Withdraw,
 )
-from application.ports import IdempotencyRecord, NoLease, WriteLease
+from application.ports import AggregateLoader, IdempotencyRecord, NoLease, WriteLease
 from application.privacy import ERASED, EraseHolder, HolderVault
 from domain.account import Account, settlement_account_id
 from domain.errors import (
@@ -135,6 +135,8 @@ class Ledger(Application[UUID]):
         self.holder_vault: HolderVault | None = None
         # Serialises batches across processes on one database; set by the composition root.
         self.write_lease: WriteLease = NoLease()
+        # Loads a batch's uncached aggregates in one round trip (PostgreSQL); None: one by one.
+        self.aggregate_loader: AggregateLoader | None = None
         # Cache coherence across processes: the log position up to which the cache is known to
         # be current, and the positions of our own commits after it (those need no eviction).
         self._seen: int | None = None
@@ -280,6 +282,7 @@ class Ledger(Application[UUID]):
         for attempt in range(CONFLICT_RETRIES_MAX):
             uow = UnitOfWork(self, check_existing=check_existing)
             try:
+                self._prefetch(commands)
                 outcomes, skipped = self._run_all(uow, commands, renders, check_existing=check_existing)
                 if attempt == 0 and uow.rejected_on_cached and not cache_is_current:
                     # A rejection (insufficient funds, frozen, ...) decided on a cached
@@ -336,6 +339,24 @@ class Ledger(Application[UUID]):
             outcomes.append(uow.run(c))
         return outcomes, skipped
 
+    def _prefetch(self, commands: Sequence[Command]) -> None:
+        """Puts the aggregates `commands` name into the cache, those missing loaded in one query.
+
+        They are current as of that read, like any aggregate loaded on demand: another
+        process's later commit is caught by the commit's version check and the log tail.
+        """
+        if self.aggregate_loader is None:
+            return
+        missing = [i for i in dict.fromkeys(_named_ids(commands)) if i not in self._cache]
+        if len(missing) < 2:  # one aggregate: loading it on demand costs the same
+            return
+        for aggregate_id, stored in self.aggregate_loader.load(missing).items():
+            agg: Any = None
+            for event in map(self.mapper.to_domain_event, stored):
+                agg = event.mutate(agg)
+            if isinstance(agg, (Account, Transfer)):
+                self._cache_put(agg)
+
     # cache helpers used by UnitOfWork
     def _cache_get(self, aggregate_id: UUID) -> Account | Transfer | None:
         agg = self._cache.get(aggregate_id)
@@ -351,6 +372,24 @@ class Ledger(Application[UUID]):
 
     def _cache_evict(self, aggregate_id: UUID) -> None:
         self._cache.pop(aggregate_id, None)
+
+
+def _named_ids(commands: Sequence[Command]) -> list[UUID]:
+    """The existing aggregates commands will load, as far as the commands name them."""
+    ids: list[UUID] = []
+    for c in commands:
+        if isinstance(c, MakeTransfer):
+            ids += (c.debit_account_id, c.credit_account_id)
+        elif isinstance(c, TransferBatch):
+            for item in c.items:
+                ids += (item.debit_account_id, item.credit_account_id)
+        elif isinstance(c, (Deposit, Withdraw)):
+            ids += (c.account_id, settlement_account_id(c.tenant, c.currency))
+        elif isinstance(c, (FreezeAccount, UnfreezeAccount, CloseAccount, EraseHolder)):
+            ids.append(c.account_id)
+        elif isinstance(c, (PostTransfer, VoidTransfer, ReverseTransfer, ExpireHold)):
+            ids.append(c.transfer_id)
+    return ids
 
 
 def _already_recorded(render: Any) -> bool:

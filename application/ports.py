@@ -4,9 +4,12 @@
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
+from uuid import UUID
 
 import msgspec
+from eventsourcing.persistence import StoredEvent
 
 
 class IdempotencyRecord(msgspec.Struct, frozen=True):
@@ -55,3 +58,12 @@ class NoLease:
 
     def close(self) -> None:
         return None
+
+
+class AggregateLoader(Protocol):
+    """Many aggregates' stored events in one database round trip: for each id found, its latest
+    snapshot (if any) followed by its later events, in version order. What a batch's writer
+    needs when most of the aggregates it touches are not cached (after a start, or a batch of
+    1,000 transfers over 2,000 accounts): one query instead of one per aggregate."""
+
+    def load(self, ids: Sequence[UUID]) -> dict[UUID, list[StoredEvent]]: ...

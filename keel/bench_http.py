@@ -118,6 +118,8 @@ def add_arguments(sub: Any) -> None:
     p.add_argument("--json", default="var/bench-http.json")
     p.add_argument("--report", default=None, help="append Markdown to this file (e.g. docs/benchmarks.md)")
     p.add_argument("--svg", default="docs/bench-http.svg")
+    p.add_argument("--profile", default=None, metavar="DIR",
+                   help="py-spy the service and its workers during each scenario; collapsed stacks go to DIR")
 
 
 def _free_port() -> int:
@@ -193,6 +195,24 @@ def _wrk(mode: str, port: int, token: str, accounts: list[str], connections: int
         loadgen_cpu_share=round(cpu / seconds_run / (os.cpu_count() or 1), 3),
     )
     return r
+
+
+def _profile(directory: str | None, scenario: str, pids: list[int], seconds: float) -> list[subprocess.Popen[bytes]]:
+    """py-spy (sampling, outside the process) on each pid and its children, as collapsed stacks:
+    `DIR/<scenario>-<pid>.txt`, one line per stack with its sample count (read with
+    `sort -t' ' -k2 -n` or any flamegraph tool)."""
+    if directory is None:
+        return []
+    exe = shutil.which("py-spy")
+    if exe is None:
+        raise SystemExit("--profile needs py-spy (pip install py-spy)")
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    return [
+        subprocess.Popen([exe, "record", "--pid", str(pid), "--subprocesses", "--duration", str(max(1, int(seconds) - 1)),
+                          "--rate", "200", "--format", "raw", "--nonblocking", "--output", f"{directory}/{scenario}-{pid}.txt"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        for pid in pids
+    ]
 
 
 def _open_loop(port: int, token: str, accounts: list[str], rate: float, seconds: float, connections: int) -> dict[str, Any]:
@@ -287,7 +307,10 @@ def bench_http(args: argparse.Namespace) -> dict[str, Any]:
                 base = uniform_tps or 1000.0
                 r = _open_loop(port, token, accounts, 0.7 * base, args.seconds, args.connections)
             else:
+                spies = _profile(args.profile, scenario, [proc.pid] + [w.pid for w in workers], args.seconds)
                 r = _wrk(scenario, port, token, accounts, args.connections, args.seconds)
+                for spy in spies:
+                    spy.wait(30)
                 if scenario == "uniform":
                     uniform_tps = r["transfers_per_s"]
             r["service_rss_mb"] = _tree_rss_mb(proc.pid)

@@ -40,6 +40,11 @@ def build_ledger(settings: Settings, *, create_table: bool = False) -> Ledger:
         from infrastructure.write_lease import PostgresWriteLease
 
         ledger.write_lease = PostgresWriteLease(settings.postgres())
+    if settings.is_postgres:
+        from infrastructure.bulk_load import PostgresAggregateLoader
+
+        snapshots = ledger.snapshots.recorder.events_table_name if ledger.snapshots is not None else None  # type: ignore[attr-defined]
+        ledger.aggregate_loader = PostgresAggregateLoader(ledger.recorder.datastore, ledger.recorder.events_table_name, snapshots)  # type: ignore[attr-defined]
     return ledger
 
 

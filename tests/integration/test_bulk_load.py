@@ -1,0 +1,64 @@
+"""The writer's bulk loader (PostgreSQL): one query must rebuild exactly what the repository does."""
+from __future__ import annotations
+
+import uuid
+
+from application.commands import Deposit, MakeTransfer, OpenAccount, TransferBatch
+from application.ledger import account_state, transfer_state
+from domain.account import Account
+from domain.transfer import Transfer
+from infrastructure.settings import Settings
+from keel.bootstrap import build, build_ledger
+
+T = "tenant-a"
+
+
+def _fold(stored: list) -> object:  # type: ignore[type-arg]
+    agg = None
+    for e in stored:
+        agg = e.mutate(agg)
+    return agg
+
+
+def test_bulk_load_equals_repository_with_and_without_snapshots(pg_settings: Settings) -> None:
+    c = build(pg_settings)
+    try:
+        a, b, idle = (c.writer.execute(OpenAccount(tenant=T, currency="USD")).id for _ in range(3))
+        c.writer.execute(Deposit(tenant=T, account_id=a, amount_minor=10**9, currency="USD"))
+        # 250 debits: Account snapshots every 100 versions, so `a` and `b` load a snapshot + tail.
+        items = tuple(MakeTransfer(tenant=T, debit_account_id=a, credit_account_id=b, amount_minor=i + 1, currency="USD")
+                      for i in range(250))  # fmt: skip
+        c.writer.execute(TransferBatch(tenant=T, items=items[:125]))
+        c.writer.execute(TransferBatch(tenant=T, items=items[125:]))
+        hold = c.writer.execute(MakeTransfer(tenant=T, debit_account_id=a, credit_account_id=b, amount_minor=7,
+                                             currency="USD", pending=True))  # fmt: skip
+        ledger = c.ledger
+        snapshots = ledger.snapshots.recorder.select_events(a)  # type: ignore[union-attr]
+        assert snapshots, "the test needs an account with a snapshot"
+        missing = uuid.uuid4()
+        loaded = ledger.aggregate_loader.load([a, b, idle, hold.id, missing])  # type: ignore[union-attr]
+        assert missing not in loaded
+        for account_id in (a, b, idle):
+            folded = _fold([ledger.mapper.to_domain_event(s) for s in loaded[account_id]])
+            assert isinstance(folded, Account)
+            stored = ledger.repository.get(account_id)
+            assert folded.version == stored.version
+            assert account_state(folded) == account_state(stored)
+        folded_hold = _fold([ledger.mapper.to_domain_event(s) for s in loaded[hold.id]])
+        assert isinstance(folded_hold, Transfer)
+        assert transfer_state(folded_hold) == transfer_state(ledger.repository.get(hold.id))
+        expected_a = ledger.get_account(a)
+    finally:
+        c.close()
+
+    # A new process (empty cache) runs a batch over those accounts: prefetched, same balances.
+    fresh = build_ledger(pg_settings)
+    try:
+        fresh.execute(TransferBatch(tenant=T, items=(MakeTransfer(tenant=T, debit_account_id=a, credit_account_id=idle,
+                                                                  amount_minor=5, currency="USD"),)))  # fmt: skip
+        after = fresh.get_account(a)
+        assert after.posted_minor == expected_a.posted_minor - 5
+        assert after.available_minor == expected_a.available_minor - 5
+        assert fresh.get_account(idle).posted_minor == 5
+    finally:
+        fresh.close()
