@@ -14,6 +14,7 @@ from eventsourcing.persistence import StoredEvent
 from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier
 
+_JIT_OFF = SQL("SET LOCAL jit = off")
 # One query carries at most this many ids (a batch of 1,000 transfers names up to 2,000 accounts).
 LOAD_IDS_MAX = 4096
 
@@ -30,27 +31,32 @@ class PostgresAggregateLoader:
             ).format(events)
             return
         snapshots = SQL("{}.{}").format(schema, Identifier(snapshots_table))
-        # Snapshots sort before the events that follow them (kind 0 before 1 for each id).
+        # Per id: its latest snapshot (kind 0), then the events after it (kind 1). LATERAL keeps
+        # both lookups on the primary keys whatever the planner's row estimates.
         self._statement = SQL(
-            "WITH ids AS (SELECT unnest(%b::uuid[]) AS id),"
-            " snap AS (SELECT DISTINCT ON (s.originator_id) s.originator_id, s.originator_version, s.topic, s.state"
-            "  FROM {snapshots} s JOIN ids ON s.originator_id = ids.id"
-            "  ORDER BY s.originator_id, s.originator_version DESC)"
-            " SELECT originator_id, originator_version, topic, state, 0 AS kind FROM snap"
-            " UNION ALL"
-            " SELECT e.originator_id, e.originator_version, e.topic, e.state, 1 FROM {events} e"
-            "  JOIN ids ON e.originator_id = ids.id LEFT JOIN snap ON snap.originator_id = e.originator_id"
-            "  WHERE e.originator_version > COALESCE(snap.originator_version, 0)"
-            " ORDER BY 1, 5, 2"
+            "SELECT ids.id, x.originator_version, x.topic, x.state FROM unnest(%b::uuid[]) AS ids(id)"
+            " LEFT JOIN LATERAL (SELECT s.originator_version AS v, s.topic, s.state FROM {snapshots} s"
+            "  WHERE s.originator_id = ids.id ORDER BY s.originator_version DESC LIMIT 1) snap ON true"
+            " CROSS JOIN LATERAL ("
+            "  SELECT snap.v AS originator_version, snap.topic, snap.state, 0 AS kind WHERE snap.v IS NOT NULL"
+            "  UNION ALL"
+            "  SELECT e.originator_version, e.topic, e.state, 1 FROM {events} e"
+            "   WHERE e.originator_id = ids.id AND e.originator_version > COALESCE(snap.v, 0)) x"
+            " ORDER BY ids.id, x.kind, x.originator_version"
         ).format(snapshots=snapshots, events=events)
 
     def load(self, ids: Sequence[UUID]) -> dict[UUID, list[StoredEvent]]:
         found: dict[UUID, list[StoredEvent]] = {}
         for start in range(0, len(ids), LOAD_IDS_MAX):
             chunk = list(ids[start : start + LOAD_IDS_MAX])
-            with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as curs:
+            with self.datastore.get_connection() as conn, conn.pipeline(), conn.transaction():
+                curs = conn.cursor(row_factory=tuple_row)
+                # Without fresh statistics (a new table) the planner's estimate exceeds
+                # jit_above_cost, and compiling the plan costs more than running it.
+                curs.execute(_JIT_OFF)
                 curs.execute(self._statement, (chunk,), prepare=True, binary=True)
-                for row in curs.fetchall():
+                rows = curs.fetchall()
+                for row in rows:
                     found.setdefault(row[0], []).append(
                         StoredEvent(originator_id=row[0], originator_version=row[1], topic=row[2], state=bytes(row[3]))
                     )
