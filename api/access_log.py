@@ -134,14 +134,19 @@ class AccessLogMiddleware:
             status[0] = status[0] or getattr(e, "status_code", 500)
             raise
         finally:
-            buf = _buffer(scope)
-            if buf is not None:
-                user = scope.get("user")
-                key_id = getattr(user, "key_id", "-")
-                role = getattr(user, "role", "-")
-                template = scope.get("path_template") or path
-                target = path
-                query = scope.get("query_string", b"").decode("latin-1")
-                if query and path.startswith(AUDITED_READ_PREFIXES):
-                    target += "?" + query[:QUERY_MAX_CHARS]
-                buf.add(key_id, role, f"{method} {template}", target, str(status[0] or 500))
+            record_access(scope, status[0] or 500)
+
+
+def record_access(scope: Scope, status: int) -> None:
+    """One entry for a request that must be logged (a write, or an audit read)."""
+    buf = _buffer(scope)
+    if buf is None:
+        return
+    method, path = scope["method"], scope["path"]
+    user = scope.get("user")
+    template = scope.get("path_template") or path
+    target = path
+    query = scope.get("query_string", b"").decode("latin-1")
+    if query and path.startswith(AUDITED_READ_PREFIXES):
+        target += "?" + query[:QUERY_MAX_CHARS]
+    buf.add(getattr(user, "key_id", "-"), getattr(user, "role", "-"), f"{method} {template}", target, str(status))

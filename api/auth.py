@@ -111,13 +111,34 @@ class TokenBucket:
 
 
 def bearer_token(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
-    header = connection.headers.get("authorization")
+    return parse_bearer(connection.headers.get("authorization"))
+
+
+def parse_bearer(header: str | None) -> str | None:
     if not header:
         return None
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None
     return token.strip()
+
+
+def _verified(key: ApiKey | None, secret: str) -> Principal | None:
+    if key is None or key.revoked or not secret_matches(key, secret):
+        return None
+    return Principal(key_id=key.key_id, role=key.role, tenant=key.tenant)
+
+
+def cached_principal(cache: KeyCache, authorization: str | None) -> Principal | None:
+    """The caller when its key is cached and the token verifies; None when it is not (unknown,
+    not cached, malformed): then KeyAuthMiddleware decides, with the store and its 401s."""
+    token = parse_bearer(authorization)
+    parsed = parse_token(token) if token is not None else None
+    if parsed is None:
+        return None
+    key_id, secret = parsed
+    found, key = cache.cached(key_id)
+    return _verified(key, secret) if found else None
 
 
 def is_public_path(path: str) -> bool:
@@ -143,10 +164,10 @@ class KeyAuthMiddleware(AbstractAuthenticationMiddleware):
         if not found:
             # The store is synchronous (psycopg/sqlite): never block the event loop on it.
             key = await anyio.to_thread.run_sync(cache.get, key_id)
-        if key is None or key.revoked or not secret_matches(key, secret):
+        principal = _verified(key, secret)
+        if principal is None:
             raise NotAuthorizedException("invalid API key")
-        principal = Principal(key_id=key.key_id, role=key.role, tenant=key.tenant)
-        return AuthenticationResult(user=principal, auth=key.key_id)
+        return AuthenticationResult(user=principal, auth=principal.key_id)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and _is_public(scope["path"]):

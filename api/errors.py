@@ -119,31 +119,54 @@ def problem_body(code: str, detail: str, details: dict[str, Any] | None = None) 
     return status, msgspec.json.encode(body)
 
 
-def problem_response(code: str, detail: str, details: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> Response[bytes]:
+def problem_parts(
+    code: str, detail: str, details: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, bytes, dict[str, str]]:
+    """Status, body and headers of a problem (Retry-After on the retryable ones)."""
     status, body = problem_body(code, detail, details)
     all_headers = dict(headers or {})
     if code in _RETRYABLE:
         all_headers.setdefault("Retry-After", str(RETRY_AFTER_S))
+    return status, body, all_headers
+
+
+def problem_response(code: str, detail: str, details: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> Response[bytes]:
+    status, body, all_headers = problem_parts(code, detail, details, headers)
     return Response(content=body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=all_headers)
+
+
+def write_problem(exc: BaseException) -> tuple[int, bytes, dict[str, str]] | None:
+    """The problem for an exception a write raises (api.idempotency.execute_write); None for
+    anything else, which is a bug. Both the Litestar handlers and api.fastpath answer with it."""
+    if isinstance(exc, DomainError):
+        return problem_parts(exc.code, exc.message, exc.details)
+    if isinstance(exc, ApiError):
+        return problem_parts(exc.code, exc.detail, exc.details, exc.headers)
+    if isinstance(exc, Overloaded):
+        return problem_parts("overloaded", "the service is busy; retry shortly")
+    if isinstance(exc, WriterStopped):
+        return problem_parts("shutting_down", "the service is restarting; retry shortly")
+    if isinstance(exc, (StoreOperationalError, StoreInterfaceError)):
+        # The database is down, restarting or out of connections (eventsourcing wraps psycopg's
+        # and sqlite3's connection errors in these). Nothing was written by this request: retryable.
+        log.warning("event store unreachable: %s", type(exc).__name__)
+        return problem_parts("unavailable", "the event store is unavailable; retry shortly")
+    return None
 
 
 def domain_problem(error: DomainError) -> tuple[int, bytes]:
     return problem_body(error.code, error.message, error.details)
 
 
-def domain_response(error: DomainError) -> Response[bytes]:
-    return problem_response(error.code, error.message, error.details)
-
-
 # ---- Litestar exception handlers ---------------------------------------------------------------
 
 
-def _on_domain_error(_: Request[Any, Any, Any], exc: DomainError) -> Response[bytes]:
-    return domain_response(exc)
-
-
-def _on_api_error(_: Request[Any, Any, Any], exc: ApiError) -> Response[bytes]:
-    return problem_response(exc.code, exc.detail, exc.details, exc.headers)
+def _on_problem(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    problem = write_problem(exc)
+    if problem is None:
+        return _internal(exc)
+    status, body, headers = problem
+    return Response(content=body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 
 
 def _on_validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response[bytes]:
@@ -200,21 +223,6 @@ def _on_http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
     return problem_response(code, detail)
 
 
-def _on_overloaded(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    return problem_response("overloaded", "the service is busy; retry shortly")
-
-
-def _on_stopped(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    return problem_response("shutting_down", "the service is restarting; retry shortly")
-
-
-def _on_store_unreachable(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    # The database is down, restarting or out of connections (eventsourcing wraps psycopg's and
-    # sqlite3's connection errors in these). Nothing was written by this request: retryable.
-    log.warning("event store unreachable: %s", type(exc).__name__)
-    return problem_response("unavailable", "the event store is unavailable; retry shortly")
-
-
 def _on_undecodable(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     # Raised by the JSON decoder on a body it cannot read (Litestar wraps only msgspec's
     # DecodeError): invalid UTF-8 inside a string, or nesting deeper than the decoder's stack.
@@ -234,15 +242,15 @@ def _on_any(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
 
 
 EXCEPTION_HANDLERS: dict[Any, Any] = {
-    DomainError: _on_domain_error,
-    ApiError: _on_api_error,
+    DomainError: _on_problem,
+    ApiError: _on_problem,
     ValidationException: _on_validation,
     HTTPException: _on_http,
-    Overloaded: _on_overloaded,
-    WriterStopped: _on_stopped,
+    Overloaded: _on_problem,
+    WriterStopped: _on_problem,
     UnicodeDecodeError: _on_undecodable,
     RecursionError: _on_undecodable,
-    StoreOperationalError: _on_store_unreachable,
-    StoreInterfaceError: _on_store_unreachable,
+    StoreOperationalError: _on_problem,
+    StoreInterfaceError: _on_problem,
     Exception: _on_any,
 }

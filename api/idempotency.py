@@ -39,8 +39,8 @@ import anyio
 import msgspec
 from litestar import Request, Response
 
-from api.auth import principal_of
-from api.errors import PROBLEM_MEDIA_TYPE, ApiError, domain_problem, problem_response
+from api.auth import Principal, principal_of
+from api.errors import PROBLEM_MEDIA_TYPE, ApiError, domain_problem
 from application.commands import BatchResult, Command, Result, TransferState
 from application.group_commit import Overloaded, WriterStopped
 from application.ports import IdempotencyRecord
@@ -78,8 +78,7 @@ def respond(status: int, body: bytes, *, replayed: bool = False) -> Response[byt
     return Response(content=body, status_code=status, media_type=media_type, headers=headers)
 
 
-def idempotency_key(request: Request[Any, Any, Any]) -> str | None:
-    raw = request.headers.get(IDEMPOTENCY_HEADER)
+def idempotency_key(raw: str | None) -> str | None:
     if raw is None:
         return None
     if not 1 <= len(raw) <= IDEMPOTENCY_KEY_MAX_CHARS or not all(" " <= c <= "~" for c in raw):
@@ -153,8 +152,37 @@ def derived_id(scope: str, key: str | None) -> UUID | None:
     return uuid.uuid5(IDEMPOTENT_ID_NAMESPACE, f"{scope}\x00{key}")
 
 
-async def _submit(request: Request[Any, Any, Any], command: Command, render: Renderer | None) -> Any:
-    writer = request.app.state.container.writer
+class WriteContext(msgspec.Struct, frozen=True):
+    """What a write needs from its request, whichever way it arrived (a Litestar route, or
+    api.fastpath's raw ASGI handler): the app state, the caller, and the request itself."""
+
+    state: Any  # the app's State: container, metrics, idempotency_in_flight, idempotency_claims
+    principal: Principal
+    method: str
+    path: str
+    idempotency_key: str | None  # the raw header value, validated here
+    body: bytes
+
+
+class Answer(msgspec.Struct, frozen=True):
+    status: int
+    body: bytes
+    replayed: bool = False
+
+
+async def write_context(request: Request[Any, Any, Any]) -> WriteContext:
+    return WriteContext(
+        state=request.app.state,
+        principal=principal_of(request),
+        method=request.method,
+        path=request.url.path,
+        idempotency_key=request.headers.get(IDEMPOTENCY_HEADER),
+        body=await request.body(),
+    )
+
+
+async def _submit(ctx: WriteContext, command: Command, render: Renderer | None) -> Any:
+    writer = ctx.state.container.writer
     deadline = time.monotonic() + WRITE_TIMEOUT_S  # for all resubmits together: bounds a claim's life
     for attempt in range(CONFLICT_RESUBMITS_MAX):
         try:
@@ -174,18 +202,18 @@ async def _submit(request: Request[Any, Any, Any], command: Command, render: Ren
                 break
             await asyncio.sleep(pause_s)
             continue
-        _count_transfers(request, outcome)
+        _count_transfers(ctx, outcome)
         return outcome
     return outcome
 
 
-def _count_transfers(request: Request[Any, Any, Any], outcome: Any) -> None:
+def _count_transfers(ctx: WriteContext, outcome: Any) -> None:
     if isinstance(outcome, TransferState):
-        request.app.state.metrics.transfers_committed.inc()
+        ctx.state.metrics.transfers_committed.inc()
     elif isinstance(outcome, BatchResult):
         done = sum(isinstance(r, TransferState) for r in outcome.results)
         if done:
-            request.app.state.metrics.transfers_committed.inc(done)
+            ctx.state.metrics.transfers_committed.inc(done)
 
 
 async def run_write(
@@ -194,20 +222,24 @@ async def run_write(
     present: Present,
 ) -> Response[bytes]:
     """Submits the command `build(default_id)` and answers with its (stored) response."""
-    principal = principal_of(request)
-    key = idempotency_key(request)
-    if key is None:
-        outcome = await _submit(request, build(None), None)
-        return respond(*present(outcome))
+    answer = await execute_write(await write_context(request), build, present)
+    return respond(answer.status, answer.body, replayed=answer.replayed)
 
-    scope = principal.key_id
-    body = await request.body()
-    hash_ = request_hash(request.method, request.url.path, body)
-    in_flight: set[tuple[str, str]] = request.app.state.idempotency_in_flight
+
+async def execute_write(ctx: WriteContext, build: Callable[[UUID | None], Command], present: Present) -> Answer:
+    """`run_write` without the framework: raises ApiError, DomainError, Overloaded, WriterStopped."""
+    key = idempotency_key(ctx.idempotency_key)
+    if key is None:
+        outcome = await _submit(ctx, build(None), None)
+        return Answer(*present(outcome))
+
+    scope = ctx.principal.key_id
+    hash_ = request_hash(ctx.method, ctx.path, ctx.body)
+    in_flight: set[tuple[str, str]] = ctx.state.idempotency_in_flight
     if (scope, key) in in_flight:
         raise ApiError("idempotency_key_in_flight", "a request with this Idempotency-Key is still running")
-    store = request.app.state.container.idempotency
-    claims = request.app.state.idempotency_claims
+    store = ctx.state.container.idempotency
+    claims = ctx.state.idempotency_claims
     in_flight.add((scope, key))
     try:
         now_ms = int(time.time() * 1000)
@@ -220,7 +252,7 @@ async def run_write(
             if not claimed:
                 raise ApiError("idempotency_key_in_flight", "a request with this Idempotency-Key is still running")
             render = Renderer(scope, key, hash_, present, store)
-            outcome = await _submit(request, build(derived_id(scope, key)), render)
+            outcome = await _submit(ctx, build(derived_id(scope, key)), render)
         finally:
             if claimed:
                 await anyio.to_thread.run_sync(claims.release, scope, key)
@@ -230,15 +262,13 @@ async def run_write(
                 return _replay(stored, hash_)
         # A conflict outcome means nothing of this command was committed, record included.
         if render.record is not None and not isinstance(outcome, ConcurrencyConflict):
-            return respond(render.record.status_code, render.record.body)
-        return respond(*present(outcome))
+            return Answer(render.record.status_code, render.record.body)
+        return Answer(*present(outcome))
     finally:
         in_flight.discard((scope, key))
 
 
-def _replay(stored: IdempotencyRecord, hash_: str) -> Response[bytes]:
+def _replay(stored: IdempotencyRecord, hash_: str) -> Answer:
     if stored.request_hash != hash_:
-        return problem_response(
-            "idempotency_key_reused", "this Idempotency-Key was used with a different request"
-        )
-    return respond(stored.status_code, stored.body, replayed=True)
+        raise ApiError("idempotency_key_reused", "this Idempotency-Key was used with a different request")
+    return Answer(stored.status_code, stored.body, replayed=True)

@@ -75,12 +75,14 @@ class LatencyMiddleware:
         try:
             await self.app(scope, receive, capture)
         finally:
-            metrics: Metrics | None = scope["app"].state.get("metrics")
-            if metrics is not None:
-                route: Any = scope.get("path_template") or "unmatched"
-                metrics.request_latency.labels(scope.get("method", "?"), route, f"{status[0] // 100}xx").observe(
-                    time.perf_counter() - started
-                )
+            observe_latency(scope, status[0], time.perf_counter() - started)
+
+
+def observe_latency(scope: Scope, status: int, seconds: float) -> None:
+    metrics: Metrics | None = scope["app"].state.get("metrics")
+    if metrics is not None:
+        route: Any = scope.get("path_template") or "unmatched"
+        metrics.request_latency.labels(scope.get("method", "?"), route, f"{status // 100}xx").observe(seconds)
 
 
 class LedgerAndFraudCollector:
