@@ -19,7 +19,8 @@ How other routers use it:
   404 for another tenant's object (the ledger's queries and commands already do this).
 
 Tokens are compared in constant time (hmac.compare_digest over the SHA-256 hash). A verified
-key is cached per process for `KEY_CACHE_TTL_S`, so a revocation takes effect within that time.
+key is cached per process for `KEY_CACHE_TTL_S`, so a revocation takes effect within that time
+(plus `KEY_REFRESH_GRACE_S` while the first request after expiry looks it up again).
 This module must never log a token or a secret.
 """
 from __future__ import annotations
@@ -41,6 +42,7 @@ from api.errors import PROBLEM_MEDIA_TYPE, problem_body
 from infrastructure.keys import ApiKey, parse_token, secret_matches
 
 KEY_CACHE_TTL_S = 5.0
+KEY_REFRESH_GRACE_S = 2.0
 KEY_CACHE_MAX = 10_000
 PUBLIC_PATHS = {"/healthz", "/readyz", "/metrics"}
 PUBLIC_PREFIXES = ("/schema",)
@@ -53,14 +55,22 @@ class Principal(msgspec.Struct, frozen=True):
 
 
 class KeyCache:
-    """Stored keys (or their absence) by key id, for `ttl_s`; the secret is checked on every request."""
+    """Stored keys (or their absence) by key id, for `ttl_s`; the secret is checked on every request.
 
-    def __init__(self, lookup: Callable[[str], ApiKey | None], ttl_s: float = KEY_CACHE_TTL_S) -> None:
+    When an entry expires, the first request to notice looks the key up again; requests meanwhile
+    keep the expired answer for at most `grace_s` instead of all queueing on the store (at 2,000
+    requests/s every expiry sent dozens of identical lookups to worker threads). A revocation
+    therefore takes effect within ttl_s + grace_s.
+    """
+
+    def __init__(self, lookup: Callable[[str], ApiKey | None], ttl_s: float = KEY_CACHE_TTL_S, grace_s: float = KEY_REFRESH_GRACE_S) -> None:
         self._lookup = lookup
         self._ttl_s = ttl_s
+        self._grace_s = grace_s
         self._lock = threading.Lock()
         # key_id -> (expires_at, ApiKey | None)
         self._entries: dict[str, tuple[float, ApiKey | None]] = {}
+        self._refreshing: set[str] = set()
 
     def get(self, key_id: str) -> ApiKey | None:
         now = time.monotonic()
@@ -68,7 +78,11 @@ class KeyCache:
             hit = self._entries.get(key_id)
             if hit is not None and hit[0] > now:
                 return hit[1]
-        key = self._lookup(key_id)
+        try:
+            key = self._lookup(key_id)
+        finally:
+            with self._lock:
+                self._refreshing.discard(key_id)
         with self._lock:
             if len(self._entries) >= KEY_CACHE_MAX:
                 self._entries.clear()
@@ -76,12 +90,20 @@ class KeyCache:
         return key
 
     def cached(self, key_id: str) -> tuple[bool, ApiKey | None]:
+        """(True, key) when the cache answers; (False, None): call `get` (off the event loop)."""
         now = time.monotonic()
         with self._lock:
             hit = self._entries.get(key_id)
-        if hit is not None and hit[0] > now:
-            return True, hit[1]
-        return False, None
+            if hit is None:
+                return False, None
+            if hit[0] > now:
+                return True, hit[1]
+            if key_id not in self._refreshing:
+                self._refreshing.add(key_id)  # this caller refreshes it
+                return False, None
+            if hit[0] + self._grace_s > now:
+                return True, hit[1]
+            return False, None
 
 
 class TokenBucket:

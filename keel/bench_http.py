@@ -288,12 +288,12 @@ def bench_http(args: argparse.Namespace) -> dict[str, Any]:
             [sys.executable, "-m", "keel.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(args.workers)],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        # As in production (docker-compose): the read models and fraud scoring follow the log in
-        # their own processes, so the mixed scenario's history reads and the lag figures are real.
+        # As in production (docker-compose): the read models, fraud scoring and hold expiry follow the
+        # log in their own processes, so the mixed scenario's history reads and the lag figures are real.
         workers = [
             subprocess.Popen([sys.executable, "-m", "keel.cli", "worker", name], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-            for name in ("projections", "fraud")
+            for name in ("projections", "fraud", "expiry")
         ]
         deadline = time.monotonic() + 60
         while _http_json(port, "/healthz", token) is None:

@@ -53,6 +53,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     signal.signal(signal.SIGINT, lambda *_: stopped.set())
     worker.start()
+    from keel.serve import tune_gc
+
+    tune_gc()
     logging.getLogger("keel").info("worker %s running", args.name)
     stopped.wait()
     worker.stop()
