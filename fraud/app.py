@@ -156,7 +156,9 @@ class FraudApp(Application[UUID]):
     def record(self, aggregates: Iterable[Aggregate], tracking: Tracking) -> None:
         """Stores the aggregates' new events and the tracking position in one transaction."""
         processing_event: ProcessingEvent[UUID] = ProcessingEvent(tracking=tracking)
-        processing_event.collect_events(*aggregates)
+        for agg in aggregates:  # as collect_events, without its isinstance checks against runtime
+            processing_event.events.extend(agg.collect_events())  # Protocols (7 % of a page's CPU)
+            processing_event.aggregates[agg.id] = agg
         recordings = self._record(processing_event)
         self._notify(recordings)
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from fraud import rules as rules_mod
 from fraud.features import FEATURE_NAMES, FeatureExtractor, Observed
@@ -100,7 +100,7 @@ def fit(x: np.ndarray, y: np.ndarray, *, seed: int, sample_weight: np.ndarray | 
     w = np.where(y == 1, FRAUD_WEIGHT, 1.0) if sample_weight is None else sample_weight
     # One thread: OpenMP threads spin on a busy 2-core machine (30 s instead of 4 s here), and
     # a fixed thread count keeps the float sums, and so the model's bytes, the same everywhere.
-    with threadpool_limits(limits=1):
+    with _one_thread():
         clf.fit(x, y, sample_weight=w)
     baseline = tuple(float(b) for b in np.median(x[y == 0], axis=0)) if (y == 0).any() else tuple(0.0 for _ in FEATURE_NAMES)
     return Artifact(classifier=clf, feature_names=FEATURE_NAMES, baseline=baseline,
@@ -316,12 +316,25 @@ class Forest:
         return out
 
     def raw_large(self, x: np.ndarray) -> list[float]:
-        with threadpool_limits(limits=1):
+        with _one_thread():
             return [float(r) for r in self.classifier.decision_function(x)]
 
     def proba(self, x: np.ndarray) -> list[float]:
         raws = self.raw_small(x) if x.shape[0] <= self.SMALL_BATCH_MAX else self.raw_large(x)
         return [sigmoid(r) for r in raws]
+
+
+_controller: ThreadpoolController | None = None
+
+
+def _one_thread() -> Any:
+    """Native thread pools (OpenMP, BLAS) limited to one thread: a scoring call is small, and
+    the cores belong to the service. The controller is built once: finding the libraries costs
+    more than a page of scoring (threadpool_limits() looks for them on every call)."""
+    global _controller  # noqa: PLW0603 - one per process, built on first use
+    if _controller is None:
+        _controller = ThreadpoolController()
+    return _controller.limit(limits=1)
 
 
 def sigmoid(raw: float) -> float:

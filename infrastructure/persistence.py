@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
-from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory, PostgresProcessRecorder
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteFactory, SQLiteProcessRecorder
 from eventsourcing.utils import retry
 from psycopg.sql import SQL, Identifier
@@ -134,29 +134,26 @@ def _idem_rows(kwargs: dict[str, Any]) -> list[tuple[Any, ...]]:
     return [(r.scope, r.key, r.request_hash, r.status_code, r.body, r.created_at_ms) for r in records]
 
 
-class KeelPostgresApplicationRecorder(PostgresApplicationRecorder):
-    def __init__(self, datastore: Any, *, events_table_name: str = "stored_events") -> None:
-        super().__init__(datastore, events_table_name=events_table_name)
+class ArrayInsertMixin:
+    """Inserts stored events as four plain arrays instead of one array of a composite type:
+    psycopg dumps composites field by field through regex escaping (~25 µs per event); plain
+    arrays are cheap. For PostgreSQL application and process recorders (ledger, fraud)."""
+
+    datastore: Any
+    events_table_name: str
+
+    def _prepare_array_insert(self) -> None:
         # (originator id and version come back too: the hash chain pairs rows with events.)
-        # Four plain arrays instead of one array of a composite type: psycopg dumps composites
-        # field by field through regex escaping (~25 µs per event); plain arrays are cheap.
         self._insert_arrays_statement = SQL(
             "INSERT INTO {}.{} (originator_id, originator_version, topic, state)"
             " SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::bytea[])"
             " RETURNING notification_id, originator_id, originator_version"
         ).format(Identifier(self.datastore.schema), Identifier(self.events_table_name))
-        self.chain_table = CHAINED_EVENTS_TABLES.get(events_table_name)
-        if self.chain_table is not None:
-            schema, chain = Identifier(self.datastore.schema), Identifier(self.chain_table)
-            self._chain_head = SQL("SELECT hash FROM {}.{} ORDER BY notification_id DESC LIMIT 1").format(schema, chain)
-            self._chain_insert = SQL(
-                "INSERT INTO {}.{} (notification_id, hash) SELECT * FROM unnest(%b::bigint[], %b::bytea[])"
-            ).format(schema, chain)
 
     def _insert_stored_events(self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
         # Same order as the library's: table lock (commit order = id order), NOTIFY, insert.
-        self._lock_table(curs)
-        self._notify_channel(curs)
+        self._lock_table(curs)  # type: ignore[attr-defined]
+        self._notify_channel(curs)  # type: ignore[attr-defined]
         if stored_events:
             curs.execute(
                 self._insert_arrays_statement,
@@ -169,6 +166,25 @@ class KeelPostgresApplicationRecorder(PostgresApplicationRecorder):
                 prepare=True,
                 binary=True,  # binary dumping skips per-element text escaping
             )
+
+
+class KeelPostgresProcessRecorder(ArrayInsertMixin, PostgresProcessRecorder):
+    def __init__(self, datastore: Any, **kwargs: Any) -> None:
+        super().__init__(datastore, **kwargs)
+        self._prepare_array_insert()
+
+
+class KeelPostgresApplicationRecorder(ArrayInsertMixin, PostgresApplicationRecorder):
+    def __init__(self, datastore: Any, *, events_table_name: str = "stored_events") -> None:
+        super().__init__(datastore, events_table_name=events_table_name)
+        self._prepare_array_insert()
+        self.chain_table = CHAINED_EVENTS_TABLES.get(events_table_name)
+        if self.chain_table is not None:
+            schema, chain = Identifier(self.datastore.schema), Identifier(self.chain_table)
+            self._chain_head = SQL("SELECT hash FROM {}.{} ORDER BY notification_id DESC LIMIT 1").format(schema, chain)
+            self._chain_insert = SQL(
+                "INSERT INTO {}.{} (notification_id, hash) SELECT * FROM unnest(%b::bigint[], %b::bytea[])"
+            ).format(schema, chain)
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
@@ -301,6 +317,7 @@ class KeelSQLiteFactory(SQLiteFactory):
 
 class KeelPostgresFactory(PostgresFactory):
     application_recorder_class = KeelPostgresApplicationRecorder
+    process_recorder_class = KeelPostgresProcessRecorder
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
