@@ -192,6 +192,18 @@ class SqlAuditStore:
         )
 
     def append_access_many(self, rows: Sequence[tuple[str, str, str, str, str, str]]) -> None:
+        if not rows:
+            return
+        if self.db.postgres:
+            # One statement of six arrays: executemany sent a statement per row (~5 % of an API
+            # process's CPU at 2,400 writes/s).
+            columns = [list(c) for c in zip(*rows, strict=True)]
+            self.db.execute(
+                f"INSERT INTO {self.access} (at, key_id, role, route, target, outcome)"
+                " SELECT * FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], ?::text[], ?::text[])",
+                columns,
+            )
+            return
         self.db.execute_many(
             f"INSERT INTO {self.access} (at, key_id, role, route, target, outcome) VALUES (?, ?, ?, ?, ?, ?)", rows
         )

@@ -140,6 +140,9 @@ def test_access_log_is_append_only_and_queryable(ac: Container, raw: Raw) -> Non
     audit.record_access("key1", "auditor", "GET /v1/audit/events", "after=0", "200")
     audit.record_access("key2", "admin", "DELETE /v1/accounts/{id}/holder", "acc-1", "204")
     audit.record_access("key1", "auditor", "GET /v1/audit/verify", "-", "200")
+    many = [(f"2026-01-01T00:00:0{i}", f"k{i}", "banking", "POST /v1/transfers", "/v1/transfers", "201") for i in range(3)]
+    audit.record_access_many(many)  # the API's batched path (one array INSERT on PostgreSQL)
+    assert [(e.at, e.key_id, e.role, e.route, e.target, e.outcome) for e in audit.access_log()[3:]] == many
     entries = audit.access_log()
     assert [(e.key_id, e.route, e.outcome) for e in entries][:2] == [("key1", "GET /v1/audit/events", "200"), ("key2", "DELETE /v1/accounts/{id}/holder", "204")]
     assert [e.id for e in audit.access_log(after_id=entries[0].id, key_id="key1")] == [entries[2].id]
