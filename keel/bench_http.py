@@ -36,6 +36,15 @@ from keel.bootstrap import build_ledger, migrate
 
 TENANT = "bench"
 SCENARIOS = ("uniform", "hot", "batch", "mixed", "open")
+FOLLOWER_MODES = ("idle", "normal", "none")
+WARM_UP_S = 5  # uniform load first: the writer's cache holds the accounts, statements are prepared
+SETTLE_MAX_S = 120
+SETTLED_FRAUD_LAG = 100  # events: about one page of the consumer
+FOLLOWERS_TEXT = {
+    "idle": "projections, fraud and expiry workers at SCHED_IDLE",
+    "normal": "projections, fraud and expiry workers at normal priority",
+    "none": "none: no projections, fraud or expiry worker ran, so no lag figures",
+}
 
 LUA = r"""
 local accounts = {%(accounts)s}
@@ -118,8 +127,9 @@ def add_arguments(sub: Any) -> None:
     p.add_argument("--json", default="var/bench-http.json")
     p.add_argument("--report", default=None, help="append Markdown to this file (e.g. docs/benchmarks.md)")
     p.add_argument("--svg", default="docs/bench-http.svg")
-    p.add_argument("--followers-nice", type=int, default=10, metavar="N",
-                   help="nice value of the projections, fraud and expiry workers (0: same priority as the API)")
+    p.add_argument("--followers", choices=FOLLOWER_MODES, default="idle",
+                   help="the projections, fraud and expiry workers: idle = SCHED_IDLE (CPU the service leaves), "
+                        "normal = same priority as the service, none = not started (the service alone, as pgbench)")
     p.add_argument("--profile", default=None, metavar="DIR",
                    help="py-spy the service and its workers during each scenario; collapsed stacks go to DIR")
 
@@ -240,6 +250,23 @@ def _http_json(port: int, path: str, token: str) -> Any:
         return None
 
 
+def _lags(port: int, analyst: str) -> tuple[Any, Any, float | None]:
+    """(projection lag in events, in ms, fraud lag in events) as the service reports them."""
+    views = ((_http_json(port, "/v1/analytics/projections", analyst) or {}).get("projections")) or [{}]
+    return views[0].get("lag_events"), views[0].get("lag_ms"), _metric(port, "keel_fraud_lag_events")
+
+
+def _settle(port: int, analyst: str) -> float:
+    """Waits (at most SETTLE_MAX_S) until the followers have caught up; returns the seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < SETTLE_MAX_S:
+        projection_lag, _, fraud_lag = _lags(port, analyst)
+        if projection_lag == 0 and fraud_lag is not None and fraud_lag <= SETTLED_FRAUD_LAG:
+            break
+        time.sleep(0.5)
+    return round(time.monotonic() - started, 1)
+
+
 def _metric(port: int, name: str) -> float | None:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
@@ -292,21 +319,24 @@ def bench_http(args: argparse.Namespace) -> dict[str, Any]:
         )  # fmt: skip
         # As in production (docker-compose): the read models, fraud scoring and hold expiry follow the
         # log in their own processes, so the mixed scenario's history reads and the lag figures are real.
-        # They follow at nice FOLLOWERS_NICE: on shared cores the API answers first and the
-        # followers use what is left (their lag is reported); on their own hosts it changes nothing.
+        # On shared cores the API answers first and the followers use what CPU is left (SCHED_IDLE;
+        # their lag is reported); on hosts of their own, as in production, that changes nothing.
+        prefix = ["chrt", "--idle", "0"] if args.followers == "idle" else []
         workers = [
-            subprocess.Popen(["nice", "-n", str(args.followers_nice), sys.executable, "-m", "keel.cli", "worker", name],
+            subprocess.Popen([*prefix, sys.executable, "-m", "keel.cli", "worker", name],
                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-            for name in ("projections", "fraud", "expiry")
+            for name in (() if args.followers == "none" else ("projections", "fraud", "expiry"))
         ]
         deadline = time.monotonic() + 60
         while _http_json(port, "/healthz", token) is None:
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise RuntimeError("keel serve did not come up")
             time.sleep(0.2)
-        _wrk("uniform", port, token, accounts, args.connections, 3)  # warm-up: caches, prepared statements
+        _wrk("uniform", port, token, accounts, args.connections, WARM_UP_S)  # caches, prepared statements
         uniform_tps = None
         for scenario in scenarios:
+            # Each scenario starts with the followers caught up, not behind on the last one's backlog.
+            settle_s = _settle(port, analyst) if workers else 0.0
             if scenario == "open":
                 base = uniform_tps or 1000.0
                 r = _open_loop(port, token, accounts, 0.7 * base, args.seconds, args.connections)
@@ -318,11 +348,10 @@ def bench_http(args: argparse.Namespace) -> dict[str, Any]:
                 if scenario == "uniform":
                     uniform_tps = r["transfers_per_s"]
             r["service_rss_mb"] = _tree_rss_mb(proc.pid)
-            r["projections"] = _http_json(port, "/v1/analytics/projections", analyst)
-            views = (r["projections"] or {}).get("projections") or [{}]
-            r["projection_lag_events"] = views[0].get("lag_events")
-            r["projection_lag_ms"] = views[0].get("lag_ms")
-            r["fraud_lag_events"] = _metric(port, "keel_fraud_lag_events")
+            r["settle_s"] = settle_s
+            if workers:  # without followers there is no lag to speak of
+                projection_lag, projection_lag_ms, fraud_lag = _lags(port, analyst)
+                r.update(projection_lag_events=projection_lag, projection_lag_ms=projection_lag_ms, fraud_lag_events=fraud_lag)
             results.append(r)
             print(f"{scenario:8} {r['transfers_per_s']:>10,.0f} transfers/s  p99 {r['p99_ms']:.1f} ms  errors {r['errors']}  "
                   f"loadgen cpu {r['loadgen_cpu_share']:.0%}  rss {r['service_rss_mb']} MB", flush=True)  # fmt: skip
@@ -353,7 +382,7 @@ def bench_http(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "when": datetime.now(tz=timezone.utc).isoformat(timespec="seconds"),
         "server": server, "cpus": os.cpu_count(), "workers": args.workers, "accounts": args.accounts,
-        "followers_nice": args.followers_nice,
+        "followers": args.followers,
         "connections": args.connections, "seconds": args.seconds, "pgbench_tps": pgbench,
         "scenarios": results, "ratios": ratios,
     }  # fmt: skip
@@ -363,18 +392,20 @@ def markdown(result: dict[str, Any], command: str) -> str:
     lines = [
         f"\n### keel bench http — {result['when']}\n",
         f"`{command}` — {result['cpus']} CPUs shared by PostgreSQL, the service ({result['workers']} worker(s)), its "
-        f"projections, fraud and expiry workers (nice {result.get('followers_nice', 0)}) and the load generator; fsync={result['server']['fsync']}, synchronous_commit={result['server']['synchronous_commit']}.\n",
-        "| scenario | transfers/s | vs pgbench | p50 ms | p95 ms | p99 ms | p99.9 ms | errors | load-gen CPU | service RSS MB | projection lag (events / ms) | fraud lag (events) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"followers ({FOLLOWERS_TEXT[result.get('followers', 'normal')]}) and the load generator; fsync={result['server']['fsync']}, synchronous_commit={result['server']['synchronous_commit']}.\n",
+        "| scenario | transfers/s | vs pgbench | p50 ms | p95 ms | p99 ms | p99.9 ms | errors | load-gen CPU | service RSS MB | projection lag (events / ms) | fraud lag (events) | settle s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["scenarios"]:
         lines.append(
             f"| {r['scenario']} | {r['transfers_per_s']:,.0f} | {r['transfers_per_s'] / result['pgbench_tps']:.2f}× | {r['p50_ms']} | "
             f"{r['p95_ms']} | {r['p99_ms']} | {r['p99_9_ms']} | {r['errors']} | {r['loadgen_cpu_share']:.0%} | {r['service_rss_mb']} | "
-            f"{r.get('projection_lag_events')} / {r.get('projection_lag_ms')} | {r.get('fraud_lag_events')} |"
+            f"{r.get('projection_lag_events', 'n/a')} / {r.get('projection_lag_ms', 'n/a')} | {r.get('fraud_lag_events', 'n/a')} | "
+            f"{r.get('settle_s', '')} |"
         )
-    lines.append(f"| pgbench TPC-B-like, 8 clients (reference) | {result['pgbench_tps']:,.0f} | 1.00× | | | | | | | | | |")
-    lines.append(f"\nRatios: {json.dumps(result['ratios'])}. Load-gen CPU is the generator's share of all cores.\n")
+    lines.append(f"| pgbench TPC-B-like, 8 clients (reference) | {result['pgbench_tps']:,.0f} | 1.00× | | | | | | | | | | |")
+    lines.append(f"\nRatios: {json.dumps(result['ratios'])}. Load-gen CPU is the generator's share of all cores. Lags are "
+                 "read right after each scenario; settle s is how long the followers needed to catch up before it started.\n")
     return "\n".join(lines)
 
 
