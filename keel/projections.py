@@ -39,6 +39,10 @@ from keel.bootstrap import Container, build_ledger
 log = logging.getLogger(__name__)
 
 SQLITE_POLL_S = 0.02
+# At most one view commit per this interval when the log is busy: each commit then carries more
+# events (one fsync and a few statements for dozens of ledger commits, not one each); at most
+# this much lag is added. Like the fraud consumer's KEEL_FRAUD_POLL_INTERVAL_MS.
+STEP_INTERVAL_MIN_S = 0.02
 LISTEN_TIMEOUT_S = 0.5
 LISTEN_CONNECT_TIMEOUT_S = 10
 GAUGE_INTERVAL_S = 1.0
@@ -193,6 +197,7 @@ class ProjectionWorker:
                         on_applied=lambda p, ev: _observe(p, ev, self.lag_samples_ms),
                     )
                     log.info("projection %s resuming after position %d", VIEWS, follower.position)
+                stepped_at = time.monotonic()
                 n = follower.step()
                 if time.monotonic() >= gauges_due:
                     gauges_due = time.monotonic() + GAUGE_INTERVAL_S
@@ -205,6 +210,8 @@ class ProjectionWorker:
                 # Everything committed before the read is applied. A commit after it has sent
                 # a NOTIFY that is already queued on the listener, so the wait below returns
                 # at once: no head query is needed on the hot path.
+                if n > 0:
+                    self._stop.wait(max(0.0, stepped_at + STEP_INTERVAL_MIN_S - time.monotonic()))
                 if listener is not None:
                     for _ in listener.notifies(timeout=LISTEN_TIMEOUT_S, stop_after=1):
                         pass
