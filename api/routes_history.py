@@ -54,8 +54,7 @@ def _type(direction: str, status: str) -> str:
 
 def _history(container: Container, account_id: UUID, tenant: str, cursor: str | None, limit: int) -> tuple[Page, bool]:
     rs = read_side(container)
-    head = container.ledger.recorder.max_notification_id() or 0
-    fresh = rs.wait_for_position(head, WAIT_MAX_S)
+    fresh = rs.wait_for_aggregate(account_id, WAIT_MAX_S)
     owner = rs.account_tenant(str(account_id))
     if owner is None:
         # Not in the view (yet): the ledger decides between 404 and an empty history.
@@ -70,7 +69,8 @@ def _history(container: Container, account_id: UUID, tenant: str, cursor: str | 
     "/accounts/{account_id:str}/transactions",
     summary="An account's transactions, newest first (read model)",
     description="One row per transfer leg of this account, with counterparty, direction, status and reference. "
-    "Waits up to 2 s for the read model to include every write acknowledged before the request. Cursor-paginated.",
+    "Waits up to 2 s for the read model to include every write to this account acknowledged before the request "
+    "(`Keel-Projection-Stale: true` if it had not). Cursor-paginated.",
     responses=READ_PROBLEMS,
 )
 async def account_transactions(

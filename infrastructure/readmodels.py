@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
+from uuid import UUID
 
 from psycopg.rows import tuple_row
 
@@ -166,6 +167,21 @@ class LogReader:
                 f"SELECT rowid, originator_id, topic, state FROM {recorder.events_table_name}"
                 " WHERE rowid > ? AND rowid <= ? ORDER BY rowid LIMIT ?"
             )
+
+    def last_position(self, originator_id: UUID) -> int:
+        """Log position of the aggregate's latest event (0 if it has none): every write that
+        touched it is applied once the views reach it."""
+        table = self.recorder.events_table_name
+        if self.db.is_pg:
+            qualified = self.db.qualify(f'"{table}"')
+            sql = f"SELECT notification_id FROM {qualified} WHERE originator_id = %s ORDER BY originator_version DESC LIMIT 1"
+            row = self.db.fetchone(sql, (originator_id,))
+        else:
+            row = self.db.fetchone(
+                f"SELECT rowid FROM {table} WHERE originator_id = %s ORDER BY originator_version DESC LIMIT 1",
+                (originator_id.hex,),
+            )
+        return int(row[0]) if row else 0
 
     def _rows(self, after: int, limit: int, stop: int | None, tx: Any) -> list[tuple[int, Any, str, bytes]]:
         if self.db.is_pg:

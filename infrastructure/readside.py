@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
+from uuid import UUID
 
 import msgspec
 
@@ -165,11 +166,13 @@ class ReadSide:
         db: Database,
         head: Callable[[], int | None],
         event_time_after: Callable[[int], datetime | None],
+        last_position: Callable[[UUID], int] | None = None,
     ) -> None:
         self.db = db
         self.t = Tables(db, LIVE)
         self._head = head
         self._event_time_after = event_time_after
+        self._last_position = last_position
 
     # ---- tracking -----------------------------------------------------------------------
 
@@ -186,6 +189,14 @@ class ReadSide:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(WAIT_POLL_S)
+
+    def wait_for_aggregate(self, aggregate_id: UUID, timeout_s: float = WAIT_MAX_S) -> bool:
+        """`wait_for_position` for every write that touched one aggregate (an account's history
+        needs no more): waiting for the whole log's head instead made every history read wait
+        for the projection whenever anything at all was being written."""
+        if self._last_position is None:
+            return self.wait_for_position(self._head() or 0, timeout_s)
+        return self.wait_for_position(self._last_position(aggregate_id), timeout_s)
 
     def projections(self) -> dict[str, Any]:
         head = self._head() or 0

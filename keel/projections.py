@@ -79,7 +79,8 @@ def read_side(container: Container) -> ReadSide:
             notes = ledger.recorder.select_notifications(position, 1, inclusive_of_start=False)
             return ledger.mapper.to_domain_event(notes[0]).timestamp if notes else None
 
-        rs = ReadSide(database(container), ledger.recorder.max_notification_id, event_time_after)
+        db = database(container)
+        rs = ReadSide(db, ledger.recorder.max_notification_id, event_time_after, log_reader(ledger, db).last_position)
         container.extras["read_side"] = rs
     return rs
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import random
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -148,6 +149,29 @@ def test_read_side_queries(c: Container) -> None:
                 bad()
     finally:
         worker.stop()
+
+
+def test_history_waits_only_for_the_accounts_own_writes(c: Container) -> None:
+    """Read-your-writes per account: a write to another account does not make a read wait."""
+    a = c.writer.execute(OpenAccount(tenant=TENANT, currency="USD")).id
+    b = c.writer.execute(OpenAccount(tenant=TENANT, currency="USD")).id
+    c.writer.execute(Deposit(tenant=TENANT, account_id=a, amount_minor=100, currency="USD"))
+    rs = read_side(c)
+    worker = ProjectionWorker(c)
+    worker.start()
+    try:
+        caught_up(c)
+    finally:
+        worker.stop()
+    position_a = rs._last_position(a)  # noqa: SLF001
+    latest_a = max(n.id for n in c.ledger.recorder.select_notifications(1, 10**6) if n.originator_id == a)
+    assert position_a == latest_a
+    c.writer.execute(Deposit(tenant=TENANT, account_id=b, amount_minor=5, currency="USD"))  # not projected
+    started = time.monotonic()
+    assert rs.wait_for_aggregate(a, timeout_s=60) is True
+    assert time.monotonic() - started < 0.5
+    assert rs.wait_for_aggregate(b, timeout_s=0.2) is False  # b's deposit is not in the views
+    assert rs._last_position(uuid.uuid4()) == 0  # noqa: SLF001
 
 
 def test_wait_for_position_is_bounded(c: Container) -> None:
