@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -173,6 +174,9 @@ class ReadSide:
         self._head = head
         self._event_time_after = event_time_after
         self._last_position = last_position
+        self._poll_lock = threading.Lock()
+        self._polled = 0
+        self._polled_at = float("-inf")
 
     # ---- tracking -----------------------------------------------------------------------
 
@@ -180,11 +184,22 @@ class ReadSide:
         row = self.db.fetchone(f"SELECT position FROM {self.t.tracking} WHERE name = %s", (VIEWS,))
         return int(row[0]) if row else 0
 
+    def _polled_position(self) -> int:
+        """position(), read at most once per WAIT_POLL_S for all the requests waiting in this
+        process (each waiter polled on its own: 64 waiting reads made 12,800 queries/s)."""
+        with self._poll_lock:
+            if time.monotonic() - self._polled_at < WAIT_POLL_S:
+                return self._polled
+        position = self.position()
+        with self._poll_lock:
+            self._polled, self._polled_at = position, time.monotonic()
+        return position
+
     def wait_for_position(self, position: int, timeout_s: float = WAIT_MAX_S) -> bool:
         """True once the views include `position`; False after `timeout_s` (capped at WAIT_MAX_S)."""
         deadline = time.monotonic() + min(max(timeout_s, 0.0), WAIT_MAX_S)
         while True:
-            if self.position() >= position:
+            if self._polled_position() >= position:
                 return True
             if time.monotonic() >= deadline:
                 return False
