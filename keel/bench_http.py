@@ -36,6 +36,10 @@ from keel.bootstrap import build_ledger, migrate
 
 TENANT = "bench"
 SCENARIOS = ("uniform", "hot", "batch", "mixed", "open")
+# The open loop runs at 70 % of uniform's rate, right after it: after the batch scenario's bulk
+# load, the first seconds are slow (a WAL-triggered checkpoint, caches refilling; measured in
+# docs/benchmarks.md), which is a finding of its own, not the steady-state latency asked for.
+RUN_ORDER = ("uniform", "open", "hot", "batch", "mixed")
 FOLLOWER_MODES = ("background", "idle", "normal", "none")
 WARM_UP_S = 5  # uniform load first: the writer's cache holds the accounts, statements are prepared
 SETTLE_MAX_S = 120
@@ -292,6 +296,7 @@ def bench_http(args: argparse.Namespace) -> dict[str, Any]:
     unknown = set(scenarios) - set(SCENARIOS)
     if unknown:
         raise SystemExit(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    scenarios = sorted(set(scenarios), key=RUN_ORDER.index)
     server = _server_settings(args.pg)
     if server["fsync"] != "on" or server["synchronous_commit"] != "on":
         raise SystemExit(f"refusing to benchmark without durability: {server}")
