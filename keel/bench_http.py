@@ -454,7 +454,8 @@ def main(args: argparse.Namespace) -> int:
     if args.svg:
         Path(args.svg).parent.mkdir(parents=True, exist_ok=True)
         Path(args.svg).write_text(svg(result))
-    command = f"keel bench http --workers {args.workers} --seconds {args.seconds:g} --connections {args.connections}"
+    command = (f"keel bench http --workers {args.workers} --seconds {args.seconds:g} --connections {args.connections}"
+               f" --followers {args.followers} --scenarios {args.scenarios}")  # fmt: skip
     print(markdown(result, command))
     if args.report:
         with open(args.report, "a") as f:
