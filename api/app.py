@@ -8,6 +8,9 @@ the 64 KiB body limit apply to every router. Conventions the routers share: path
 bodies decoded with `api.schemas.strict_body` (Litestar's own decoding coerces "25" to 25);
 database work in `anyio.to_thread.run_sync`; errors raised as DomainError or `api.errors.ApiError`. The app never builds Applications itself: it is
 handed a Container by the composition root (keel.bootstrap / keel.serve).
+`POST /v1/transfers` is first offered to api.fastpath (installed in front of Litestar's own
+handler at the end of create_app), which answers ordinary requests with the same functions and
+hands everything else to the Litestar route.
 """
 from __future__ import annotations
 
