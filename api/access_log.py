@@ -1,6 +1,7 @@
 """The access log (PCI DSS 10.2 style): every write and every audit read, who, what, outcome.
 
-An ASGI middleware, outermost, so it also sees requests that authentication refused (401/403).
+Recorded by api.observe (an ASGI middleware, outermost, so it also sees requests that
+authentication refused, 401/403) and by api.fastpath.
 Entries are buffered and written in batches by one background thread (one INSERT per batch, not
 one commit per request), so logging never adds a database round trip to a request. The cost:
 on a crash the last flush interval (at most ACCESS_FLUSH_INTERVAL_S) of entries can be lost.
@@ -14,7 +15,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from eventsourcing.persistence import ConnectionPoolClosedError
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import Scope
 
 log = logging.getLogger(__name__)
 
@@ -106,35 +107,9 @@ def _buffer(scope: Scope) -> AccessLogBuffer | None:
 _create_lock = threading.Lock()
 
 
-class AccessLogMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        method = scope["method"]
-        path = scope["path"]
-        if method in READ_METHODS and not path.startswith(AUDITED_READ_PREFIXES):
-            await self.app(scope, receive, send)
-            return
-        status = [0]
-
-        async def capture(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, capture)
-        except Exception as e:
-            # Raised past us (e.g. authentication refused); the app's handler turns it into
-            # its HTTP status further out.
-            status[0] = status[0] or getattr(e, "status_code", 500)
-            raise
-        finally:
-            record_access(scope, status[0] or 500)
+def logs_access(method: str, path: str) -> bool:
+    """Whether a request gets an entry: every write, and reads of the audit routes."""
+    return method not in READ_METHODS or path.startswith(AUDITED_READ_PREFIXES)
 
 
 def record_access(scope: Scope, status: int) -> None:

@@ -25,11 +25,12 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
 from api import routes_analytics, routes_audit, routes_banking, routes_fraud, routes_history, routes_ops
-from api.access_log import AccessLogMiddleware, close_access_log
+from api.access_log import close_access_log
 from api.auth import KeyAuthMiddleware, KeyCache, RateLimitMiddleware, TokenBucket, is_public_path
 from api.errors import EXCEPTION_HANDLERS
 from api.fastpath import install as install_fast_path
-from api.metrics import FraudScoringMetrics, LatencyMiddleware, LedgerAndFraudCollector, Metrics
+from api.metrics import FraudScoringMetrics, LedgerAndFraudCollector, Metrics
+from api.observe import ObserveMiddleware
 from api.openapi import StrictStructSchemaPlugin, document_problems
 from keel.bootstrap import Container, idempotency_claims, key_store
 from keel.projections import ProjectionLagCollector
@@ -87,8 +88,7 @@ def create_app(
         route_handlers=list(ROUTERS),
         state=state,
         middleware=[
-            AccessLogMiddleware,  # outermost: also records refused (401/403) writes and audit reads
-            LatencyMiddleware,
+            ObserveMiddleware,  # outermost: latency of every request, access log of writes (also refused ones)
             DefineMiddleware(KeyAuthMiddleware),
             RateLimitMiddleware,
         ],

@@ -1,7 +1,7 @@
 """A raw ASGI fast path for `POST /v1/transfers`, the route every banking app calls most.
 
 Litestar spends more CPU on a request than the ledger spends on the transfer (profile in
-docs/benchmarks.md): five middleware layers, routing, a guard call that copies the handler,
+docs/benchmarks.md): its middleware stack, routing, a guard call that copies the handler,
 signature parsing that decodes the body once more before our strict decode, and response
 objects. This handler sits in front of Litestar (`install` wraps `app.asgi_handler`) and answers
 the ordinary request itself, with the very functions the Litestar route uses:
@@ -10,7 +10,7 @@ the ordinary request itself, with the very functions the Litestar route uses:
 - the body read once (at most REQUEST_BODY_MAX_BYTES) and decoded strictly into TransferCreate;
 - the per-key rate limit, then `api.idempotency.execute_write` with `transfer_write`'s command
   and presenter, and errors through `api.errors.write_problem`;
-- the access log entry and the latency metric, as their middleware would record them.
+- the latency metric and the access-log entry, through api.observe like every other request.
 
 Anything else — no or unknown or uncached key, another role, another content type, a body too
 large or invalid, an exhausted rate limit — is handed to Litestar unchanged (the body read so far
@@ -26,11 +26,10 @@ from typing import Any
 import msgspec
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.access_log import record_access
 from api.auth import cached_principal
 from api.errors import PROBLEM_MEDIA_TYPE, problem_parts, write_problem
 from api.idempotency import IDEMPOTENCY_HEADER, WriteContext, execute_write
-from api.metrics import observe_latency
+from api.observe import observe
 from api.routes_banking import transfer_write
 from api.schemas import TransferCreate
 
@@ -102,8 +101,7 @@ class TransferFastPath:
         try:
             await _respond(send, status, out, extra)
         finally:
-            record_access(scope, status)
-            observe_latency(scope, status, time.perf_counter() - started)
+            observe(scope, status, time.perf_counter() - started)
 
 
 def install(app: Any, body_max_bytes: int) -> TransferFastPath:

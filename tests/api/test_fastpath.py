@@ -169,6 +169,14 @@ def test_fast_path_is_rate_limited_logged_and_measured(tmp_path: Any) -> None:
         metrics = client.get("/metrics").text
         count = re.search(r'keel_http_request_duration_seconds_count\{method="POST",route="/v1/transfers",status="2xx"\} (\S+)', metrics)
         assert count and float(count.group(1)) >= 2
+        refused = client.post("/v1/transfers", json=_transfer(a, b), headers={"Authorization": "Bearer nope"})
+        assert refused.status_code == 401
+        metrics = client.get("/metrics").text
+        # api.observe labels a refusal raised past it by its status, not as a 5xx.
+        assert re.search(r'keel_http_request_duration_seconds_count\{method="POST",route="[^"]*",status="4xx"\}', metrics)
+        assert 'method="POST",route="/v1/transfers",status="5xx"' not in metrics
         client.app.state.access_log_buffer.flush()  # type: ignore[attr-defined]
-        routes = [x.route for x in container.extras["audit"].access_log(key_id=key.key_id)]
+        entries = container.extras["audit"].access_log()
+        routes = [x.route for x in entries if x.key_id == key.key_id]
         assert routes.count("POST /v1/transfers") == 5
+        assert [x.outcome for x in entries if x.key_id == "-"] == ["401"]
