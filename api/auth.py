@@ -80,10 +80,12 @@ class KeyCache:
                 return hit[1]
         try:
             key = self._lookup(key_id)
-        finally:
+        except BaseException:
             with self._lock:
                 self._refreshing.discard(key_id)
+            raise
         with self._lock:
+            self._refreshing.discard(key_id)
             if len(self._entries) >= KEY_CACHE_MAX:
                 self._entries.clear()
             self._entries[key_id] = (now + self._ttl_s, key)

@@ -20,16 +20,10 @@ LOAD_IDS_MAX = 4096
 
 
 class PostgresAggregateLoader:
-    def __init__(self, datastore: Any, events_table: str, snapshots_table: str | None) -> None:
+    def __init__(self, datastore: Any, events_table: str, snapshots_table: str) -> None:
         self.datastore = datastore
         schema = Identifier(datastore.schema)
         events = SQL("{}.{}").format(schema, Identifier(events_table))
-        if snapshots_table is None:
-            self._statement = SQL(
-                "SELECT e.originator_id, e.originator_version, e.topic, e.state FROM {} e"
-                " WHERE e.originator_id = ANY(%b::uuid[]) ORDER BY e.originator_id, e.originator_version"
-            ).format(events)
-            return
         snapshots = SQL("{}.{}").format(schema, Identifier(snapshots_table))
         # Per id: its latest snapshot (kind 0), then the events after it (kind 1). LATERAL keeps
         # both lookups on the primary keys whatever the planner's row estimates.

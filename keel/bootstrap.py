@@ -43,8 +43,10 @@ def build_ledger(settings: Settings, *, create_table: bool = False) -> Ledger:
     if settings.is_postgres:
         from infrastructure.bulk_load import PostgresAggregateLoader
 
-        snapshots = ledger.snapshots.recorder.events_table_name if ledger.snapshots is not None else None  # type: ignore[attr-defined]
-        ledger.aggregate_loader = PostgresAggregateLoader(ledger.recorder.datastore, ledger.recorder.events_table_name, snapshots)  # type: ignore[attr-defined]
+        assert ledger.snapshots is not None, "the Ledger snapshots accounts (snapshotting_intervals)"
+        ledger.aggregate_loader = PostgresAggregateLoader(
+            ledger.recorder.datastore, ledger.recorder.events_table_name, ledger.snapshots.recorder.events_table_name  # type: ignore[attr-defined]
+        )
     return ledger
 
 

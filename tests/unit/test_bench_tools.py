@@ -50,7 +50,7 @@ def test_open_loop_keeps_its_schedule_and_measures_from_it() -> None:
             server.close()
 
     result, connections = asyncio.run(scenario())
-    assert len(connections) == 4  # connected once, before the clock started, and kept alive
+    assert len(connections) == 4  # one connection each, kept alive (no reconnect per request)
     assert result["requests"] == 200 and result["errors"] == 0
     # Every request waited at least the server's 10 ms; 4 connections serve 400/s, twice the
     # rate, so latency stays near it rather than growing with a queue.
