@@ -160,14 +160,15 @@ TRANSFER_CSV_FIELDS = (
 
 
 class ReadSide:
-    """Queries over the live views. `head()` and `decode_first_after()` read the event log."""
+    """Queries over the live views. `head()`, `event_time_after()` and `last_position()` read
+    the event log."""
 
     def __init__(
         self,
         db: Database,
         head: Callable[[], int | None],
         event_time_after: Callable[[int], datetime | None],
-        last_position: Callable[[UUID], int] | None = None,
+        last_position: Callable[[UUID], int],
     ) -> None:
         self.db = db
         self.t = Tables(db, LIVE)
@@ -209,8 +210,6 @@ class ReadSide:
         """`wait_for_position` for every write that touched one aggregate (an account's history
         needs no more): waiting for the whole log's head instead made every history read wait
         for the projection whenever anything at all was being written."""
-        if self._last_position is None:
-            return self.wait_for_position(self._head() or 0, timeout_s)
         return self.wait_for_position(self._last_position(aggregate_id), timeout_s)
 
     def projections(self) -> dict[str, Any]:
