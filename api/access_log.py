@@ -56,15 +56,16 @@ class AccessLogBuffer:
         if entries:
             try:
                 self.audit.record_access_many(entries)
-            except ConnectionPoolClosedError:
+            except Exception as e:
+                if not _store_closed(e):
+                    log.exception("access log write failed; %d entries retried next flush", len(entries))
+                    with self._lock:
+                        self._entries[:0] = entries[: ACCESS_BUFFER_MAX - len(self._entries)]
+                    return
                 # The store was closed without close_access_log (an app not shut down through
                 # its lifespan): nothing can be written any more.
                 log.error("access log store closed: %d entries lost", len(entries))
                 self._stopped.set()
-            except Exception:
-                log.exception("access log write failed; %d entries retried next flush", len(entries))
-                with self._lock:
-                    self._entries[:0] = entries[: ACCESS_BUFFER_MAX - len(self._entries)]
 
     def _run(self) -> None:
         while not self._stopped.is_set():
@@ -79,6 +80,15 @@ class AccessLogBuffer:
         self._wake.set()
         self._thread.join(5)
         self.flush()
+
+
+def _store_closed(e: BaseException) -> bool:
+    """The store's connection pool is closed for good (not: the database is briefly away)."""
+    while e is not None:
+        if isinstance(e, ConnectionPoolClosedError) or type(e).__name__ == "PoolClosed":
+            return True
+        e = e.__cause__  # type: ignore[assignment]
+    return False
 
 
 def close_access_log(app: Any) -> None:

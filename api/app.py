@@ -38,7 +38,6 @@ from keel.projections import ProjectionLagCollector
 log = logging.getLogger(__name__)
 
 REQUEST_BODY_MAX_BYTES = 64 * 1024
-RATE_LIMIT_BURST_S = 2.0  # a key may burst this many seconds' worth of requests
 
 ROUTERS = [
     routes_ops.router,
@@ -78,7 +77,7 @@ def create_app(
         {
             "container": container,
             "api_keys": KeyCache(key_store(container).get),
-            "rate_limiter": TokenBucket(rate, max(1.0, rate * RATE_LIMIT_BURST_S)) if rate > 0 else None,
+            "rate_limiter": TokenBucket(rate, container.settings.effective_rate_limit_burst) if rate > 0 else None,
             "idempotency_in_flight": set(),
             "idempotency_claims": idempotency_claims(container),
             "metrics": metrics,

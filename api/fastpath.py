@@ -36,7 +36,7 @@ from api.schemas import TransferCreate
 log = logging.getLogger(__name__)
 
 PATH = "/v1/transfers"
-_WANTED = {b"authorization", b"content-type", IDEMPOTENCY_HEADER.encode()}
+_WANTED = {b"authorization", b"content-type", b"content-length", IDEMPOTENCY_HEADER.encode()}
 
 
 class TransferFastPath:
@@ -56,6 +56,12 @@ class TransferFastPath:
         principal = None if headers is None else cached_principal(state.api_keys, headers.get(b"authorization"))
         content_type = (headers or {}).get(b"content-type", "").split(";", 1)[0].strip().lower()
         if principal is None or principal.role != "banking" or not principal.tenant or content_type != "application/json":
+            await self.app(scope, receive, send)
+            return
+        declared = headers.get(b"content-length")
+        if declared is not None and not (declared.isascii() and declared.isdigit() and len(declared) <= 12 and int(declared) <= self.body_max_bytes):
+            # Too large (or not a length): Litestar answers 413 (or 400) from the header, before
+            # any of the body is read. A body without a length is counted as it arrives below.
             await self.app(scope, receive, send)
             return
         chunks: list[bytes] = []

@@ -30,7 +30,6 @@ import hashlib
 import logging
 import random
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 from uuid import UUID
@@ -40,11 +39,14 @@ import msgspec
 from litestar import Request, Response
 
 from api.auth import Principal, principal_of
-from api.errors import PROBLEM_MEDIA_TYPE, ApiError, domain_problem
+from api.errors import PROBLEM_MEDIA_TYPE, ApiError
+from api.schemas import SEALED_MARK
 from application.commands import BatchResult, Command, Result, TransferState
 from application.group_commit import Overloaded, WriterStopped
 from application.ports import IdempotencyRecord
+from application.unit_of_work import CommandFailed
 from domain.errors import ConcurrencyConflict, DomainError
+from domain.identity import derived_id as system_id
 
 log = logging.getLogger(__name__)
 
@@ -60,16 +62,12 @@ WRITE_TIMEOUT_S = 30.0
 # Twice the longest a live request holds a claim (WRITE_TIMEOUT_S for all its resubmits, plus
 # two lookups): only a dead or stuck holder's claim gets this old.
 CLAIM_STALE_S = 60.0
-# Ids of objects created under an Idempotency-Key: the same (key id, Idempotency-Key) always
-# names the same transfer/account, so a racing duplicate can never create a second one.
-IDEMPOTENT_ID_NAMESPACE = UUID("c1d7e0a4-3b9f-4f55-8e2a-6a0d9b7c2e18")
 
 # (status, body) of an outcome; runs on the writer thread, so it must be pure.
 Present = Callable[[Result | DomainError], tuple[int, bytes]]
-
-
-def present_error(outcome: DomainError) -> tuple[int, bytes]:
-    return domain_problem(outcome)
+# Turns a stored-form success body into the body sent (e.g. reveals a sealed holder); runs in a
+# worker thread, for live and replayed answers alike.
+Finish = Callable[[Any, bytes], bytes]
 
 
 def respond(status: int, body: bytes, *, replayed: bool = False) -> Response[bytes]:
@@ -104,7 +102,8 @@ def request_hash(method: str, path: str, body: bytes) -> str:
 
 
 class Renderer:
-    """The `render` callback for one idempotent command; called once per commit attempt."""
+    """Renders one idempotent command's outcome into the record stored with its effect
+    (application.ports.OutcomeRecorder); called once per commit attempt."""
 
     def __init__(self, scope: str, key: str, hash_: str, present: Present, store: Any) -> None:
         self.scope = scope
@@ -124,7 +123,7 @@ class Renderer:
             return True
         return False
 
-    def __call__(self, outcome: Result | DomainError) -> IdempotencyRecord | None:
+    def render(self, outcome: Result | DomainError) -> IdempotencyRecord | None:  # type: ignore[override]
         self.attempts += 1
         self.record = None
         if self.attempts > 1 and self.store.get(self.scope, self.key) is not None:
@@ -132,8 +131,8 @@ class Renderer:
             self.superseded = True
             return None
         self.superseded = False
-        if isinstance(outcome, ConcurrencyConflict):
-            return None
+        if isinstance(outcome, (ConcurrencyConflict, CommandFailed)):
+            return None  # retryable, or a bug: the client may send the key again
         status, body = self.present(outcome)
         self.record = IdempotencyRecord(
             scope=self.scope,
@@ -147,9 +146,12 @@ class Renderer:
 
 
 def derived_id(scope: str, key: str | None) -> UUID | None:
+    """The id of an object created under (API key id, Idempotency-Key): the same pair always names
+    the same object, so a racing duplicate can never create a second one. A system id
+    (domain/identity.py): no client can create an object with it first."""
     if key is None:
         return None
-    return uuid.uuid5(IDEMPOTENT_ID_NAMESPACE, f"{scope}\x00{key}")
+    return system_id("idempotency", scope, key)
 
 
 class WriteContext(msgspec.Struct, frozen=True):
@@ -220,10 +222,29 @@ async def run_write(
     request: Request[Any, Any, Any],
     build: Callable[[UUID | None], Command],
     present: Present,
+    *,
+    finish: Finish | None = None,
 ) -> Response[bytes]:
     """Submits the command `build(default_id)` and answers with its (stored) response."""
     answer = await execute_write(await write_context(request), build, present)
-    return respond(answer.status, answer.body, replayed=answer.replayed)
+    body = answer.body
+    if finish is not None and answer.status < 400:
+        body = await anyio.to_thread.run_sync(finish, request.app.state, body)
+    return respond(answer.status, body, replayed=answer.replayed)
+
+
+def reveal_holder(state: Any, body: bytes) -> bytes:
+    """An account body with its holder sealed (as stored) -> the body with the holder revealed,
+    or `{"erased": true}` once the holder's key was destroyed. Stored responses therefore never
+    hold a holder's plaintext, and a replay after an erasure shows it erased."""
+    if SEALED_MARK.encode() not in body:
+        return body
+    doc = msgspec.json.decode(body)
+    holder = doc.get("holder")
+    if isinstance(holder, dict) and SEALED_MARK in holder:
+        vault = state.container.ledger.holder_vault
+        doc["holder"] = vault.reveal(holder[SEALED_MARK]) if vault is not None else None
+    return msgspec.json.encode(doc)
 
 
 async def execute_write(ctx: WriteContext, build: Callable[[UUID | None], Command], present: Present) -> Answer:

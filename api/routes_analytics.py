@@ -1,8 +1,13 @@
 """Analyst routes (SPEC §5, analytics) over the read models, for `analyst` keys.
 
-Every filter is validated (422 `validation_error`), every list is bounded and paginated with an
-opaque cursor. Responses carry no holder personal data: the views never store it. Handlers
-only parse, call the read side in a worker thread, and shape the answer.
+Every filter is validated (422 `validation_error`): numbers and cursors out of range included,
+never a 500. Every list is bounded and paginated with an opaque cursor. Responses carry no holder
+personal data: the views never store it. Handlers only parse, call the read side in a worker
+thread, and shape the answer.
+
+Analysts see every tenant: ids in answers are public ids (the ones each tenant uses), shown with
+their `tenant`, since the same public id may name accounts of several tenants. The CSV export
+neutralises cells a spreadsheet would run as a formula (OWASP CSV injection).
 """
 from __future__ import annotations
 
@@ -19,8 +24,10 @@ from litestar.params import QueryParameter
 
 from api.auth import require_roles
 from domain.errors import ValidationFailed
+from domain.limits import TENANT_MAX_CHARS, TENANT_PATTERN
 from infrastructure.readside import (
     CSV_ROWS_MAX,
+    INT64_MAX,
     PAGE_DEFAULT,
     PAGE_MAX,
     TOP_MAX,
@@ -30,7 +37,7 @@ from infrastructure.readside import (
 )
 from keel.projections import read_side
 
-AMOUNT_MAX = 2**63 - 1
+AMOUNT_MAX = INT64_MAX
 CSV_MEDIA_TYPE = "text/csv"
 TIME_CHARS_MAX = 40
 
@@ -38,6 +45,18 @@ Currency = Annotated[str | None, QueryParameter(name="currency", pattern="^[A-Z]
 Cursor = Annotated[str | None, QueryParameter(name="cursor", max_length=64, description="`next_cursor` of the previous page")]
 From = Annotated[str | None, QueryParameter(name="from", max_length=TIME_CHARS_MAX, description="RFC 3339 time, inclusive")]
 To = Annotated[str | None, QueryParameter(name="to", max_length=TIME_CHARS_MAX, description="RFC 3339 time, exclusive")]
+Tenant = Annotated[
+    str | None,
+    QueryParameter(
+        name="tenant",
+        pattern=TENANT_PATTERN,
+        max_length=TENANT_MAX_CHARS,
+        description="Only this tenant's transfers; with `account`, the account with that public id in this tenant "
+        "(without it, every tenant's account with that public id).",
+    ),
+]
+# Cells a spreadsheet would read as a formula (OWASP CSV injection): prefixed with a quote.
+CSV_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 class CurrencyTotal(msgspec.Struct, frozen=True):
@@ -136,11 +155,22 @@ def parse_time(value: str | None, name: str) -> int | None:
         return None
     try:
         ts = datetime.fromisoformat(value)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise ValidationFailed(f"'{name}' must be an RFC 3339 time, e.g. 2026-01-31T00:00:00Z", field=name) from None
     if ts.tzinfo is None:
         raise ValidationFailed(f"'{name}' must carry a UTC offset (Z or +hh:mm)", field=name)
     return to_us(ts)
+
+
+def csv_cell(value: Any) -> Any:
+    """One CSV cell: None empty, integers as they are (amounts and positions are numbers, not
+    text a spreadsheet could evaluate), and a text cell that starts like a formula prefixed
+    with a single quote so that it is shown, not run (e.g. a reference `=HYPERLINK(...)`)."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(CSV_FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def _rs(request: Request) -> ReadSide:
@@ -175,11 +205,16 @@ async def volumes(
     "/transactions",
     summary="Transfers matching the filters, oldest first (JSON, or CSV with Accept: text/csv)",
     description=f"JSON pages hold up to {PAGE_MAX} rows; CSV up to {CSV_ROWS_MAX}, with the next cursor in the "
-    "`Keel-Next-Cursor` response header.",
+    "`Keel-Next-Cursor` response header. Ids are public ids, each row with its `tenant`. `account` names an account "
+    "by its public id: in every tenant, or only in `tenant` when that is given. CSV cells that would start a "
+    "spreadsheet formula (`=`, `+`, `-`, `@`, tab, CR) are prefixed with a single quote.",
 )
 async def transactions(
     request: Request,
-    account: Annotated[UUID | None, QueryParameter(name="account")] = None,
+    account: Annotated[
+        UUID | None, QueryParameter(name="account", description="An account's public id (the id its tenant uses)")
+    ] = None,
+    tenant: Tenant = None,
     min_amount: Annotated[int | None, QueryParameter(name="min_amount", ge=0, le=AMOUNT_MAX)] = None,
     max_amount: Annotated[int | None, QueryParameter(name="max_amount", ge=0, le=AMOUNT_MAX)] = None,
     from_: From = None,
@@ -191,17 +226,20 @@ async def transactions(
     maximum = CSV_ROWS_MAX if wants_csv else PAGE_MAX
     page = await anyio.to_thread.run_sync(
         lambda: _rs(request).transactions(
-            account=str(account) if account else None, min_amount=min_amount, max_amount=max_amount,
+            account=str(account) if account else None, tenant=tenant, min_amount=min_amount, max_amount=max_amount,
             from_us=parse_time(from_, "from"), to_us_=parse_time(to, "to"), cursor=cursor,
             limit=limit if limit is not None else (maximum if wants_csv else PAGE_DEFAULT), maximum=maximum,
         )
     )  # fmt: skip
     if wants_csv:
         buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
+        # RFC 4180 line ends: the writer then quotes every cell holding a CR or LF. (With "\n" it
+        # left a bare CR unquoted, which readers take as a line end: a reference "x\r=cmd()"
+        # would have started a new row with a formula cell.)
+        w = csv.writer(buf, lineterminator="\r\n")
         w.writerow(TRANSFER_CSV_FIELDS)
         for item in page.items:
-            w.writerow(["" if item[f] is None else item[f] for f in TRANSFER_CSV_FIELDS])
+            w.writerow([csv_cell(item[f]) for f in TRANSFER_CSV_FIELDS])
         headers = {"Keel-Next-Cursor": page.next_cursor} if page.next_cursor else {}
         return Response(buf.getvalue(), media_type=f"{CSV_MEDIA_TYPE}; charset=utf-8", headers=headers)
     return Response(TransactionsOut(items=msgspec.convert(page.items, list[TransferRow]), next_cursor=page.next_cursor))

@@ -16,13 +16,14 @@ import msgspec
 from litestar import Request, Router, delete, get
 from litestar.params import FromPath, QueryParameter
 
-from api.schemas import AccountIdParam
 from api.auth import require_roles
 from api.errors import ApiError
-from api.schemas import AccountOut, account_out
+from api.resolve import TENANT_DOC, account_key_for
+from api.schemas import AccountIdParam, AccountOut, account_out
 from application.audit import EVENTS_PAGE_DEFAULT, EVENTS_PAGE_MAX, AccessEntry, LogEntry, PointInTime, parse_instant
 from application.chain import VerifyReport
 from application.privacy import erase_holder
+from domain.limits import TENANT_MAX_CHARS, TENANT_PATTERN
 
 POSITION_MAX = 2**63 - 1
 VERIFY_CONCURRENT_MAX = 1
@@ -31,6 +32,9 @@ _verify_slots = threading.BoundedSemaphore(VERIFY_CONCURRENT_MAX)
 
 AfterParam = Annotated[int, QueryParameter(ge=0, le=POSITION_MAX, description="Cursor: the last position (or id) seen")]
 LimitParam = Annotated[int, QueryParameter(ge=1, le=EVENTS_PAGE_MAX, description="Page size")]
+TenantParam = Annotated[
+    str | None, QueryParameter(min_length=1, max_length=TENANT_MAX_CHARS, pattern=TENANT_PATTERN, description=TENANT_DOC)
+]
 
 
 class EventsPage(msgspec.Struct, frozen=True):
@@ -87,10 +91,16 @@ async def audit_events(request: Request, after: AfterParam = 0, limit: LimitPara
 
 @get("/audit/accounts/{account_id:str}/events", guards=_auditor, summary="One account's events, oldest first")
 async def audit_account_events(
-    request: Request, account_id: AccountIdParam, after: AfterParam = 0, limit: LimitParam = EVENTS_PAGE_DEFAULT
+    request: Request,
+    account_id: AccountIdParam,
+    after: AfterParam = 0,
+    limit: LimitParam = EVENTS_PAGE_DEFAULT,
+    tenant: TenantParam = None,
 ) -> EventsPage:
     aid = _uuid(account_id, "account_id")
-    items = await anyio.to_thread.run_sync(_audit(request).account_events, aid, after, limit)
+    container = request.app.state.container
+    key = await anyio.to_thread.run_sync(account_key_for, container, aid, tenant)
+    items = await anyio.to_thread.run_sync(_audit(request).account_events, key, after, limit)
     return EventsPage(items=items, next_after=items[-1].version if len(items) == limit else None)
 
 
@@ -104,11 +114,13 @@ async def audit_balance(
     account_id: AccountIdParam,
     at: Annotated[str | None, QueryParameter(max_length=AT_MAX_CHARS, description="RFC 3339 instant")] = None,
     version: Annotated[int | None, QueryParameter(ge=1, le=POSITION_MAX, description="aggregate version")] = None,
+    tenant: TenantParam = None,
 ) -> PointInTime:
     aid = _uuid(account_id, "account_id")
     if (at is None) == (version is None):
         raise ApiError("validation_error", "give exactly one of at or version")
     audit = _audit(request)
+    aid = await anyio.to_thread.run_sync(account_key_for, request.app.state.container, aid, tenant)
     if version is not None:
         return await anyio.to_thread.run_sync(audit.balance_at_version, aid, version)
     instant = parse_instant(at or "")
@@ -159,14 +171,15 @@ async def audit_access_log(
 
 @delete("/accounts/{account_id:str}/holder", guards=[require_roles("admin")], status_code=200,
         summary="Erase the holder's personal data (crypto-shredding); balances and history stay")  # fmt: skip
-async def erase_account_holder(request: Request, account_id: AccountIdParam) -> AccountOut:
+async def erase_account_holder(request: Request, account_id: AccountIdParam, tenant: TenantParam = None) -> AccountOut:
     aid = _uuid(account_id, "account_id")
     container = request.app.state.container
     ledger = container.ledger
     if ledger.holder_vault is None:
         raise ApiError("unavailable", "holder encryption is not configured")
+    key = await anyio.to_thread.run_sync(account_key_for, container, aid, tenant)
     state = await anyio.to_thread.run_sync(
-        erase_holder, ledger.holder_vault, ledger.get_account, container.writer.execute, aid
+        erase_holder, ledger.holder_vault, ledger.account_by_key, container.writer.execute, key
     )
     return account_out(state)
 

@@ -6,9 +6,6 @@ like one that does not exist. Handlers convert wire types to commands here and n
 """
 from __future__ import annotations
 
-import time
-import uuid
-from datetime import datetime
 from collections.abc import Callable
 from typing import Annotated, Any
 from uuid import UUID
@@ -22,7 +19,7 @@ from litestar.params import Body, FromPath, Parameter
 
 from api.auth import banking_tenant, require_roles
 from api.errors import PROBLEM_MEDIA_TYPE, ApiError, domain_problem
-from api.idempotency import Present, run_write
+from api.idempotency import Present, reveal_holder, run_write
 from api.schemas import (
     PAGE_LIMIT_DEFAULT,
     PAGE_LIMIT_MAX,
@@ -61,7 +58,8 @@ from application.commands import (
     VoidTransfer,
     Withdraw,
 )
-from domain.errors import DomainError
+from domain.errors import DomainError, ValidationFailed
+from domain.identity import check_client_id, derived_id
 
 # 1,000 transfers do not fit in the 64 KiB of every other route (SPEC §3 and §5 meet here):
 # a batch may carry 1 MiB, i.e. ~1 KiB per item including metadata.
@@ -72,10 +70,17 @@ IDEMPOTENCY_DOC = (
     "response with `Idempotent-Replayed: true`; the same key with another body is 422 `idempotency_key_reused`; "
     "while the first request runs, 409 `idempotency_key_in_flight`. Keys are kept at least 24 hours."
 )
+CURSOR_MAX = 2**63 - 1  # cursors are log positions: signed 64-bit
 CursorParam = Annotated[
     str | None,
     Parameter(query="cursor", description="`next_cursor` of the previous page", pattern=r"^[0-9]{0,19}$"),
 ]
+ID_DOC = (
+    "Ids are resolved inside the caller's tenant: the same id in two tenants names two different objects, "
+    "and another tenant's id answers exactly like one that does not exist. Ids starting `6b65656c-` with UUID "
+    "version 8 are made by the service (settlement accounts, reversals, objects created under an "
+    "Idempotency-Key) and cannot be chosen by a client. "
+)
 EXISTING_TRANSFER = {200: ResponseSpec(data_container=TransferOut, description="The `id` named an existing transfer with the same fields: the original.")}
 LimitParam = Annotated[int, Parameter(query="limit", ge=1, le=PAGE_LIMIT_MAX, description="Page size")]
 
@@ -145,27 +150,28 @@ def _json(value: Any) -> bytes:
 # ---- presenters: outcome -> (status, body); they run on the writer thread -------------------
 
 
-def _account_presenter(success_status: int):  # noqa: ANN202
+def _account_presenter(creates: bool):  # noqa: ANN202
+    """201 when this request opened the account, else 200. The body keeps the holder sealed
+    (it may be stored as the idempotent response): `reveal_holder` opens it for the answer."""
+
     def present(outcome: Any) -> tuple[int, bytes]:
         if isinstance(outcome, DomainError):
             return domain_problem(outcome)
         assert isinstance(outcome, AccountState)
-        return success_status, _json(account_out(outcome))
+        return (201 if creates and outcome.created else 200), _json(account_out(outcome, sealed=True))
 
     return present
 
 
-def _transfer_presenter(received_at: float | None, success_status: int = 201):  # noqa: ANN202
-    """201 for a transfer this request created; 200 when the id named an existing one."""
+def _transfer_presenter(creates: bool):  # noqa: ANN202
+    """201 for a transfer this request created; 200 when the id named an existing one (or the
+    request changed an existing transfer). Exactly one request ever gets the 201."""
 
     def present(outcome: Any) -> tuple[int, bytes]:
         if isinstance(outcome, DomainError):
             return domain_problem(outcome)
         assert isinstance(outcome, TransferState)
-        status = success_status
-        if received_at is not None and datetime.fromisoformat(outcome.created_at).timestamp() < received_at:
-            status = 200
-        return status, _json(transfer_out(outcome))
+        return (201 if creates and outcome.created else 200), _json(transfer_out(outcome))
 
     return present
 
@@ -192,15 +198,16 @@ def _batch_presenter(outcome: Any) -> tuple[int, bytes]:
     "/accounts",
     summary="Open an account",
     description="Opens a customer account in one currency. Supplying `id` makes the call repeatable: "
-    "the same id with the same fields returns the account; with other fields, 409 "
-    "`exists_with_different_fields`. " + IDEMPOTENCY_DOC,
+    "the same id with the same fields returns the account (200); with other fields, 409 "
+    "`exists_with_different_fields`. " + ID_DOC + IDEMPOTENCY_DOC,
     response_description="The new account (201).",
     status_code=201,
-    responses=WRITE_PROBLEMS,
+    responses={**WRITE_PROBLEMS, 200: ResponseSpec(data_container=AccountOut, description="The `id` named an existing account with the same fields.")},
 )
 async def open_account(request: Request, data: Annotated[AccountCreate, _body("The account to open", ACCOUNT_EXAMPLE)]) -> Response[AccountOut]:
     tenant = banking_tenant(request)
     data = await strict_body(request, AccountCreate)
+    check_client_id(data.id)
 
     def build(default_id: UUID | None) -> OpenAccount:
         return OpenAccount(
@@ -212,14 +219,14 @@ async def open_account(request: Request, data: Annotated[AccountCreate, _body("T
             metadata=data.metadata,
         )
 
-    return await run_write(request, build, _account_presenter(201))  # type: ignore[return-value]
+    return await run_write(request, build, _account_presenter(True), finish=reveal_holder)  # type: ignore[return-value]
 
 
 @get(
     "/accounts/{account_id:str}",
     summary="Get an account and its balances",
     description="Balances in minor units: `posted` = credits − debits; `available` = posted − pending_debits + "
-    "overdraft_limit. Another tenant's account is 404, exactly like a missing one.",
+    "overdraft_limit. " + ID_DOC,
     responses=READ_PROBLEMS,
 )
 async def get_account(request: Request, account_id: AccountIdParam) -> AccountOut:
@@ -232,7 +239,7 @@ async def get_account(request: Request, account_id: AccountIdParam) -> AccountOu
 def _cursor(cursor: str | None) -> int | None:
     if cursor is None or cursor == "":
         return None
-    if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 19:  # "¹".isdigit() is True
+    if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 19 or int(cursor) > CURSOR_MAX:  # "¹".isdigit()
         raise ApiError("validation_error", "cursor must be a next_cursor value from a previous page", field="cursor")
     return int(cursor)
 
@@ -261,7 +268,7 @@ def _account_action(name: str, command_type: type, summary: str):  # noqa: ANN20
         tenant = banking_tenant(request)
         aid = parse_uuid(account_id, "account_id")
         return await run_write(  # type: ignore[return-value]
-            request, lambda _: command_type(tenant=tenant, account_id=aid), _account_presenter(200)
+            request, lambda _: command_type(tenant=tenant, account_id=aid), _account_presenter(False), finish=reveal_holder
         )
 
     action.__name__ = f"{name}_account"
@@ -280,14 +287,14 @@ async def _settlement_movement(request: Request, command_type: type[Deposit] | t
     """A deposit or a withdrawal: the same body, against the tenant's settlement account."""
     tenant = banking_tenant(request)
     data = await strict_body(request, MoneyMovement)
-    received_at = time.time()
+    check_client_id(data.id)
     return await run_write(  # type: ignore[return-value]
         request,
         lambda default_id: command_type(
             tenant=tenant, account_id=data.account_id, amount_minor=data.amount, currency=data.currency,
             transfer_id=data.id or default_id, reference=data.reference, metadata=data.metadata,
         ),  # fmt: skip
-        _transfer_presenter(received_at if data.id else None),
+        _transfer_presenter(True),
     )
 
 
@@ -334,7 +341,7 @@ def _make_transfer(tenant: str, t: TransferCreate, transfer_id: UUID | None) -> 
     summary="Move money between two accounts of the tenant",
     description="Posted at once, or a two-phase hold with `pending: true` (then post, void, or let it expire "
     "after `timeout_seconds`). The same `id` with the same fields returns the original (200); with other "
-    "fields, 409 `exists_with_different_fields`. " + IDEMPOTENCY_DOC,
+    "fields, 409 `exists_with_different_fields`. " + ID_DOC + IDEMPOTENCY_DOC,
     status_code=201,
     responses={**MOVE_PROBLEMS, **EXISTING_TRANSFER},
 )
@@ -348,11 +355,8 @@ async def create_transfer(request: Request, data: Annotated[TransferCreate, _bod
 
 def transfer_write(tenant: str, data: TransferCreate) -> tuple[Callable[[UUID | None], MakeTransfer], Present]:
     """The command builder and presenter of POST /v1/transfers (for api.idempotency)."""
-    received_at = time.time()
-    return (
-        lambda default_id: _make_transfer(tenant, data, data.id or default_id),
-        _transfer_presenter(received_at if data.id else None),
-    )
+    check_client_id(data.id)
+    return (lambda default_id: _make_transfer(tenant, data, data.id or default_id), _transfer_presenter(True))
 
 
 @post(
@@ -368,6 +372,12 @@ def transfer_write(tenant: str, data: TransferCreate) -> tuple[Callable[[UUID | 
 async def create_batch(request: Request, data: Annotated[BatchCreate, _body("1..1000 transfers", BATCH_EXAMPLE)]) -> Response[BatchOut]:
     tenant = banking_tenant(request)
     data = await strict_body(request, BatchCreate)
+    for index, t in enumerate(data.transfers):
+        try:
+            check_client_id(t.id, f"transfers[{index}].id")
+        except ValidationFailed as e:
+            e.details["index"] = index
+            raise
 
     def build(default_id: UUID | None) -> TransferBatch:
         items = []
@@ -380,7 +390,7 @@ async def create_batch(request: Request, data: Annotated[BatchCreate, _body("1..
 
 
 def _item_id(base: UUID, index: int) -> UUID:
-    return uuid.uuid5(base, str(index))
+    return derived_id("batch-item", str(base), str(index))
 
 
 @get(
@@ -416,7 +426,7 @@ async def post_transfer(
     return await run_write(  # type: ignore[return-value]
         request,
         lambda _: PostTransfer(tenant=tenant, transfer_id=tid, amount_minor=amount),
-        _transfer_presenter(None, 200),
+        _transfer_presenter(False),
     )
 
 
@@ -425,7 +435,7 @@ async def void_transfer(request: Request, transfer_id: TransferIdParam) -> Respo
     tenant = banking_tenant(request)
     tid = parse_uuid(transfer_id, "transfer_id")
     return await run_write(  # type: ignore[return-value]
-        request, lambda _: VoidTransfer(tenant=tenant, transfer_id=tid), _transfer_presenter(None, 200)
+        request, lambda _: VoidTransfer(tenant=tenant, transfer_id=tid), _transfer_presenter(False)
     )
 
 
@@ -439,9 +449,8 @@ async def void_transfer(request: Request, transfer_id: TransferIdParam) -> Respo
 async def reverse_transfer(request: Request, transfer_id: TransferIdParam) -> Response[TransferOut]:
     tenant = banking_tenant(request)
     tid = parse_uuid(transfer_id, "transfer_id")
-    received_at = time.time()
     return await run_write(  # type: ignore[return-value]
-        request, lambda _: ReverseTransfer(tenant=tenant, transfer_id=tid), _transfer_presenter(received_at, 201)
+        request, lambda _: ReverseTransfer(tenant=tenant, transfer_id=tid), _transfer_presenter(True)
     )
 
 

@@ -1,9 +1,14 @@
 """`GET /v1/accounts/{id}/transactions` for `banking` keys: an account's history from the read model.
 
+Identity: the client's account id is a public id, resolved inside the caller's tenant to the
+account's storage key (`account_key(tenant, id)`, domain/identity.py) before anything is read;
+the views are keyed by storage keys, so another tenant's account is simply not there: it answers
+exactly like a missing one (404 `not_found`, the same body, no id in it).
+
 Read-your-writes: before reading, the handler waits (at most WAIT_MAX_S) until the projection
-has applied every event that was in the log when the request arrived, so a client always sees
-the transfers it was told succeeded. If the wait runs out the page is served as it stands and
-`Keel-Projection-Stale: true` says so. Another tenant's account answers 404, like a missing one.
+has applied every event of this account that was in the log when the request arrived, so a
+client always sees the transfers it was told succeeded. If the wait runs out the page is served
+as it stands and `Keel-Projection-Stale: true` says so.
 """
 from __future__ import annotations
 
@@ -20,7 +25,8 @@ from api.auth import banking_tenant, require_roles
 from api.routes_banking import READ_PROBLEMS
 from api.schemas import PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX
 from domain.errors import NotFound, ValidationFailed
-from infrastructure.readside import WAIT_MAX_S, Page
+from domain.identity import account_key
+from infrastructure.readside import PAGE_MAX, WAIT_MAX_S, Page, check_limit, decode_cursor
 from keel.bootstrap import Container
 from keel.projections import read_side
 
@@ -52,17 +58,18 @@ def _type(direction: str, status: str) -> str:
     return f"{direction}_{status}"
 
 
-def _history(container: Container, account_id: UUID, tenant: str, cursor: str | None, limit: int) -> tuple[Page, bool]:
+def _history(container: Container, public_id: UUID, tenant: str, cursor: str | None, limit: int) -> tuple[Page, bool]:
     rs = read_side(container)
-    fresh = rs.wait_for_aggregate(account_id, WAIT_MAX_S)
-    owner = rs.account_tenant(str(account_id))
+    key = account_key(tenant, public_id)
+    fresh = rs.wait_for_aggregate(key, WAIT_MAX_S)
+    owner = rs.account_tenant(str(key))
     if owner is None:
         # Not in the view (yet): the ledger decides between 404 and an empty history.
-        container.ledger.get_account(account_id, tenant)
+        container.ledger.get_account(public_id, tenant)
         return Page([], None), fresh
-    if owner != tenant:
-        raise NotFound("account not found", account_id=str(account_id))
-    return rs.account_transactions(str(account_id), cursor, limit), fresh
+    if owner != tenant:  # cannot happen (the key is the tenant's); answered like a missing one
+        raise NotFound("account not found")
+    return rs.account_transactions(str(key), cursor, limit), fresh
 
 
 @get(
@@ -84,6 +91,9 @@ async def account_transactions(
         aid = UUID(account_id)
     except ValueError:
         raise ValidationFailed("account_id must be a UUID", field="account_id") from None
+    # Bad input is a 422 whether or not the account exists (checked again by the read side).
+    decode_cursor(cursor, (int,))
+    check_limit(limit, maximum=min(PAGE_LIMIT_MAX, PAGE_MAX))
     page, fresh = await anyio.to_thread.run_sync(_history, request.app.state.container, aid, tenant, cursor, limit)
     items = msgspec.convert([{**i, "type": _type(i["direction"], i["status"])} for i in page.items], list[HistoryItem])
     headers = {} if fresh else {"Keel-Projection-Stale": "true"}

@@ -189,7 +189,13 @@ def parse_uuid(value: str, name: str) -> UUID:
         raise ApiError("validation_error", f"{name} must be a UUID", field=name) from None
 
 
-def account_out(a: AccountState) -> AccountOut:
+SEALED_MARK = "__sealed__"  # a holder still sealed in a body on its way out (api.idempotency.reveal_holder)
+
+
+def account_out(a: AccountState, *, sealed: bool = False) -> AccountOut:
+    """`sealed`: keep the holder in its stored (encrypted) form, for a body that may be stored as
+    an idempotent response; it is revealed just before it is sent, and never after an erasure."""
+    holder = {SEALED_MARK: a.sealed_holder} if sealed and a.sealed_holder is not None else a.holder
     return AccountOut(
         id=a.id,
         currency=a.currency,
@@ -200,7 +206,7 @@ def account_out(a: AccountState) -> AccountOut:
         pending_debits=a.pending_debits_minor,
         pending_credits=a.pending_credits_minor,
         available=a.available_minor,
-        holder=a.holder,
+        holder=holder,
         metadata=a.metadata,
         version=a.version,
     )

@@ -58,7 +58,9 @@ class LogEntry(msgspec.Struct, frozen=True):
 
 
 class PointInTime(msgspec.Struct, frozen=True):
-    account_id: UUID
+    account_id: UUID  # the public id, within `tenant`
+    key: UUID  # the storage key (aggregate id in the log)
+    tenant: str
     version: int
     as_of: str | None  # the timestamp of the last event applied
     currency: str
@@ -216,7 +218,9 @@ class Audit:
         # An aggregate restored from a snapshot carries its timestamps as stored (RFC 3339 text).
         as_of = ts.isoformat() if isinstance(ts, datetime) else parse_instant(ts).isoformat() if ts else None
         return PointInTime(
-            account_id=a.id,
+            account_id=a.public_id,
+            key=a.id,
+            tenant=a.tenant,
             version=a.version,
             as_of=as_of,
             currency=a.currency,

@@ -2,6 +2,9 @@
 
 Commands are plain, immutable values: they can be queued, coalesced into one commit by the
 group-commit writer, and retried after an optimistic-concurrency conflict without side effects.
+Every id a command carries is a *public* id, resolved inside the command's `tenant`
+(domain/identity.py); only the internal commands (ExpireHold, EraseHolder) name storage keys.
+Results carry public ids for the caller and the storage `key` for the operator.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from uuid import UUID
 import msgspec
 
 from domain.errors import DomainError
+from domain.transfer import TRANSFER, TransferTerms
 
 
 class OpenAccount(msgspec.Struct, frozen=True):
@@ -33,6 +37,19 @@ class MakeTransfer(msgspec.Struct, frozen=True):
     metadata: dict[str, Any] | None = None
     pending: bool = False
     timeout_s: int | None = None
+
+    def terms(self, kind: str = TRANSFER) -> TransferTerms:
+        return TransferTerms(
+            kind=kind,
+            debit_account_id=self.debit_account_id,
+            credit_account_id=self.credit_account_id,
+            amount_minor=self.amount_minor,
+            currency=self.currency,
+            reference=self.reference,
+            metadata=self.metadata or {},
+            pending=self.pending,
+            timeout_s=self.timeout_s,
+        )
 
 
 class Deposit(msgspec.Struct, frozen=True):
@@ -94,9 +111,18 @@ class CloseAccount(msgspec.Struct, frozen=True):
 
 
 class ExpireHold(msgspec.Struct, frozen=True):
-    """Internal: expire one due hold (any tenant). A hold not yet due is left alone."""
+    """Internal: expire one due hold (any tenant), named by its storage key. A hold not yet due
+    is left alone."""
 
-    transfer_id: UUID
+    transfer_key: UUID
+
+
+class EraseHolder(msgspec.Struct, frozen=True):
+    """Records Account.HolderErased (after the key is destroyed), for the account stored at
+    `account_key`. tenant None: any tenant (admin)."""
+
+    account_key: UUID
+    tenant: str | None = None
 
 
 Command = (
@@ -112,11 +138,13 @@ Command = (
     | UnfreezeAccount
     | CloseAccount
     | ExpireHold
+    | EraseHolder
 )
 
 
 class AccountState(msgspec.Struct, frozen=True):
-    id: UUID
+    id: UUID  # public id, within the tenant
+    key: UUID  # storage key (the aggregate id in the event store)
     tenant: str
     currency: str
     kind: str
@@ -126,13 +154,17 @@ class AccountState(msgspec.Struct, frozen=True):
     pending_debits_minor: int
     pending_credits_minor: int
     available_minor: int
-    holder: dict[str, Any] | None
+    holder: dict[str, Any] | None  # revealed for the caller: plaintext, {"erased": true} or None
     metadata: dict[str, Any]
     version: int
+    # The holder as stored (sealed, application/privacy.py): what a stored response may keep.
+    sealed_holder: dict[str, Any] | None = None
+    created: bool = False  # this command opened it (else it existed: a repeat)
 
 
 class TransferState(msgspec.Struct, frozen=True):
-    id: UUID
+    id: UUID  # public ids, within the tenant
+    key: UUID  # storage key
     tenant: str
     kind: str
     debit_account_id: UUID
@@ -149,6 +181,7 @@ class TransferState(msgspec.Struct, frozen=True):
     reversed_by_id: UUID | None
     created_at: str
     version: int
+    created: bool = False  # this command made it (else the id named an existing one)
 
 
 class BatchResult(msgspec.Struct, frozen=True):
@@ -156,10 +189,6 @@ class BatchResult(msgspec.Struct, frozen=True):
 
     atomic: bool
     results: tuple[TransferState | DomainError, ...]
-
-    @property
-    def all_ok(self) -> bool:
-        return not any(isinstance(r, DomainError) for r in self.results)
 
 
 Result = AccountState | TransferState | BatchResult

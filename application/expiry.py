@@ -71,7 +71,7 @@ class HoldExpiry:
                 continue  # posted, voided or expired: seen in the log
             retry.append((now + timedelta(seconds=RESUBMIT_AFTER_S), transfer_id))
             try:
-                self.submit(ExpireHold(transfer_id=transfer_id))
+                self.submit(ExpireHold(transfer_key=transfer_id))
             except Exception as e:  # noqa: BLE001 - the writer refused (overloaded, stopping): retry later
                 log.warning("could not submit the expiry of %s: %s", transfer_id, type(e).__name__)
                 continue

@@ -3,8 +3,8 @@
 Callers submit commands from any thread (or the event loop) and get a Future. One writer
 thread drains the queue, waits a short window for more, and hands up to `batch_max` commands
 to `Ledger.execute_batch`, which applies them in order and commits once. Each Future then
-receives its own result or its own DomainError. A storage failure fails every Future of that
-batch (nothing of it was committed), never some of them.
+receives its own result or its own DomainError. A storage failure fails the Futures of the
+commands it kept from committing (their exception), never those of commands that committed.
 """
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ from typing import Any
 
 from application.commands import Command, Result, TransferBatch
 from application.ledger import Ledger
-from application.ports import IdempotencyRecord
+from application.ports import OutcomeRecorder
 from domain.errors import DomainError
 
 log = logging.getLogger(__name__)
 
-Render = Callable[[Result | DomainError], IdempotencyRecord | None]
+Render = OutcomeRecorder
 
 
 class Overloaded(Exception):
@@ -134,7 +134,10 @@ class GroupCommitWriter:
             if self._on_commit is not None:
                 self._on_commit(len(live), sum(_weight(b[0]) for b in live), time.perf_counter() - started)
             for (_, _, future), outcome in zip(live, outcomes, strict=True):
-                future.set_result(outcome)
+                if isinstance(outcome, BaseException) and not isinstance(outcome, DomainError):
+                    future.set_exception(outcome)  # the store failed: this command did not commit
+                else:
+                    future.set_result(outcome)
 
 
 def _weight(command: Command) -> int:

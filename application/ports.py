@@ -67,3 +67,24 @@ class AggregateLoader(Protocol):
     1,000 transfers over 2,000 accounts): one query instead of one per aggregate."""
 
     def load(self, ids: Sequence[UUID]) -> dict[UUID, list[StoredEvent]]: ...
+
+
+class OutcomeRecorder(Protocol):
+    """Stores a command's answer with its effect (an Idempotency-Key's response): the ledger
+    asks it to render each outcome into a record saved in the same transaction."""
+
+    def recorded(self) -> bool:
+        """True when another writer has stored this key's answer meanwhile: the command is then
+        skipped (asked only before a re-run after a conflict)."""
+        ...
+
+    def render(self, outcome: object) -> IdempotencyRecord | None:
+        """The record to store with this attempt's commit, or None to store nothing."""
+        ...
+
+
+class AccountDirectory(Protocol):
+    """Public id -> storage keys of the accounts (of any tenant) that carry it. Rows are written in
+    the same transaction as the accounts' Account.Opened, so it is never behind the log."""
+
+    def keys_of(self, public_id: UUID) -> list[UUID]: ...

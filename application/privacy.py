@@ -13,9 +13,8 @@ from collections.abc import Callable
 from typing import Any, Protocol
 from uuid import UUID
 
-import msgspec
 
-from application.commands import AccountState
+from application.commands import AccountState, EraseHolder
 
 SEALED_FORMAT = "holder/1"
 # What a reader sees where erased personal data used to be.
@@ -40,24 +39,17 @@ class HolderVault(Protocol):
         ...
 
 
-class EraseHolder(msgspec.Struct, frozen=True):
-    """Records Account.HolderErased (after the key is destroyed). tenant None: any tenant (admin)."""
-
-    account_id: UUID
-    tenant: str | None = None
-
-
 def erase_holder(
     vault: HolderVault,
     get_account: Callable[[UUID], AccountState],
     execute: Callable[[EraseHolder], Any],
-    account_id: UUID,
+    account_key: UUID,
 ) -> AccountState:
-    """The admin path: destroy the key first, then record the fact.
+    """The admin path: destroy the key first, then record the fact (account by storage key).
 
     Key first: if recording the event fails, the data is already unreadable (the point of the
     request) and a repeat of the request records the event.
     """
-    get_account(account_id)  # NotFound before anything is destroyed
-    vault.erase(account_id)
-    return execute(EraseHolder(account_id=account_id))
+    get_account(account_key)  # NotFound before anything is destroyed
+    vault.erase(account_key)
+    return execute(EraseHolder(account_key=account_key))

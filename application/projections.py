@@ -15,6 +15,11 @@ Views (all amounts `int` minor units, all times integer microseconds / seconds s
   transfers  one row per transfer: status, held/posted amounts, reversal links
   volumes    per (hour|day, bucket start, currency): posted amount and number of postings
   flows      per (account, UTC day): posted inflow and outflow, with counts (top-N queries)
+
+Identity (domain/identity.py): every view is keyed by *storage keys* (the aggregate ids of the
+log, unique across tenants), so keys, joins and the projection's own updates never mix tenants.
+The *public ids* a tenant knows its objects by are stored beside them (`*public_id` columns),
+decoded from the events' display fields, only to be shown: the read side answers with them.
 """
 from __future__ import annotations
 
@@ -51,17 +56,21 @@ def to_us(ts: datetime) -> int:
 
 
 # Column order of each view's rows (the store's DDL uses the same order).
+# `*_id` columns hold storage keys, `*public_id` columns the matching public ids (for display).
 ACCOUNT_COLUMNS = (
     "account_id", "tenant", "currency", "kind", "status", "overdraft_limit_minor",
     "posted_minor", "pending_debits_minor", "pending_credits_minor", "opened_at_us", "position",
+    "public_id",
 )  # fmt: skip
 ENTRY_COLUMNS = (
     "account_id", "position", "transfer_id", "counterparty_id", "direction", "amount_minor",
     "currency", "kind", "status", "reference", "at_us", "tenant",
+    "account_public_id", "transfer_public_id", "counterparty_public_id",
 )  # fmt: skip
 TRANSFER_COLUMNS = (
     "transfer_id", "position", "tenant", "kind", "debit_account_id", "credit_account_id", "amount_minor",
     "posted_amount_minor", "currency", "status", "reference", "reverses_id", "reversed_by_id", "at_us",
+    "public_id", "debit_public_id", "credit_public_id", "reverses_public_id", "reversed_by_public_id",
 )  # fmt: skip
 VOLUME_COLUMNS = ("period", "bucket_s", "currency", "amount_minor", "count")
 FLOW_COLUMNS = ("account_id", "day_s", "inflow_minor", "outflow_minor", "inflow_count", "outflow_count")
@@ -87,6 +96,7 @@ class SeenEvent(msgspec.Struct, kw_only=True):
 
 class AccountOpened(SeenEvent):
     tenant: str
+    public_id: str
     currency: str
     kind: str
     overdraft_limit_minor: int
@@ -132,14 +142,18 @@ class AccountClosed(SeenEvent):
 
 class TransferInitiated(SeenEvent):
     tenant: str
+    public_id: str
     kind: str
-    debit_account_id: str
+    debit_account_id: str  # storage keys
     credit_account_id: str
+    debit_public_id: str  # the same accounts' public ids
+    credit_public_id: str
     amount_minor: int
     currency: str
     reference: str | None
     pending: bool
     reverses_id: str | None
+    reverses_public_id: str | None
 
 
 class TransferHoldPosted(SeenEvent):
@@ -156,6 +170,7 @@ class TransferHoldExpired(SeenEvent):
 
 class TransferReversed(SeenEvent):
     reversal_id: str
+    reversal_public_id: str
 
 
 # Stored event topic -> the Struct its state is decoded into. Other topics do not change a view.
@@ -261,7 +276,7 @@ def _status(ch: Changes, account_id: str, status: str) -> None:
 def _opened(ch: Changes, position: int, e: AccountOpened, _: dict[str, str]) -> None:
     ch.new_accounts[e.originator_id] = [
         e.originator_id, e.tenant, e.currency, e.kind, "open", e.overdraft_limit_minor,
-        0, 0, 0, to_us(e.timestamp), position,
+        0, 0, 0, to_us(e.timestamp), position, e.public_id,
     ]  # fmt: skip
 
 
@@ -327,15 +342,18 @@ def _initiated(ch: Changes, position: int, e: TransferInitiated, _: dict[str, st
     status = "pending" if e.pending else POSTED
     at_us = to_us(e.timestamp)
     debit, credit = e.debit_account_id, e.credit_account_id
+    pub, debit_pub, credit_pub = e.public_id, e.debit_public_id, e.credit_public_id
     ch.new_transfers[tid] = [
         tid, position, e.tenant, e.kind, debit, credit, e.amount_minor,
         0 if e.pending else e.amount_minor, e.currency, status, e.reference,
-        e.reverses_id, None, at_us,
+        e.reverses_id, None, at_us, pub, debit_pub, credit_pub, e.reverses_public_id, None,
     ]  # fmt: skip
     ch.new_entries[tid] = [
-        [debit, position, tid, credit, DEBIT, e.amount_minor, e.currency, e.kind, status, e.reference, at_us, e.tenant],
-        [credit, position, tid, debit, CREDIT, e.amount_minor, e.currency, e.kind, status, e.reference, at_us, e.tenant],
-    ]
+        [debit, position, tid, credit, DEBIT, e.amount_minor, e.currency, e.kind, status, e.reference, at_us, e.tenant,
+         debit_pub, pub, credit_pub],
+        [credit, position, tid, debit, CREDIT, e.amount_minor, e.currency, e.kind, status, e.reference, at_us, e.tenant,
+         credit_pub, pub, debit_pub],
+    ]  # fmt: skip
     if not e.pending:
         _volume(ch, e.timestamp, e.currency, e.amount_minor)
 
@@ -374,7 +392,7 @@ def _hold_expired(ch: Changes, position: int, e: Any, _: dict[str, str]) -> None
 
 
 def _reversed(ch: Changes, position: int, e: TransferReversed, _: dict[str, str]) -> None:
-    _transfer_change(ch, e.originator_id, reversed_by_id=e.reversal_id)
+    _transfer_change(ch, e.originator_id, reversed_by_id=e.reversal_id, reversed_by_public_id=e.reversal_public_id)
 
 
 _HANDLERS: dict[type, Callable[[Changes, int, Any, dict[str, str]], None]] = {

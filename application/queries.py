@@ -44,7 +44,7 @@ def list_accounts(ledger: Ledger, tenant: str, after: int, limit: int) -> Accoun
             if getattr(event, "tenant", None) != tenant or getattr(event, "kind", None) == "settlement":
                 continue
             try:
-                items.append(ledger.get_account(event.originator_id, tenant))
+                items.append(ledger.account_by_key(event.originator_id, tenant))
             except NotFound:
                 continue
             if len(items) >= limit:

@@ -12,7 +12,7 @@ Every command checks its rule and raises a DomainError before it triggers an eve
 from __future__ import annotations
 
 from typing import Any
-from uuid import UUID, uuid5
+from uuid import UUID
 
 from eventsourcing.domain import Aggregate
 
@@ -25,7 +25,8 @@ from domain.errors import (
     SettlementAccountRestricted,
     ValidationFailed,
 )
-from domain.limits import check_metadata
+from domain.identity import settlement_key, settlement_public_id
+from domain.limits import check_metadata, check_tenant
 from domain.money import BALANCE_MAX_MINOR, BALANCE_MIN_MINOR, check_amount, check_currency
 
 OPEN = "open"
@@ -35,18 +36,14 @@ CLOSED = "closed"
 CUSTOMER = "customer"
 SETTLEMENT = "settlement"
 
-TENANT_MAX_CHARS = 64
-# The namespace for the deterministic ids of settlement accounts (one per tenant and currency).
-SETTLEMENT_NAMESPACE = UUID("6b1f0c1e-8a55-4d7e-9a43-1c6f3d0f2a10")
-
-
-def settlement_account_id(tenant: str, currency: str) -> UUID:
-    return uuid5(SETTLEMENT_NAMESPACE, f"{tenant}\x00{currency}")
-
 
 class Account(Aggregate):
+    """Stored under its storage key (`id`, domain/identity.py); `public_id` is the id its tenant
+    knows it by."""
+
     class Opened(Aggregate.Created):
         tenant: str
+        public_id: UUID
         currency: str
         kind: str
         overdraft_limit_minor: int
@@ -55,6 +52,7 @@ class Account(Aggregate):
 
         def apply(self, aggregate: Account) -> None:
             aggregate.tenant = self.tenant
+            aggregate.public_id = self.public_id
             aggregate.currency = self.currency
             aggregate.kind = self.kind
             aggregate.overdraft_limit_minor = self.overdraft_limit_minor
@@ -140,6 +138,7 @@ class Account(Aggregate):
         cls,
         *,
         account_id: UUID,
+        public_id: UUID,
         tenant: str,
         currency: str,
         overdraft_limit_minor: int = 0,
@@ -149,11 +148,12 @@ class Account(Aggregate):
         check_currency(currency)
         if type(overdraft_limit_minor) is not int or not 0 <= overdraft_limit_minor <= BALANCE_MAX_MINOR:
             raise ValidationFailed("overdraft_limit must be a non-negative integer", overdraft_limit=str(overdraft_limit_minor))
-        _check_tenant(tenant)
+        check_tenant(tenant)
         return cls._create(
             cls.Opened,
             id=account_id,
             tenant=tenant,
+            public_id=public_id,
             currency=currency,
             kind=CUSTOMER,
             overdraft_limit_minor=overdraft_limit_minor,
@@ -165,11 +165,12 @@ class Account(Aggregate):
     def open_settlement(cls, *, tenant: str, currency: str) -> Account:
         """The tenant's account for money outside the ledger; it may go negative without limit."""
         check_currency(currency)
-        _check_tenant(tenant)
+        check_tenant(tenant)
         return cls._create(
             cls.Opened,
-            id=settlement_account_id(tenant, currency),
+            id=settlement_key(tenant, currency),
             tenant=tenant,
+            public_id=settlement_public_id(currency),
             currency=currency,
             kind=SETTLEMENT,
             overdraft_limit_minor=0,
@@ -192,18 +193,18 @@ class Account(Aggregate):
     def check_can_debit(self, amount_minor: int) -> None:
         check_amount(amount_minor)
         if self.status == FROZEN:
-            raise AccountFrozen("account is frozen; debits are not allowed", account_id=str(self.id))
+            raise AccountFrozen("account is frozen; debits are not allowed", account_id=str(self.public_id))
         if self.status == CLOSED:
-            raise AccountClosed("account is closed", account_id=str(self.id))
+            raise AccountClosed("account is closed", account_id=str(self.public_id))
         if self.is_settlement:
             # Settlement balances are unbounded below, but must stay in 64-bit range.
             if self.posted_minor - self.pending_debits_minor - amount_minor < BALANCE_MIN_MINOR:
-                raise BalanceOverflow("settlement balance would leave the 64-bit range", account_id=str(self.id))
+                raise BalanceOverflow("settlement balance would leave the 64-bit range", account_id=str(self.public_id))
             return
         if self.available_minor - amount_minor < 0:
             raise InsufficientFunds(
                 "insufficient funds",
-                account_id=str(self.id),
+                account_id=str(self.public_id),
                 available=self.available_minor,
                 amount=amount_minor,
             )
@@ -211,9 +212,9 @@ class Account(Aggregate):
     def check_can_credit(self, amount_minor: int) -> None:
         check_amount(amount_minor)
         if self.status == CLOSED:
-            raise AccountClosed("account is closed", account_id=str(self.id))
+            raise AccountClosed("account is closed", account_id=str(self.public_id))
         if self.posted_minor + self.pending_credits_minor + amount_minor > BALANCE_MAX_MINOR:
-            raise BalanceOverflow("balance would leave the 64-bit range", account_id=str(self.id))
+            raise BalanceOverflow("balance would leave the 64-bit range", account_id=str(self.public_id))
 
     # ---- commands ------------------------------------------------------------------------
 
@@ -264,13 +265,13 @@ class Account(Aggregate):
 
     def close(self) -> bool:
         if self.is_settlement:
-            raise SettlementAccountRestricted("settlement accounts cannot be closed", account_id=str(self.id))
+            raise SettlementAccountRestricted("settlement accounts cannot be closed", account_id=str(self.public_id))
         if self.status == CLOSED:
             return False
         if self.posted_minor != 0 or self.pending_debits_minor != 0 or self.pending_credits_minor != 0:
             raise AccountNotEmpty(
                 "only an account with zero posted and pending balances can be closed",
-                account_id=str(self.id),
+                account_id=str(self.public_id),
                 posted=self.posted_minor,
                 pending_debits=self.pending_debits_minor,
                 pending_credits=self.pending_credits_minor,
@@ -286,11 +287,6 @@ class Account(Aggregate):
 
     def _check_customer_status_change(self) -> None:
         if self.is_settlement:
-            raise SettlementAccountRestricted("settlement accounts cannot be frozen", account_id=str(self.id))
+            raise SettlementAccountRestricted("settlement accounts cannot be frozen", account_id=str(self.public_id))
         if self.status == CLOSED:
-            raise AccountClosed("account is closed", account_id=str(self.id))
-
-
-def _check_tenant(tenant: str) -> None:
-    if not isinstance(tenant, str) or not 0 < len(tenant) <= TENANT_MAX_CHARS:
-        raise ValidationFailed(f"tenant must be 1..{TENANT_MAX_CHARS} characters")
+            raise AccountClosed("account is closed", account_id=str(self.public_id))

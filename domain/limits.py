@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from domain.errors import ValidationFailed
@@ -12,6 +13,28 @@ METADATA_MAX_BYTES = 4096
 METADATA_DEPTH_MAX = 16
 REFERENCE_MAX_CHARS = 128
 HOLD_TIMEOUT_MAX_S = 30 * 24 * 3600
+# Transfers in one batch command (POST /v1/transfers/batch, SPEC section 3).
+BATCH_ITEMS_MAX = 1000
+# A tenant is part of every storage key (domain/identity.py): a short, plain name.
+TENANT_MAX_CHARS = 64
+TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+_TENANT_RE = re.compile(TENANT_PATTERN)
+
+
+_VALID_TENANTS: set[str] = set()  # names already checked (a handful per deployment): no regex per command
+_VALID_TENANTS_MAX = 10_000
+
+
+def check_tenant(tenant: Any) -> str:
+    if type(tenant) is str and tenant in _VALID_TENANTS:
+        return tenant  # type: ignore[no-any-return]
+    if not isinstance(tenant, str) or not _TENANT_RE.match(tenant):
+        raise ValidationFailed(
+            f"tenant must be 1..{TENANT_MAX_CHARS} characters of A-Z a-z 0-9 . _ : - starting with a letter or digit"
+        )
+    if len(_VALID_TENANTS) < _VALID_TENANTS_MAX:
+        _VALID_TENANTS.add(tenant)
+    return tenant
 
 
 def check_metadata(metadata: Any) -> dict[str, Any]:

@@ -9,6 +9,12 @@ redone): no transfer is skipped or scored twice. The feature state lives in memo
 rebuilt after a restart by replaying the ledger's log up to the tracking position.
 
 It never writes to the ledger and never scores inside a transaction.
+
+Identity (domain/identity.py): a transfer is keyed here by its *storage key* (the originator id of
+its Transfer.Initiated), which is tenant-isolated by construction. Assessments and alerts also
+record the transfer's tenant and *public id* (the id its tenant knows it by), so they can be shown
+without asking the ledger. The table `fraud_transfer_ids` maps a public id to the tenants and
+storage keys that use it, for the cross-tenant roles that name a transfer by its public id alone.
 """
 from __future__ import annotations
 
@@ -35,6 +41,7 @@ log = logging.getLogger(__name__)
 LEDGER_APP = "ledger"
 READ_LIMIT = 500
 ALERT_PAGE_MAX = 500
+ALERT_CURSOR_MAX = 2**63 - 1  # an alert cursor is a fraud log position: signed 64-bit
 NOTE_MAX_CHARS = 1000
 LABELS = ("fraud", "legit")
 OPEN = "open"
@@ -42,23 +49,26 @@ REVIEWED = "reviewed"
 ASSESSMENT_NAMESPACE = UUID("a51c2e8e-3f0b-4f55-8f0a-0e7f6f3b9d21")
 ALERT_NAMESPACE = UUID("c0b8d9a4-6f1e-4f0c-b2a7-93d1f7e5a6b2")
 LEDGER_TOPICS = [get_topic(c) for c in TOPICS_CLASSES]
+TRANSFER_IDS_TABLE = "fraud_transfer_ids"
 
 
 class AlertAlreadyReviewed(DomainError):
     code = "alert_already_reviewed"
 
 
-def assessment_id(transfer_id: UUID) -> UUID:
-    return uuid5(ASSESSMENT_NAMESPACE, str(transfer_id))
+def assessment_id(transfer_key: UUID) -> UUID:
+    """The assessment of the transfer stored at `transfer_key` (its storage key, not a public id)."""
+    return uuid5(ASSESSMENT_NAMESPACE, str(transfer_key))
 
 
-def alert_id(transfer_id: UUID) -> UUID:
-    return uuid5(ALERT_NAMESPACE, str(transfer_id))
+def alert_id(transfer_key: UUID) -> UUID:
+    return uuid5(ALERT_NAMESPACE, str(transfer_key))
 
 
 class Assessment(Aggregate):
     class FraudAssessed(Aggregate.Created):
-        transfer_id: UUID
+        transfer_key: UUID  # the transfer's storage key (its aggregate id in the ledger)
+        public_id: UUID  # the transfer's id within `tenant`, for showing it
         tenant: str
         ledger_position: int
         score: float
@@ -71,15 +81,15 @@ class Assessment(Aggregate):
         rules: list[str]
 
         def apply(self, aggregate: Assessment) -> None:
-            for name in ("transfer_id", "tenant", "ledger_position", "score", "level", "reasons", "features",
+            for name in ("transfer_key", "public_id", "tenant", "ledger_position", "score", "level", "reasons", "features",
                          "model_version", "rules_version", "model_probability", "rules"):
                 setattr(aggregate, name, getattr(self, name))
 
     @classmethod
-    def record(cls, *, transfer_id: UUID, tenant: str, ledger_position: int, decision: Decision,
+    def record(cls, *, transfer_key: UUID, public_id: UUID, tenant: str, ledger_position: int, decision: Decision,
                features: Sequence[float], model_version: str) -> Assessment:
         return cls._create(
-            cls.FraudAssessed, id=assessment_id(transfer_id), transfer_id=transfer_id, tenant=tenant,
+            cls.FraudAssessed, id=assessment_id(transfer_key), transfer_key=transfer_key, public_id=public_id, tenant=tenant,
             ledger_position=ledger_position, score=decision.score, level=decision.level, reasons=list(decision.reasons),
             features=list(features), model_version=model_version, rules_version=RULES_VERSION,
             model_probability=decision.model_probability, rules=list(decision.rules),
@@ -88,14 +98,16 @@ class Assessment(Aggregate):
 
 class Alert(Aggregate):
     class Opened(Aggregate.Created):
-        transfer_id: UUID
+        transfer_key: UUID  # storage key
+        public_id: UUID  # within `tenant`
         tenant: str
         score: float
         reasons: list[str]
         model_version: str
 
         def apply(self, aggregate: Alert) -> None:
-            aggregate.transfer_id = self.transfer_id
+            aggregate.transfer_key = self.transfer_key
+            aggregate.public_id = self.public_id
             aggregate.tenant = self.tenant
             aggregate.score = self.score
             aggregate.reasons = self.reasons
@@ -117,9 +129,9 @@ class Alert(Aggregate):
             aggregate.reviewer = self.reviewer
 
     @classmethod
-    def open(cls, *, transfer_id: UUID, tenant: str, decision: Decision, model_version: str) -> Alert:
-        return cls._create(cls.Opened, id=alert_id(transfer_id), transfer_id=transfer_id, tenant=tenant,
-                           score=decision.score, reasons=list(decision.reasons), model_version=model_version)
+    def open(cls, *, transfer_key: UUID, public_id: UUID, tenant: str, decision: Decision, model_version: str) -> Alert:
+        return cls._create(cls.Opened, id=alert_id(transfer_key), transfer_key=transfer_key, public_id=public_id,
+                           tenant=tenant, score=decision.score, reasons=list(decision.reasons), model_version=model_version)
 
     def review(self, label: str, note: str, reviewer: str) -> None:
         if label not in LABELS:
@@ -134,7 +146,8 @@ class Alert(Aggregate):
 @dataclass(frozen=True)
 class AlertView:
     id: UUID
-    transfer_id: UUID
+    transfer_key: UUID  # storage key
+    public_id: UUID  # the transfer's id within `tenant`
     tenant: str
     score: float
     reasons: list[str]
@@ -143,6 +156,13 @@ class AlertView:
     label: str | None
     note: str | None
     opened_at: str
+    position: int = 0  # of its Opened event in the fraud log: the cursor of a page of alerts
+
+
+@dataclass(frozen=True)
+class AlertsPage:
+    items: list[AlertView]
+    next_after: int | None  # the position to pass as `after` for the next page; None at the end
 
 
 class FraudApp(Application[UUID]):
@@ -164,28 +184,79 @@ class FraudApp(Application[UUID]):
 
     def create_indexes(self) -> None:
         """DDL beside eventsourcing's own (called by `keel migrate` only): alerts are listed by
-        topic, which without an index would scan every assessment ever recorded."""
+        topic, which without an index would scan every assessment ever recorded; and the table of
+        transfer ids (public id -> tenant, storage key) for cross-tenant lookups."""
         from psycopg.sql import SQL, Identifier
 
         ds = self.recorder.datastore
         with ds.transaction(commit=True) as c:
-            if hasattr(ds, "schema"):  # PostgreSQL
+            if self._is_postgres:
                 c.execute(SQL("CREATE INDEX IF NOT EXISTS fraud_events_topic_idx ON {}.{} (topic, notification_id)").format(
                     Identifier(ds.schema), Identifier(self.recorder.events_table_name)))
+                c.execute(SQL("CREATE TABLE IF NOT EXISTS {}.{} (public_id uuid NOT NULL, tenant text NOT NULL, "
+                              "transfer_key uuid NOT NULL, PRIMARY KEY (public_id, tenant))").format(
+                    Identifier(ds.schema), Identifier(TRANSFER_IDS_TABLE)))
             else:
                 c.execute(f"CREATE INDEX IF NOT EXISTS fraud_events_topic_idx ON {self.recorder.events_table_name} (topic)")
+                c.execute(f"CREATE TABLE IF NOT EXISTS {TRANSFER_IDS_TABLE} (public_id TEXT NOT NULL, tenant TEXT NOT NULL, "
+                          "transfer_key TEXT NOT NULL, PRIMARY KEY (public_id, tenant))")
+
+    @property
+    def _is_postgres(self) -> bool:
+        return hasattr(self.recorder.datastore, "schema")
 
     def position(self) -> int:
         return self.recorder.max_tracking_id(LEDGER_APP) or 0
 
+    def record_transfer_ids(self, rows: Sequence[tuple[UUID, str, UUID]]) -> None:
+        """Adds (public id, tenant, storage key) rows to the transfer-id table; rows it already
+        holds are left alone, so a page that is scored again after a crash adds nothing twice.
+        A row states a fact of the ledger (that transfer exists), so it may be written before
+        the assessments that name it are committed."""
+        if not rows:
+            return
+        ds = self.recorder.datastore
+        if self._is_postgres:
+            from psycopg.sql import SQL, Identifier
+
+            statement = SQL("INSERT INTO {}.{} (public_id, tenant, transfer_key) SELECT * FROM "
+                            "unnest(%s::uuid[], %s::text[], %s::uuid[]) ON CONFLICT DO NOTHING").format(
+                Identifier(ds.schema), Identifier(TRANSFER_IDS_TABLE))
+            with ds.transaction(commit=True) as c:
+                c.execute(statement, ([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]))
+        else:
+            with ds.transaction(commit=True) as c:
+                c.executemany(f"INSERT OR IGNORE INTO {TRANSFER_IDS_TABLE} (public_id, tenant, transfer_key) VALUES (?, ?, ?)",
+                              [(str(p), t, str(k)) for p, t, k in rows])
+
     # ---- queries --------------------------------------------------------------------------
 
-    def assessment(self, transfer_id: UUID) -> Assessment:
+    def transfer_keys(self, public_id: UUID) -> list[tuple[str, UUID]]:
+        """(tenant, storage key) of every scored transfer whose public id is `public_id`."""
+        ds = self.recorder.datastore
+        with ds.transaction(commit=False) as c:
+            if self._is_postgres:
+                from psycopg.sql import SQL, Identifier
+
+                c.execute(SQL("SELECT tenant, transfer_key FROM {}.{} WHERE public_id = %s ORDER BY tenant").format(
+                    Identifier(ds.schema), Identifier(TRANSFER_IDS_TABLE)), (public_id,))
+            else:
+                c.execute(f"SELECT tenant, transfer_key FROM {TRANSFER_IDS_TABLE} WHERE public_id = ? ORDER BY tenant",
+                          (str(public_id),))
+            return [(row["tenant"], UUID(str(row["transfer_key"]))) for row in c.fetchall()]
+
+    def find_assessment(self, transfer_key: UUID) -> Assessment | None:
+        """The assessment of the transfer stored at `transfer_key`, None if it has none (yet)."""
         try:
-            a = self.repository.get(assessment_id(transfer_id))
+            a = self.repository.get(assessment_id(transfer_key))
         except AggregateNotFoundError:
-            raise NotFound("no assessment for this transfer (yet)", transfer_id=str(transfer_id)) from None
-        assert isinstance(a, Assessment)
+            return None
+        return a if isinstance(a, Assessment) else None
+
+    def assessment(self, transfer_key: UUID) -> Assessment:
+        a = self.find_assessment(transfer_key)
+        if a is None:
+            raise NotFound("no assessment for this transfer (yet)", transfer_id=str(transfer_key))
         return a
 
     def alert(self, alert_uuid: UUID) -> Alert:
@@ -197,13 +268,11 @@ class FraudApp(Application[UUID]):
             raise NotFound("alert not found", alert_id=str(alert_uuid))
         return a
 
-    def alerts(self, status: str | None = None, limit: int = 100, after: int = 0) -> list[AlertView]:
-        """Alerts in the order they were opened. Scans the alert events of the fraud log: alerts
+    def all_alerts(self, status: str | None = None) -> list[AlertView]:
+        """Every alert in the order it was opened. Scans the alert events of the fraud log: alerts
         are rare (high scores only); a read-model table would be the next step at scale."""
         if status not in (None, OPEN, REVIEWED):
             raise ValidationFailed("status must be 'open' or 'reviewed'", status=str(status)[:20])
-        if not 1 <= limit <= ALERT_PAGE_MAX:
-            raise ValidationFailed(f"limit must be 1..{ALERT_PAGE_MAX}")
         views: dict[UUID, AlertView] = {}
         pos = 0
         topics = [get_topic(Alert.Opened), get_topic(Alert.Reviewed)]
@@ -213,8 +282,9 @@ class FraudApp(Application[UUID]):
                 e = self.mapper.to_domain_event(n)
                 if isinstance(e, Alert.Opened):
                     views[e.originator_id] = AlertView(
-                        id=e.originator_id, transfer_id=e.transfer_id, tenant=e.tenant, score=e.score, reasons=e.reasons,
-                        model_version=e.model_version, status=OPEN, label=None, note=None, opened_at=e.timestamp.isoformat(),
+                        id=e.originator_id, transfer_key=e.transfer_key, public_id=e.public_id, tenant=e.tenant,
+                        score=e.score, reasons=e.reasons, model_version=e.model_version, status=OPEN, label=None,
+                        note=None, opened_at=e.timestamp.isoformat(), position=n.id,
                     )
                 elif e.originator_id in views:
                     v = views[e.originator_id]
@@ -222,8 +292,19 @@ class FraudApp(Application[UUID]):
                 pos = n.id
             if len(notes) < 1000:
                 break
-        out = [v for v in views.values() if status is None or v.status == status]
-        return out[after : after + limit]
+        return [v for v in views.values() if status is None or v.status == status]
+
+    def alerts(self, status: str | None = None, limit: int = 100, after: int = 0) -> AlertsPage:
+        """A page of alerts opened after log position `after` (0: from the start), oldest first.
+        The cursor is a position, not an offset, so an alert reviewed between two pages of
+        `status=open` does not shift the next page past an alert nobody has seen."""
+        if type(limit) is not int or not 1 <= limit <= ALERT_PAGE_MAX:
+            raise ValidationFailed(f"limit must be an integer in 1..{ALERT_PAGE_MAX}", field="limit")
+        if type(after) is not int or not 0 <= after <= ALERT_CURSOR_MAX:
+            raise ValidationFailed("cursor must be a next_cursor value from a previous page", field="cursor")
+        views = [v for v in self.all_alerts(status) if v.position > after]
+        items = views[:limit]
+        return AlertsPage(items=items, next_after=items[-1].position if len(views) > limit else None)
 
     def review(self, alert_uuid: UUID, label: str, note: str, reviewer: str) -> Alert:
         alert = self.alert(alert_uuid)
@@ -235,11 +316,8 @@ class FraudApp(Application[UUID]):
         return alert
 
     def reviewed_examples(self) -> list[tuple[list[float], int]]:
-        """Analysts' decisions as training examples: (recorded features, 1 = fraud)."""
-        out = []
-        for v in self.alerts(REVIEWED, limit=ALERT_PAGE_MAX):
-            out.append((self.assessment(v.transfer_id).features, 1 if v.label == "fraud" else 0))
-        return out
+        """Analysts' decisions as training examples: (recorded features, 1 = fraud), every one."""
+        return [(self.assessment(v.transfer_key).features, 1 if v.label == "fraud" else 0) for v in self.all_alerts(REVIEWED)]
 
 
 class FraudConsumer:
@@ -306,11 +384,14 @@ class FraudConsumer:
             decisions = scorer.score_many([o.features for _, o in observed])
             aggregates: list[Aggregate] = []
             for (pos, o), d in zip(observed, decisions, strict=True):
-                aggregates.append(Assessment.record(transfer_id=o.transfer_id, tenant=o.tenant, ledger_position=pos,
-                                                    decision=d, features=o.features, model_version=scorer.version))
+                aggregates.append(Assessment.record(transfer_key=o.transfer_key, public_id=o.public_id, tenant=o.tenant,
+                                                    ledger_position=pos, decision=d, features=o.features,
+                                                    model_version=scorer.version))
                 if d.level == HIGH:
-                    aggregates.append(Alert.open(transfer_id=o.transfer_id, tenant=o.tenant, decision=d,
-                                                 model_version=scorer.version))
+                    aggregates.append(Alert.open(transfer_key=o.transfer_key, public_id=o.public_id, tenant=o.tenant,
+                                                 decision=d, model_version=scorer.version))
+            # Before the assessments: a crash in between leaves rows that the redone page adds again.
+            self.app.record_transfer_ids([(o.public_id, o.tenant, o.transfer_key) for _, o in observed])
             self.app.record(aggregates, Tracking(application_name=LEDGER_APP, notification_id=notes[-1].id))
         except IntegrityError:
             # Another consumer recorded this position first: take up from where it got to.

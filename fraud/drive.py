@@ -20,7 +20,7 @@ from typing import Any
 from application.commands import Deposit, MakeTransfer, OpenAccount, Withdraw
 from domain.errors import DomainError
 from domain.transfer import DEPOSIT, WITHDRAWAL
-from fraud.simulate import Record, SimOpen
+from fraud.simulate import SIM_TENANT, Record, SimOpen
 
 IN_FLIGHT_MAX = 2000
 RATE_MAX = 100_000
@@ -48,7 +48,7 @@ def command_for(r: Record, tenant: str, currency: str) -> Any:
                         amount_minor=r.amount_minor, currency=currency, transfer_id=r.transfer_id)
 
 
-def drive_ledger(records: Iterable[Record], writer: Any, *, tenant: str = "sim", currency: str = "EUR") -> DriveResult:
+def drive_ledger(records: Iterable[Record], writer: Any, *, tenant: str = SIM_TENANT, currency: str = "EUR") -> DriveResult:
     """Submits every record in order through the group-commit writer (which keeps submission order)."""
     out = DriveResult()
     t0 = time.perf_counter()

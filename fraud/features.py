@@ -10,6 +10,10 @@ It must never look at labels, simulator internals or anything but the events. Me
 account is bounded: windows keep at most 24 h (and at most WINDOW_ITEMS_MAX entries), payees are
 an LRU of PAYEES_MAX.
 
+Accounts and transfers are keyed by their storage keys (the aggregate ids and the ids event
+payloads refer to, domain/identity.py), so state never mixes tenants even where two tenants use
+the same public id.
+
 The "actor" of a transfer is the customer who moves the money: the debit account of a transfer
 or withdrawal, the credit account of a deposit. Its "direction" is out (debits) or in (credits).
 """
@@ -130,7 +134,12 @@ class _Acct:
 
 @dataclass(frozen=True, slots=True)
 class Observed:
-    transfer_id: UUID
+    """A transfer as the extractor saw it. `transfer_key` and the account ids are storage keys
+    (domain/identity.py: tenant-isolated by construction); `public_id` is the id its tenant
+    knows the transfer by, kept only to show it back."""
+
+    transfer_key: UUID
+    public_id: UUID
     tenant: str
     kind: str
     amount_minor: int
@@ -201,7 +210,7 @@ class FeatureExtractor:
         features = self._features(e, now_s, amount, actor, side, payee)
         self._apply(e, now_s, amount, debit, credit)
         return Observed(
-            transfer_id=e.originator_id, tenant=e.tenant, kind=e.kind, amount_minor=amount,
+            transfer_key=e.originator_id, public_id=e.public_id, tenant=e.tenant, kind=e.kind, amount_minor=amount,
             debit_account_id=e.debit_account_id, credit_account_id=e.credit_account_id, at_s=now_s, features=features,
         )
 

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from domain.identity import transfer_key
 from fraud import rules as rules_mod
 from fraud.features import FEATURE_NAMES, FeatureExtractor, Observed
 from fraud.simulate import (  # noqa: F401 - the defaults are re-exported for callers of the model
@@ -39,6 +40,7 @@ from fraud.simulate import (  # noqa: F401 - the defaults are re-exported for ca
     DEFAULT_START,
     DEFAULT_TRAIN_SEED,
     PATTERNS,
+    SIM_TENANT,
     SimConfig,
     labels,
     ledger_events,
@@ -71,7 +73,7 @@ class Artifact:
 # ---- training -----------------------------------------------------------------------------
 
 
-def observe_records(records: Sequence[Any], tenant: str = "sim", currency: str = "EUR") -> list[Observed]:
+def observe_records(records: Sequence[Any], tenant: str = SIM_TENANT, currency: str = "EUR") -> list[Observed]:
     ex = FeatureExtractor()
     out = []
     for event in ledger_events(records, tenant=tenant, currency=currency):
@@ -81,12 +83,15 @@ def observe_records(records: Sequence[Any], tenant: str = "sim", currency: str =
     return out
 
 
-def training_set(records: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, list[str], list[Observed]]:
-    observed = observe_records(records)
-    lab = labels(records)
+def training_set(records: Sequence[Any], tenant: str = SIM_TENANT) -> tuple[np.ndarray, np.ndarray, list[str], list[Observed]]:
+    """Features from the events of `records` as the ledger of `tenant` records them, joined with
+    the simulator's labels. Labels are keyed by public transfer id (what a client sends); the
+    features by storage key (what the log keys a transfer by): the join maps one to the other."""
+    observed = observe_records(records, tenant=tenant)
+    by_key = {transfer_key(tenant, public_id): v for public_id, v in labels(records).items()}
     x = np.array([o.features for o in observed], dtype=np.float64)
-    y = np.array([lab[o.transfer_id][0] for o in observed], dtype=np.int64)
-    patterns = [lab[o.transfer_id][1] for o in observed]
+    y = np.array([by_key[o.transfer_key][0] for o in observed], dtype=np.int64)
+    patterns = [by_key[o.transfer_key][1] for o in observed]
     return x, y, patterns, observed
 
 

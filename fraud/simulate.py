@@ -24,7 +24,8 @@ from uuid import UUID
 
 import msgspec
 
-from domain.account import CUSTOMER, SETTLEMENT, Account, settlement_account_id
+from domain.account import CUSTOMER, SETTLEMENT, Account
+from domain.identity import account_key, settlement_key, settlement_public_id, transfer_key
 from domain.transfer import DEPOSIT, TRANSFER, WITHDRAWAL, Transfer
 
 # Amounts just under this are "structuring" (the classic 10,000.00 cash reporting threshold).
@@ -38,6 +39,7 @@ DEFAULT_EVAL_SEED = 1007
 DEFAULT_CUSTOMERS = 600
 DEFAULT_DAYS = 28
 SIM_NAMESPACE = UUID("3d7f1b52-0c7e-4b0a-9f7e-2a6f1f0d8c11")
+SIM_TENANT = "sim"  # the tenant simulated activity is recorded in (ledger_events, keel simulate --ledger)
 
 LEGIT = ""
 TAKEOVER = "takeover"
@@ -73,7 +75,7 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
     customers: int = 600
     days: int = 28
     start: datetime = DEFAULT_START
-    tenant: str = "sim"
+    tenant: str = SIM_TENANT
     currency: str = "EUR"
     merchants: int = 40
     employers: int = 8
@@ -117,7 +119,7 @@ class Simulator:
             raise ValueError(f"customers must be 1..{CUSTOMERS_MAX} and days 1..{DAYS_MAX}")
         self.c = config
         self.rng = random.Random(config.seed)
-        self.settlement = settlement_account_id(config.tenant, config.currency)
+        self.settlement = settlement_public_id(config.currency)
         self.accounts: dict[UUID, _Acct] = {}
         self._queue: list[_Action] = []
         self._seq = 0
@@ -322,35 +324,39 @@ def simulate(config: SimConfig) -> list[Record]:
 
 
 def labels(records: Iterable[Record]) -> dict[UUID, tuple[int, str]]:
+    """(label, pattern) by *public* transfer id; the log keys a transfer by its storage key,
+    `transfer_key(tenant, public id)` (see fraud.model.training_set)."""
     return {r.transfer_id: (r.label, r.pattern) for r in records if isinstance(r, SimTransfer)}
 
 
-def ledger_events(records: Iterable[Record], tenant: str = "sim", currency: str = "EUR") -> Iterator[Any]:
+def ledger_events(records: Iterable[Record], tenant: str = SIM_TENANT, currency: str = "EUR") -> Iterator[Any]:
     """The domain events the ledger would record for `records`, stamped with simulated time.
 
     Only the events the feature extractor reads are produced (Account.Opened, Transfer.Initiated);
     the balance events of the accounts carry nothing those two do not.
     """
-    settlement = settlement_account_id(tenant, currency)
+    settlement = settlement_key(tenant, currency)
     first = True
     for r in records:
         if first:
             first = False
             yield Account.Opened(
                 originator_id=settlement, originator_version=1, timestamp=r.at, originator_topic="",
-                tenant=tenant, currency=currency, kind=SETTLEMENT, overdraft_limit_minor=0, holder=None, metadata={},
+                tenant=tenant, public_id=settlement_public_id(currency), currency=currency, kind=SETTLEMENT, overdraft_limit_minor=0, holder=None, metadata={},
             )
         if isinstance(r, SimOpen):
             yield Account.Opened(
-                originator_id=r.account_id, originator_version=1, timestamp=r.at, originator_topic="",
-                tenant=tenant, currency=currency, kind=CUSTOMER, overdraft_limit_minor=0, holder=None, metadata={},
+                originator_id=account_key(tenant, r.account_id), originator_version=1, timestamp=r.at, originator_topic="",
+                tenant=tenant, public_id=r.account_id, currency=currency, kind=CUSTOMER, overdraft_limit_minor=0, holder=None, metadata={},
             )
         else:
             yield Transfer.Initiated(
-                originator_id=r.transfer_id, originator_version=1, timestamp=r.at, originator_topic="",
-                tenant=tenant, kind=r.kind, debit_account_id=r.debit_account_id, credit_account_id=r.credit_account_id,
+                originator_id=transfer_key(tenant, r.transfer_id), originator_version=1, timestamp=r.at,
+                originator_topic="", tenant=tenant, public_id=r.transfer_id, kind=r.kind,
+                debit_account_id=account_key(tenant, r.debit_account_id), credit_account_id=account_key(tenant, r.credit_account_id),
+                debit_public_id=r.debit_account_id, credit_public_id=r.credit_account_id,
                 amount_minor=r.amount_minor, currency=currency, reference=None, metadata={}, pending=False,
-                timeout_s=None, reverses_id=None,
+                timeout_s=None, reverses_id=None, reverses_public_id=None,
             )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import os
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
 from uuid import UUID
@@ -21,12 +22,14 @@ from psycopg.rows import tuple_row
 from application.chain import ChainRecord, Checkpoint, id_bytes
 from application.privacy import ERASED, SEALED_FORMAT
 from domain.errors import ExistsWithDifferentFields
+from infrastructure.audit_keys import NO_HOLDER_KEK, HolderKeks
 from infrastructure.persistence import (
     ACCESS_LOG_TABLE,
     CHAINED_EVENTS_TABLES,
     CHECKPOINTS_TABLE,
     HOLDER_KEYS_TABLE,
 )
+from infrastructure.settings import SettingsError
 
 CHAIN_PAGE_ROWS = 10_000
 HOLDER_KEY_BYTES = 32
@@ -34,6 +37,26 @@ HOLDER_KEY_BYTES = 32
 
 def _now() -> str:
     return datetime.now(tz=timezone.utc).isoformat(timespec="microseconds")
+
+
+class _Tx:
+    def __init__(self, cursor: Any, *, postgres: bool) -> None:
+        self._c = cursor
+        self._pg = postgres
+
+    def _run(self, sql: str, params: Sequence[Any]) -> None:
+        if self._pg:
+            self._c.execute(sql.replace("?", "%s"), params)
+        else:
+            self._c.execute(sql, tuple(params))
+
+    def __call__(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        self._run(sql, params)
+        return [tuple(r) for r in self._c.fetchall()]
+
+    def rowcount(self, sql: str, params: Sequence[Any] = ()) -> int:
+        self._run(sql, params)
+        return self._c.rowcount if self._pg else self._c.sqlite_cursor.rowcount
 
 
 class Db:
@@ -65,6 +88,17 @@ class Db:
             c.execute(sql, tuple(params))
             return c.sqlite_cursor.rowcount
 
+    @contextmanager
+    def transaction(self) -> Iterator[_Tx]:
+        """Several statements in one transaction: `q(sql, params)` returns rows,
+        `q.rowcount(sql, params)` the number of rows changed."""
+        if self.postgres:
+            with self.datastore.get_connection() as conn, conn.transaction():
+                with conn.cursor(row_factory=tuple_row) as curs:
+                    yield _Tx(curs, postgres=True)
+            return
+        with self.datastore.transaction(commit=True) as c:
+            yield _Tx(c, postgres=False)
 
     def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if self.postgres:
@@ -222,31 +256,64 @@ class _Sealed(msgspec.Struct, frozen=True):
     ciphertext: str  # base64 of nonce || AES-GCM ciphertext
 
 
-class SqlHolderVault:
-    """Per-holder AES-256-GCM keys in `keel_holder_keys`; erasure destroys the key bytes.
+REWRAP_PAGE_ROWS = 1000
 
-    The row stays (key NULL, erased_at set) so that 'erased' can be told apart from 'never
-    existed'. Keys are not cached: after an erasure no process can decrypt, at once.
-    """
+
+class SqlAccountDirectory:
+    """application.ports.AccountDirectory over `keel_account_ids` (written by the recorders)."""
+
+    KEYS_MAX = 100
 
     def __init__(self, db: Db) -> None:
         self.db = db
+        self.table = db.t("keel_account_ids")
+
+    def keys_of(self, public_id: UUID) -> list[UUID]:
+        rows = self.db.query(f"SELECT account_key FROM {self.table} WHERE public_id = ? LIMIT ?", [str(public_id), self.KEYS_MAX])
+        return [r[0] if isinstance(r[0], UUID) else UUID(r[0]) for r in rows]
+
+
+class SqlHolderVault:
+    """Per-holder AES-256-GCM keys in `keel_holder_keys`, each stored wrapped by a key-encryption
+    key (KEK) that never lives in the database (infrastructure/audit_keys.py), with the KEK's id
+    beside it. Erasure deletes the wrapped key.
+
+    So a copy of the database (a backup, a stolen file) without the KEK reveals no holder; one
+    taken before an erasure stops being readable once its KEK is rotated away. The row stays
+    (wrapped_key and kek_id NULL, erased_at set) so that 'erased' can be told apart from 'never
+    existed'. Keys are not cached: after an erasure no process can decrypt, at once. Without a
+    KEK (PostgreSQL with none configured) sealing and revealing refuse with NO_HOLDER_KEK.
+    """
+
+    def __init__(self, db: Db, keks: HolderKeks | None) -> None:
+        self.db = db
+        self.keks = keks
         self.table = db.t(HOLDER_KEYS_TABLE)
 
+    def _kek_ring(self) -> HolderKeks:
+        if self.keks is None:
+            raise SettingsError(NO_HOLDER_KEK)
+        return self.keks
+
     def _key(self, key_id: str) -> bytes | None:
-        rows = self.db.query(f"SELECT key FROM {self.table} WHERE key_id = ?", [key_id])
-        return bytes(rows[0][0]) if rows and rows[0][0] is not None else None
+        rows = self.db.query(f"SELECT wrapped_key, kek_id FROM {self.table} WHERE key_id = ?", [key_id])
+        if not rows or rows[0][0] is None:
+            return None
+        return self._kek_ring().unwrap(key_id, rows[0][1], bytes(rows[0][0]))
 
     def seal(self, subject_id: UUID, holder: dict[str, Any]) -> dict[str, Any]:
         key_id = str(subject_id)
+        keks = self._kek_ring()
+        new_key = AESGCM.generate_key(bit_length=HOLDER_KEY_BYTES * 8)
+        kek_id, wrapped = keks.wrap(key_id, new_key)
         # Idempotent: a retried open of the same account reuses its key (never one per attempt).
         conflict = "ON CONFLICT (key_id) DO NOTHING" if self.db.postgres else ""
         verb = "INSERT" if self.db.postgres else "INSERT OR IGNORE"
-        self.db.execute(
-            f"{verb} INTO {self.table} (key_id, key, created_at) VALUES (?, ?, ?) {conflict}",
-            [key_id, AESGCM.generate_key(bit_length=HOLDER_KEY_BYTES * 8), _now()],
+        inserted = self.db.execute(
+            f"{verb} INTO {self.table} (key_id, wrapped_key, kek_id, created_at) VALUES (?, ?, ?, ?) {conflict}",
+            [key_id, wrapped, kek_id, _now()],
         )
-        key = self._key(key_id)
+        key = new_key if inserted == 1 else self._key(key_id)
         if key is None:
             # Only reachable if an erased id is reused for a new account: refuse, as a client error.
             raise ExistsWithDifferentFields("this account id's holder data was erased; use another id", account_id=key_id)
@@ -267,18 +334,80 @@ class SqlHolderVault:
         return msgspec.json.decode(plain)
 
     def describe(self, sealed: dict[str, Any]) -> dict[str, Any]:
+        """Needs no KEK: whether the wrapped key still exists is all it looks at."""
         if sealed.get("sealed") != SEALED_FORMAT:
             return {"encrypted": False, "redacted": True}
-        rows = self.db.query(f"SELECT key IS NULL FROM {self.table} WHERE key_id = ?", [sealed.get("key_id")])
+        rows = self.db.query(f"SELECT wrapped_key IS NULL FROM {self.table} WHERE key_id = ?", [sealed.get("key_id")])
         if not rows or rows[0][0]:
             return dict(ERASED)
         return {"encrypted": True, "key_id": sealed.get("key_id")}
 
     def erase(self, subject_id: UUID) -> bool:
-        return (
-            self.db.execute(
-                f"UPDATE {self.table} SET key = NULL, erased_at = ? WHERE key_id = ? AND key IS NOT NULL",
-                [_now(), str(subject_id)],
-            )
-            > 0
+        sql = (
+            f"UPDATE {self.table} SET wrapped_key = NULL, kek_id = NULL, erased_at = ?"
+            " WHERE key_id = ? AND wrapped_key IS NOT NULL"
         )
+        params = [_now(), str(subject_id)]
+        if self.db.postgres:
+            # The old row version stays in the heap until VACUUM, and in WAL and backups: wrapped,
+            # so unreadable without the KEK, and for good once that KEK is rotated away.
+            return self.db.execute(sql, params) > 0
+        # SQLite: zero the freed bytes of the old row (secure_delete), then move the WAL into the
+        # database file and truncate it, so that no page of either file keeps the wrapped key,
+        # even for someone who holds the KEK file that sits beside it.
+        with self.db.datastore.transaction(commit=True) as c:
+            c.execute("PRAGMA secure_delete = ON")
+            c.execute(sql, params)
+            erased = c.sqlite_cursor.rowcount > 0
+            c.execute("PRAGMA secure_delete = OFF")
+        if erased:
+            with self.db.datastore.get_connection(commit=True) as conn:
+                conn.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return erased
+
+    # ---- KEK rotation ------------------------------------------------------------------------
+
+    def rewrap(self, wrap_with: HolderKeks, unwrap_with: HolderKeks | None = None) -> int:
+        """Re-wraps every stored holder key that is not under `wrap_with`'s newest KEK, in one
+        transaction. Events are never touched (they hold only what the data key sealed). An
+        erased row has no key and stays so: each update is conditional on the row still holding
+        the wrapped key it read, so an erasure committed meanwhile is never undone."""
+        target = wrap_with.current_id
+        wrapping_ids = set(wrap_with.ids)
+
+        def unwrap(key_id: str, kek_id: str, wrapped: bytes) -> bytes:
+            if kek_id in wrapping_ids or unwrap_with is None:
+                return wrap_with.unwrap(key_id, kek_id, wrapped)
+            return unwrap_with.unwrap(key_id, kek_id, wrapped)
+
+        count = 0
+        with self.db.transaction() as q:
+            if not self.db.postgres:
+                # Take SQLite's write lock first: a read transaction that later writes fails
+                # outright if another process committed in between.
+                q.rowcount(f"UPDATE {self.table} SET kek_id = kek_id WHERE 0 = 1")
+            after = ""
+            while True:
+                rows = q(
+                    f"SELECT key_id, wrapped_key, kek_id FROM {self.table}"
+                    " WHERE key_id > ? AND wrapped_key IS NOT NULL AND kek_id <> ? ORDER BY key_id LIMIT ?",
+                    [after, target, REWRAP_PAGE_ROWS],
+                )
+                if not rows:
+                    break
+                for key_id, wrapped, kek_id in rows:
+                    key = unwrap(key_id, kek_id, bytes(wrapped))
+                    new_kek, new_wrapped = wrap_with.wrap(key_id, key)
+                    assert new_kek == target, "the ring's newest KEK changed during a re-wrap"
+                    count += q.rowcount(
+                        f"UPDATE {self.table} SET wrapped_key = ?, kek_id = ?"
+                        " WHERE key_id = ? AND kek_id = ? AND wrapped_key = ?",
+                        [new_wrapped, new_kek, key_id, kek_id, bytes(wrapped)],
+                    )
+                after = rows[-1][0]
+        return count
+
+    def keys_by_kek(self) -> dict[str, int]:
+        """How many live holder keys each KEK wraps: a KEK may be dropped once it wraps none."""
+        rows = self.db.query(f"SELECT kek_id, count(*) FROM {self.table} WHERE wrapped_key IS NOT NULL GROUP BY kek_id")
+        return {kek_id: n for kek_id, n in rows}

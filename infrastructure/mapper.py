@@ -9,11 +9,14 @@ datetimes come back as themselves.
 from __future__ import annotations
 
 import base64
+import functools
 import os
+import typing
 from typing import Any
 
 import msgspec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from eventsourcing.domain import Aggregate, Snapshot
 from eventsourcing.persistence import Mapper, MapperDeserialisationError, StoredEvent, Transcoder
 from eventsourcing.utils import get_topic, resolve_topic
 
@@ -107,8 +110,33 @@ class MsgspecMapper(Mapper):
             state = _decoder.decode(data)
             state["originator_id"] = stored_event.originator_id
             state["originator_version"] = stored_event.originator_version
-            return msgspec.convert(state, type=cls, strict=False)
+            event = msgspec.convert(state, type=cls, strict=False)
+            if isinstance(event, Snapshot):
+                _type_snapshot_state(event)
+            return event
         except Exception as e:
             raise MapperDeserialisationError(
                 f"cannot decode stored event {stored_event.originator_id} v{stored_event.originator_version}"
             ) from e
+
+
+def _type_snapshot_state(snapshot: Snapshot[Any]) -> None:
+    """A snapshot's state is a plain JSON object: give the aggregate's attributes that are named
+    like its creation event's fields (`public_id`, ...) that field's type again (UUIDs come back
+    as UUIDs, not strings), so a restored aggregate equals the one its events build."""
+    types = _created_field_types(snapshot.topic)
+    state = snapshot.state
+    for name, type_ in types.items():
+        if name in state and state[name] is not None:
+            state[name] = msgspec.convert(state[name], type=type_, strict=False)
+
+
+@functools.cache
+def _created_field_types(aggregate_topic: str) -> dict[str, Any]:
+    cls = resolve_topic(aggregate_topic)
+    for value in vars(cls).values():
+        if isinstance(value, type) and issubclass(value, Aggregate.Created) and value is not Aggregate.Created:
+            hints = typing.get_type_hints(value)
+            return {k: v for k, v in hints.items() if k not in ("originator_id", "originator_version", "timestamp", "originator_topic")}
+    return {}
+

@@ -40,6 +40,13 @@ _PG_DDL = [
         created_at_ms bigint NOT NULL,
         PRIMARY KEY (scope, key))""",
     "CREATE INDEX IF NOT EXISTS keel_idempotency_created_idx ON {schema}.keel_idempotency (created_at_ms)",
+    # Every account's public id, tenant and storage key, written with its Account.Opened: how
+    # cross-tenant roles (auditor, admin) find an account by the id its tenant uses.
+    """CREATE TABLE IF NOT EXISTS {schema}.keel_account_ids (
+        public_id uuid NOT NULL,
+        tenant text NOT NULL,
+        account_key uuid NOT NULL UNIQUE,
+        PRIMARY KEY (public_id, tenant))""",
 ]
 
 _SQLITE_DDL = [
@@ -52,6 +59,11 @@ _SQLITE_DDL = [
         created_at_ms INTEGER NOT NULL,
         PRIMARY KEY (scope, key))""",
     "CREATE INDEX IF NOT EXISTS keel_idempotency_created_idx ON keel_idempotency (created_at_ms)",
+    """CREATE TABLE IF NOT EXISTS keel_account_ids (
+        public_id TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        account_key TEXT NOT NULL UNIQUE,
+        PRIMARY KEY (public_id, tenant))""",
 ]
 
 # ---- audit: hash chain, signed checkpoints, holder keys, access log ---------------------------
@@ -72,11 +84,15 @@ _PG_DDL += [
         signed_at text NOT NULL,
         key_id text NOT NULL,
         signature text NOT NULL)""",
+    # Per-holder keys, each wrapped by a key-encryption key kept outside the database (kek_id
+    # names it); both NULL once erased. Never a bare key: a copy of this table reveals nothing.
     """CREATE TABLE IF NOT EXISTS {schema}.keel_holder_keys (
         key_id text PRIMARY KEY,
-        key bytea,
+        wrapped_key bytea,
+        kek_id text,
         created_at text NOT NULL,
-        erased_at text)""",
+        erased_at text,
+        CHECK ((wrapped_key IS NULL) = (kek_id IS NULL)))""",
     """CREATE TABLE IF NOT EXISTS {schema}.keel_access_log (
         id bigserial PRIMARY KEY,
         at text NOT NULL,
@@ -108,9 +124,11 @@ _SQLITE_DDL += [
         signature TEXT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS keel_holder_keys (
         key_id TEXT PRIMARY KEY,
-        key BLOB,
+        wrapped_key BLOB,
+        kek_id TEXT,
         created_at TEXT NOT NULL,
-        erased_at TEXT)""",
+        erased_at TEXT,
+        CHECK ((wrapped_key IS NULL) = (kek_id IS NULL)))""",
     """CREATE TABLE IF NOT EXISTS keel_access_log (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         at TEXT NOT NULL,
@@ -133,6 +151,11 @@ _SQLITE_DDL += [
 def _idem_rows(kwargs: dict[str, Any]) -> list[tuple[Any, ...]]:
     records: Sequence[IdempotencyRecord] = kwargs.get("idempotency") or ()
     return [(r.scope, r.key, r.request_hash, r.status_code, r.body, r.created_at_ms) for r in records]
+
+
+def _account_id_rows(kwargs: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """(public id, tenant, storage key) of the accounts opened by this commit (`Ledger.save`)."""
+    return list(kwargs.get("accounts") or ())
 
 
 class ArrayInsertMixin:
@@ -222,6 +245,14 @@ class KeelPostgresApplicationRecorder(ArrayInsertMixin, PostgresApplicationRecor
         return [r[0] for r in inserted]
 
     def _insert_events(self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
+        accounts = _account_id_rows(kwargs)
+        if accounts:
+            curs.executemany(
+                SQL("INSERT INTO {}.keel_account_ids (public_id, tenant, account_key) VALUES (%s, %s, %s)").format(
+                    Identifier(self.datastore.schema)
+                ),
+                accounts,
+            )
         rows = _idem_rows(kwargs)
         if rows:
             # A duplicate (scope, key) raises IntegrityError and rolls back the events too.
@@ -250,6 +281,12 @@ class KeelSQLiteApplicationRecorder(SQLiteApplicationRecorder):
                 [(i, e.originator_id, e.originator_version, e.topic, e.state) for i, e in zip(ids, stored_events)],
             )
             c.executemany(f"INSERT INTO {chain_table} (notification_id, hash) VALUES (?, ?)", chained)
+        accounts = _account_id_rows(kwargs)
+        if accounts:
+            c.executemany(
+                "INSERT INTO keel_account_ids (public_id, tenant, account_key) VALUES (?, ?, ?)",
+                [(str(p), t, str(k)) for p, t, k in accounts],
+            )
         rows = _idem_rows(kwargs)
         if rows:
             c.executemany(
@@ -330,6 +367,31 @@ class KeelPostgresFactory(PostgresFactory):
         self.datastore.pool.reconnect_timeout = POOL_RECONNECT_GIVE_UP_S
 
 
+STORE_DIR_MODE = 0o700
+STORE_FILE_MODE = 0o600
+SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def secure_sqlite_files(db_file: str) -> None:
+    """The embedded store's directory is made 0700 (an existing one is left as it is), and the
+    database file is created 0600 before SQLite opens it; SQLite gives its -wal and -shm files
+    the database file's mode. Files left looser by an older version are tightened to 0600."""
+    parent = os.path.dirname(db_file)
+    if not os.path.isdir(parent):
+        os.makedirs(parent, mode=STORE_DIR_MODE, exist_ok=True)
+        os.chmod(parent, STORE_DIR_MODE)  # whatever the umask
+    try:
+        os.close(os.open(db_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, STORE_FILE_MODE))
+    except FileExistsError:
+        pass
+    for path in [db_file] + [db_file + side for side in SQLITE_SIDE_FILES]:
+        try:
+            if os.stat(path).st_mode & 0o077:
+                os.chmod(path, STORE_FILE_MODE)
+        except (FileNotFoundError, PermissionError):  # gone, or another user's: not ours to change
+            pass
+
+
 def persistence_env(settings: Settings, *, create_table: bool = False) -> dict[str, str]:
     """The eventsourcing environment for every Application of this deployment."""
     env = {
@@ -356,8 +418,8 @@ def persistence_env(settings: Settings, *, create_table: bool = False) -> dict[s
         )
     else:
         path = settings.sqlite_path
-        parent = os.path.dirname(os.path.abspath(path))
-        os.makedirs(parent, exist_ok=True)
+        if settings.sqlite_file is not None:
+            secure_sqlite_files(settings.sqlite_file)
         env.update(
             {
                 "PERSISTENCE_MODULE": "infrastructure.persistence:KeelSQLiteFactory",

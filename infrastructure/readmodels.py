@@ -58,19 +58,23 @@ COLUMNS = {
 
 _TEXT, _INT = "text", "bigint"
 _TYPES = {
-    "accounts": (_TEXT, _TEXT, _TEXT, _TEXT, _TEXT, _INT, _INT, _INT, _INT, _INT, _INT),
-    "entries": (_TEXT, _INT, _TEXT, _TEXT, _TEXT, _INT, _TEXT, _TEXT, _TEXT, _TEXT, _INT, _TEXT),
-    "transfers": (_TEXT, _INT, _TEXT, _TEXT, _TEXT, _TEXT, _INT, _INT, _TEXT, _TEXT, _TEXT, _TEXT, _TEXT, _INT),
+    "accounts": (_TEXT, _TEXT, _TEXT, _TEXT, _TEXT, _INT, _INT, _INT, _INT, _INT, _INT, _TEXT),
+    "entries": (_TEXT, _INT, _TEXT, _TEXT, _TEXT, _INT, _TEXT, _TEXT, _TEXT, _TEXT, _INT, _TEXT, _TEXT, _TEXT, _TEXT),
+    "transfers": (
+        _TEXT, _INT, _TEXT, _TEXT, _TEXT, _TEXT, _INT, _INT, _TEXT, _TEXT, _TEXT, _TEXT, _TEXT, _INT,
+        _TEXT, _TEXT, _TEXT, _TEXT, _TEXT,
+    ),  # fmt: skip
     "volumes": (_TEXT, _INT, _TEXT, _INT, _INT),
     "flows": (_TEXT, _INT, _INT, _INT, _INT, _INT),
     "tracking": (_TEXT, _INT),
 }
 # Columns that may be NULL; every other column is NOT NULL.
-_NULLABLE = {"reference", "reverses_id", "reversed_by_id"}
+_NULLABLE = {"reference", "reverses_id", "reversed_by_id", "reverses_public_id", "reversed_by_public_id"}
 _UPDATED_IN_PLACE = {"accounts", "flows", "volumes", "tracking"}
 UPDATED_FILLFACTOR = 70
 _INDEXES = {
-    "accounts": [("currency", "account_id"), ("tenant", "account_id")],
+    # (public_id, tenant): the analysts' account filter names an account by its public id.
+    "accounts": [("currency", "account_id"), ("tenant", "account_id"), ("public_id", "tenant")],
     "entries": [("transfer_id",)],
     "transfers": [("position",)],
     "flows": [("day_s",)],
@@ -269,11 +273,18 @@ def _cols(table: str) -> str:
     return ", ".join(COLUMNS[table])
 
 
+def _transfer_update(transfer_id: str, u: dict[str, Any]) -> tuple[Any, ...]:
+    """(transfer id, status, posted amount, reversal key, reversal public id): None = unchanged."""
+    return (
+        transfer_id, u.get("status"), u.get("posted_amount_minor"), u.get("reversed_by_id"), u.get("reversed_by_public_id"),
+    )  # fmt: skip
+
+
 # Session-local staging tables for set-based updates (emptied at every commit).
 _PG_STAGING = {
     "keel_rm_deltas": "(id text, dp bigint, dpd bigint, dpc bigint)",
     "keel_rm_status": "(id text, s text)",
-    "keel_rm_tupd": "(id text, s text, p bigint, r text)",
+    "keel_rm_tupd": "(id text, s text, p bigint, r text, rp text)",
     "keel_rm_volumes": "(period text, bucket_s bigint, currency text, amount_minor bigint, count bigint)",
     "keel_rm_flows": "(account_id text, day_s bigint, inflow_minor bigint, outflow_minor bigint,"
     " inflow_count bigint, outflow_count bigint)",
@@ -352,11 +363,12 @@ class _PgViewTx(_ViewTx):
         insert("it", "transfers", list(ch.new_transfers.values()))
         insert("ie", "entries", ch.entry_rows())
         if ch.transfer_updates:
-            rows = [(k, u.get("status"), u.get("posted_amount_minor"), u.get("reversed_by_id")) for k, u in ch.transfer_updates.items()]
+            rows = [_transfer_update(k, u) for k, u in ch.transfer_updates.items()]
             ctes.append(
                 f"ut AS (UPDATE {t.transfers} AS x SET status = COALESCE(v.s, x.status),"
-                " posted_amount_minor = COALESCE(v.p, x.posted_amount_minor), reversed_by_id = COALESCE(v.r, x.reversed_by_id)"
-                " FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[]) AS v(id, s, p, r)"
+                " posted_amount_minor = COALESCE(v.p, x.posted_amount_minor), reversed_by_id = COALESCE(v.r, x.reversed_by_id),"
+                " reversed_by_public_id = COALESCE(v.rp, x.reversed_by_public_id)"
+                " FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[]) AS v(id, s, p, r, rp)"
                 f" WHERE x.transfer_id = v.id AND {guard} RETURNING 1)"
             )
             params.extend(list(c) for c in zip(*rows, strict=True))
@@ -435,14 +447,12 @@ class _PgViewTx(_ViewTx):
         if ch.new_entries:
             self._copy(t.entries, _cols("entries"), ch.entry_rows())
         if ch.transfer_updates:
-            self._stage(
-                "keel_rm_tupd",
-                ((k, u.get("status"), u.get("posted_amount_minor"), u.get("reversed_by_id")) for k, u in ch.transfer_updates.items()),
-            )
+            self._stage("keel_rm_tupd", (_transfer_update(k, u) for k, u in ch.transfer_updates.items()))
             self.cur.execute(
                 f"UPDATE {t.transfers} AS x SET status = COALESCE(v.s, x.status),"
                 " posted_amount_minor = COALESCE(v.p, x.posted_amount_minor),"
-                " reversed_by_id = COALESCE(v.r, x.reversed_by_id)"
+                " reversed_by_id = COALESCE(v.r, x.reversed_by_id),"
+                " reversed_by_public_id = COALESCE(v.rp, x.reversed_by_public_id)"
                 " FROM keel_rm_tupd AS v WHERE x.transfer_id = v.id"
             )
             assert self.cur.rowcount == len(ch.transfer_updates), "change to a transfer the view never saw initiated"
@@ -510,20 +520,18 @@ class _SqliteViewTx(_ViewTx):
         self._insert("transfers", list(ch.new_transfers.values()))
         self._insert("entries", ch.entry_rows())
         if ch.transfer_updates:
-            rows = [
-                (u.get("status"), u.get("posted_amount_minor"), u.get("reversed_by_id"), k)
-                for k, u in ch.transfer_updates.items()
-            ]
+            rows = [(*_transfer_update(k, u)[1:], k) for k, u in ch.transfer_updates.items()]
             self.cur.executemany(
                 f"UPDATE {t.transfers} SET status = COALESCE(?, status), posted_amount_minor = COALESCE(?, posted_amount_minor),"
-                " reversed_by_id = COALESCE(?, reversed_by_id) WHERE transfer_id = ?",
+                " reversed_by_id = COALESCE(?, reversed_by_id), reversed_by_public_id = COALESCE(?, reversed_by_public_id)"
+                " WHERE transfer_id = ?",
                 rows,
             )
             assert self.cur.rowcount == len(rows), "change to a transfer the view never saw initiated"
             self.cur.executemany(
                 f"UPDATE {t.entries} SET status = COALESCE(?, status), amount_minor = COALESCE(?, amount_minor)"
                 " WHERE transfer_id = ?",
-                [(s, p, k) for s, p, _, k in rows if s is not None or p is not None],
+                [(s, p, k) for s, p, _, _, k in rows if s is not None or p is not None],
             )
         self._insert(
             "volumes",

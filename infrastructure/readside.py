@@ -1,8 +1,14 @@
 """The read side: plain SQL queries over the read models, for the API and the CLI.
 
 Every query is bounded (page size, time range, number of buckets) and paginates with an opaque
-cursor over a unique, stable key, so pages never overlap or skip when rows are added. Nothing
-here returns holder personal data (the views never store it), and nothing writes.
+cursor over a unique, stable key, so pages never overlap or skip when rows are added. Every
+number a client sends (limits, amounts, times, the keys inside cursors) is range-checked here
+too, so nothing out of range ever reaches the database: a ValidationFailed, never an overflow.
+Nothing here returns holder personal data (the views never store it), and nothing writes.
+
+Identity: the views are keyed by storage keys (domain/identity.py); callers name one account by
+its storage key (the API resolves a client's id inside its tenant first), and every answer shows
+public ids, in the fields the API has always used (`id`, `account_id`, `transfer_id`, ...).
 
 Read-your-writes: the ledger's save returns notification ids (positions). A handler that wants
 a client to see its own write passes the last position to `wait_for_position(position)`, which
@@ -30,6 +36,7 @@ from application.projections import (
     VIEWS,
 )
 from domain.errors import ValidationFailed
+from domain.limits import check_tenant
 from infrastructure.readmodels import LIVE, Database, Tables
 
 PAGE_MAX = 1000
@@ -40,6 +47,12 @@ BUCKETS_MAX = 10_000
 WAIT_MAX_S = 2.0
 WAIT_POLL_S = 0.005
 CURSOR_CHARS_MAX = 64
+# Integers a query may carry (positions, amounts, microseconds): PostgreSQL's and SQLite's
+# signed 64-bit range; a larger Python int would fail in the driver (OverflowError).
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+# Cursor key types: an integer (in INT64 range) or a UUID in its canonical text form.
+CursorKey = type[int] | type[UUID]
 
 
 def _iso(us: int) -> str:
@@ -54,30 +67,53 @@ def encode_cursor(*key: Any) -> str:
     return base64.urlsafe_b64encode(msgspec.json.encode(["v1", *key])).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str | None, types: tuple[type, ...]) -> tuple[Any, ...] | None:
-    """The key inside a cursor made by encode_cursor; a ValidationFailed for anything else."""
+def _cursor_key(value: Any, kind: CursorKey) -> Any:
+    """One key of a decoded cursor, checked like any client input; None if it is not one."""
+    if kind is int:
+        return value if type(value) is int and INT64_MIN <= value <= INT64_MAX else None
+    if kind is UUID and type(value) is str and len(value) == 36:
+        try:
+            canonical = str(UUID(value))
+        except ValueError:
+            return None
+        return value if canonical == value else None
+    return None
+
+
+def decode_cursor(cursor: str | None, types: tuple[CursorKey, ...]) -> tuple[Any, ...] | None:
+    """The key inside a cursor made by encode_cursor; a ValidationFailed for anything else
+    (integers outside the signed 64-bit range, and UUIDs not in canonical form, included)."""
     if cursor is None:
         return None
     if len(cursor) > CURSOR_CHARS_MAX:
-        raise ValidationFailed("cursor is not valid", cursor="too long")
+        raise ValidationFailed("cursor is not valid (too long)", field="cursor")
     try:
         raw = msgspec.json.decode(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except (binascii.Error, ValueError, msgspec.DecodeError):
-        raise ValidationFailed("cursor is not valid") from None
-    if (
-        not isinstance(raw, list) or len(raw) != len(types) + 1 or raw[0] != "v1"
-        or not all(type(v) is t for v, t in zip(raw[1:], types, strict=True))
-    ):  # fmt: skip
-        raise ValidationFailed("cursor is not valid")
-    return tuple(raw[1:])
+        raise ValidationFailed("cursor is not valid", field="cursor") from None
+    if not isinstance(raw, list) or len(raw) != len(types) + 1 or raw[0] != "v1":
+        raise ValidationFailed("cursor is not valid", field="cursor")
+    key = tuple(_cursor_key(v, t) for v, t in zip(raw[1:], types, strict=True))
+    if any(k is None for k in key):
+        raise ValidationFailed("cursor is not valid", field="cursor")
+    return key
 
 
 def check_limit(limit: int | None, default: int = PAGE_DEFAULT, maximum: int = PAGE_MAX) -> int:
     if limit is None:
         return default
     if type(limit) is not int or not 1 <= limit <= maximum:
-        raise ValidationFailed(f"limit must be 1..{maximum}", limit=str(limit))
+        raise ValidationFailed(f"limit must be 1..{maximum}", limit=str(limit)[:40])
     return limit
+
+
+def check_int(value: int | None, name: str, minimum: int = INT64_MIN, maximum: int = INT64_MAX) -> int | None:
+    """An optional integer filter, within `minimum..maximum` (default: signed 64-bit)."""
+    if value is None:
+        return None
+    if type(value) is not int or not minimum <= value <= maximum:
+        raise ValidationFailed(f"{name} must be an integer in {minimum}..{maximum}", field=name)
+    return value
 
 
 def to_us(ts: datetime | None) -> int | None:
@@ -90,6 +126,8 @@ def to_us(ts: datetime | None) -> int | None:
 
 
 def _check_range(from_us: int | None, to_us_: int | None) -> None:
+    check_int(from_us, "from")
+    check_int(to_us_, "to")
     if from_us is not None and to_us_ is not None and from_us > to_us_:
         raise ValidationFailed("'from' must not be after 'to'")
 
@@ -102,7 +140,7 @@ class Page(msgspec.Struct, frozen=True):
 def account_view(row: tuple[Any, ...]) -> dict[str, Any]:
     r = dict(zip(ACCOUNT_COLUMNS, row, strict=True))
     return {
-        "id": r["account_id"],
+        "id": r["public_id"],
         "tenant": r["tenant"],
         "currency": r["currency"],
         "kind": r["kind"],
@@ -119,9 +157,9 @@ def account_view(row: tuple[Any, ...]) -> dict[str, Any]:
 def entry_view(row: tuple[Any, ...]) -> dict[str, Any]:
     r = dict(zip(ENTRY_COLUMNS, row, strict=True))
     return {
-        "transfer_id": r["transfer_id"],
-        "account_id": r["account_id"],
-        "counterparty_id": r["counterparty_id"],
+        "transfer_id": r["transfer_public_id"],
+        "account_id": r["account_public_id"],
+        "counterparty_id": r["counterparty_public_id"],
         "direction": r["direction"],
         "amount": r["amount_minor"],
         "currency": r["currency"],
@@ -136,18 +174,18 @@ def entry_view(row: tuple[Any, ...]) -> dict[str, Any]:
 def transfer_view(row: tuple[Any, ...]) -> dict[str, Any]:
     r = dict(zip(TRANSFER_COLUMNS, row, strict=True))
     return {
-        "id": r["transfer_id"],
+        "id": r["public_id"],
         "tenant": r["tenant"],
         "kind": r["kind"],
-        "debit_account_id": r["debit_account_id"],
-        "credit_account_id": r["credit_account_id"],
+        "debit_account_id": r["debit_public_id"],
+        "credit_account_id": r["credit_public_id"],
         "amount": r["amount_minor"],
         "posted_amount": r["posted_amount_minor"],
         "currency": r["currency"],
         "status": r["status"],
         "reference": r["reference"],
-        "reverses_id": r["reverses_id"],
-        "reversed_by_id": r["reversed_by_id"],
+        "reverses_id": r["reverses_public_id"],
+        "reversed_by_id": r["reversed_by_public_id"],
         "timestamp": _iso(r["at_us"]),
         "position": r["position"],
     }
@@ -229,16 +267,18 @@ class ReadSide:
 
     # ---- banking: one account's history ----------------------------------------------------
 
-    def account_tenant(self, account_id: str) -> str | None:
-        row = self.db.fetchone(f"SELECT tenant FROM {self.t.accounts} WHERE account_id = %s", (account_id,))
+    def account_tenant(self, account_key: str) -> str | None:
+        """The tenant of the account stored at `account_key`, None if the view does not hold it."""
+        row = self.db.fetchone(f"SELECT tenant FROM {self.t.accounts} WHERE account_id = %s", (account_key,))
         return row[0] if row else None
 
-    def account_transactions(self, account_id: str, cursor: str | None, limit: int | None) -> Page:
-        """Legs of one account, newest first; the cursor is the last position returned."""
+    def account_transactions(self, account_key: str, cursor: str | None, limit: int | None) -> Page:
+        """Legs of the account stored at `account_key`, newest first; the cursor is the last
+        position returned."""
         n = check_limit(limit)
         key = decode_cursor(cursor, (int,))
         sql = f"SELECT {', '.join(ENTRY_COLUMNS)} FROM {self.t.entries} WHERE account_id = %s"
-        params: list[Any] = [account_id]
+        params: list[Any] = [account_key]
         if key is not None:
             sql += " AND position < %s"
             params.append(key[0])
@@ -253,7 +293,7 @@ class ReadSide:
 
     def balances(self, currency: str | None, cursor: str | None, limit: int | None) -> dict[str, Any]:
         n = check_limit(limit)
-        key = decode_cursor(cursor, (str,))
+        key = decode_cursor(cursor, (UUID,))  # an account's storage key
         where, params = ("WHERE currency = %s", [currency]) if currency else ("", [])
         totals = self.db.fetchall(
             f"SELECT currency, kind, COUNT(*), SUM(posted_minor), SUM(pending_debits_minor), SUM(pending_credits_minor)"
@@ -316,6 +356,7 @@ class ReadSide:
         self,
         *,
         account: str | None,
+        tenant: str | None = None,
         min_amount: int | None,
         max_amount: int | None,
         from_us: int | None,
@@ -324,17 +365,38 @@ class ReadSide:
         limit: int | None,
         maximum: int = PAGE_MAX,
     ) -> Page:
-        """Transfers in log order (oldest first); the cursor is the last position returned."""
+        """Transfers in log order (oldest first); the cursor is the last position returned.
+
+        `account` is a public id (an analyst's filter, across tenants): the transfers of every
+        account with that public id, or only of the one in `tenant` when it is given. `tenant`
+        alone keeps that tenant's transfers."""
         n = check_limit(limit, maximum=maximum)
         _check_range(from_us, to_us_)
+        check_int(min_amount, "min_amount", 0)
+        check_int(max_amount, "max_amount", 0)
         if min_amount is not None and max_amount is not None and min_amount > max_amount:
             raise ValidationFailed("min_amount must not exceed max_amount")
         key = decode_cursor(cursor, (int,))
+        if tenant is not None:
+            check_tenant(tenant)
         conds: list[str] = []
         params: list[Any] = []
         if account is not None:
-            conds.append(f"position IN (SELECT position FROM {self.t.entries} WHERE account_id = %s)")
-            params.append(account)
+            try:
+                public_id = str(UUID(account))
+            except (TypeError, ValueError):
+                raise ValidationFailed("account must be a UUID", field="account") from None
+            # The account's storage keys by its public id (index on accounts), then its legs by
+            # the entries' primary key.
+            in_tenant = " AND tenant = %s" if tenant is not None else ""
+            conds.append(
+                f"position IN (SELECT position FROM {self.t.entries} WHERE account_id IN"
+                f" (SELECT account_id FROM {self.t.accounts} WHERE public_id = %s{in_tenant}))"
+            )
+            params.extend([public_id, tenant] if tenant is not None else [public_id])
+        elif tenant is not None:
+            conds.append("tenant = %s")
+            params.append(tenant)
         for cond, value in (
             ("amount_minor >= %s", min_amount),
             ("amount_minor <= %s", max_amount),
@@ -370,9 +432,9 @@ class ReadSide:
         where = ("WHERE " + " AND ".join(conds)) if conds else ""
         column = f"{by}_minor"
         rows = self.db.fetchall(
-            f"SELECT f.account_id, a.tenant, a.currency, a.kind, SUM(f.{column}) AS total, SUM(f.{by}_count)"
+            f"SELECT a.public_id, a.tenant, a.currency, a.kind, SUM(f.{column}) AS total, SUM(f.{by}_count)"
             f" FROM {self.t.flows} f JOIN {self.t.accounts} a ON a.account_id = f.account_id {where}"
-            f" GROUP BY f.account_id, a.tenant, a.currency, a.kind HAVING SUM(f.{column}) > 0"
+            f" GROUP BY f.account_id, a.public_id, a.tenant, a.currency, a.kind HAVING SUM(f.{column}) > 0"
             f" ORDER BY total DESC, f.account_id LIMIT %s",
             [*params, n],
         )

@@ -1,16 +1,24 @@
 """Settings: one msgspec Struct, parsed once from the environment by the composition root.
 
 No other module reads `os.environ`. Every variable is listed in `ENV_VARS`, which the
-docker-compose test checks against.
+docker-compose test checks against. Secrets may come from files (`*_FILE`), so that neither
+the environment nor `docker inspect` shows them; this module reads the password file once.
 """
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Mapping
 from urllib.parse import unquote, urlparse
 
 import msgspec
 
 DEFAULT_DATABASE_URL = "sqlite:///./var/keel.db"
+# Per API key and process: sustained requests/s; bursts default to RATE_LIMIT_BURST_S worth.
+DEFAULT_RATE_LIMIT_PER_S = 100.0
+RATE_LIMIT_BURST_S = 2.0
+PASSWORD_FILE_MAX_BYTES = 4096
+SECRET_FIELDS = frozenset({"database_password", "data_key", "holder_kek", "audit_signing_key", "fraud_model_key"})
 
 
 class SettingsError(ValueError):
@@ -30,10 +38,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     database_url: str = DEFAULT_DATABASE_URL
     # Postgres schema for every table of ours (tests use a fresh one per session).
     database_schema: str = "public"
+    # A file holding the PostgreSQL password (a Docker secret); it replaces the URL's password.
+    database_password_file: str | None = None
+    # Read from database_password_file by load_settings; never an environment variable.
+    database_password: str | None = None
     data_key: str | None = None  # base64 AES key(s) for events at rest, "id:key,id:key", newest first
     # A file of data keys, one "id:base64key" per line, newest first (`keel keys rotate-data-key`).
-    # Its keys come after KEEL_DATA_KEY's, so an explicit env key still encrypts.
+    # Its keys come after KEEL_DATA_KEY's, so an explicit env key still encrypts. On the embedded
+    # SQLite store, when neither is set, `<directory of the SQLite file>/data-keys` is made on
+    # first start (infrastructure/audit_keys.py): events are encrypted at rest by default.
     data_key_file: str | None = None
+    # Key-encryption keys (KEKs) that wrap the per-holder keys of keel_holder_keys: "id:base64"
+    # (32-byte keys), newest first, as for data keys, and/or a file of them. On SQLite, when
+    # neither is set, `<directory of the SQLite file>/holder-kek` is made on first start; on
+    # PostgreSQL `keel serve` refuses to start without one (the KEK must live outside the database).
+    holder_kek: str | None = None
+    holder_kek_file: str | None = None
     # Ed25519 key that signs audit checkpoints: a PEM file (`keel keys audit-init`) or base64 of
     # the 32-byte private key. Without one, checkpoints cannot be made (verification still runs).
     audit_signing_key_file: str | None = None
@@ -47,8 +67,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     group_commit_queue_max: int = 100_000
     pg_pool_size: int = 8
     log_level: str = "INFO"
-    # Requests per second per API key (token bucket; bursts up to 2 s worth). 0 disables it.
-    rate_limit_per_s: float = 10_000.0
+    # Requests per second per API key and process (token bucket). 0 disables it.
+    rate_limit_per_s: float = DEFAULT_RATE_LIMIT_PER_S
+    # The bucket's size; unset: RATE_LIMIT_BURST_S seconds' worth (200 at the default rate).
+    rate_limit_burst: float | None = None
     # fraud scoring (fraud/): where signed models live, the signing key, level thresholds
     fraud_model_dir: str = "./var/fraud"
     fraud_model_key: str | None = None  # base64, >= 16 bytes; default: a 0600 key file in fraud_model_dir
@@ -56,9 +78,27 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     fraud_high_threshold: float = 0.8
     fraud_poll_interval_ms: int = 20
 
+    def __repr__(self) -> str:
+        # Settings end up in tracebacks and test reports: never with a key or a password in them.
+        shown = []
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            if name in SECRET_FIELDS and value is not None:
+                value = "<redacted>"
+            elif name == "database_url":
+                value = re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1<redacted>@", value)
+            shown.append(f"{name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
     @property
     def is_postgres(self) -> bool:
         return self.database_url.startswith(("postgresql://", "postgres://"))
+
+    @property
+    def effective_rate_limit_burst(self) -> float:
+        if self.rate_limit_burst is not None:
+            return self.rate_limit_burst
+        return max(1.0, self.rate_limit_per_s * RATE_LIMIT_BURST_S)
 
     @property
     def sqlite_path(self) -> str:
@@ -66,13 +106,24 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError("not a sqlite URL")
         return self.database_url[len("sqlite:///") :]
 
+    @property
+    def sqlite_file(self) -> str | None:
+        """The SQLite database's absolute file path (None for an in-memory database). Every key
+        file the embedded store makes for itself lives in this file's directory."""
+        path = self.sqlite_path
+        if ":memory:" in path or "mode=memory" in path:
+            return None
+        if path.startswith("file:"):
+            path = path[len("file:") :].split("?", 1)[0]
+        return os.path.abspath(path)
+
     def postgres(self) -> PostgresParams:
         u = urlparse(self.database_url)
         return PostgresParams(
             host=u.hostname or "127.0.0.1",
             port=u.port or 5432,
             user=unquote(u.username or "postgres"),
-            password=unquote(u.password or ""),
+            password=self.database_password if self.database_password is not None else unquote(u.password or ""),
             dbname=(u.path or "/postgres").lstrip("/") or "postgres",
             schema=self.database_schema,
         )
@@ -82,8 +133,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 ENV_VARS: dict[str, str] = {
     "KEEL_DATABASE_URL": "database_url",
     "KEEL_DATABASE_SCHEMA": "database_schema",
+    "KEEL_DATABASE_PASSWORD_FILE": "database_password_file",
     "KEEL_DATA_KEY": "data_key",
     "KEEL_DATA_KEY_FILE": "data_key_file",
+    "KEEL_HOLDER_KEK": "holder_kek",
+    "KEEL_HOLDER_KEK_FILE": "holder_kek_file",
     "KEEL_AUDIT_SIGNING_KEY_FILE": "audit_signing_key_file",
     "KEEL_AUDIT_SIGNING_KEY": "audit_signing_key",
     "KEEL_AUDIT_CHECKPOINT_INTERVAL_S": "audit_checkpoint_interval_s",
@@ -94,6 +148,7 @@ ENV_VARS: dict[str, str] = {
     "KEEL_PG_POOL_SIZE": "pg_pool_size",
     "KEEL_LOG_LEVEL": "log_level",
     "KEEL_RATE_LIMIT_PER_S": "rate_limit_per_s",
+    "KEEL_RATE_LIMIT_BURST": "rate_limit_burst",
     "KEEL_FRAUD_MODEL_DIR": "fraud_model_dir",
     "KEEL_FRAUD_MODEL_KEY": "fraud_model_key",
     "KEEL_FRAUD_ELEVATED_THRESHOLD": "fraud_elevated_threshold",
@@ -116,6 +171,22 @@ def load_settings(environ: Mapping[str, str], **overrides: object) -> Settings:
         raise SettingsError("KEEL_DATABASE_URL must start with sqlite:/// or postgresql://")
     if not settings.database_schema.replace("_", "").isalnum():
         raise SettingsError("KEEL_DATABASE_SCHEMA must be letters, digits and underscores")
+    if settings.rate_limit_per_s < 0 or (settings.rate_limit_burst is not None and settings.rate_limit_burst < 1):
+        raise SettingsError("KEEL_RATE_LIMIT_PER_S must be >= 0 (0: off) and KEEL_RATE_LIMIT_BURST >= 1")
+    if settings.database_password_file and settings.database_password is None:
+        settings = msgspec.structs.replace(settings, database_password=_read_password(settings.database_password_file))
     if not 0.0 < settings.fraud_elevated_threshold <= settings.fraud_high_threshold <= 1.0:
         raise SettingsError("fraud thresholds must satisfy 0 < KEEL_FRAUD_ELEVATED_THRESHOLD <= KEEL_FRAUD_HIGH_THRESHOLD <= 1")
     return settings
+
+
+def _read_password(path: str) -> str:
+    """The password in a file (a Docker secret), without its line end, as the postgres image reads it."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(PASSWORD_FILE_MAX_BYTES + 1)
+    except OSError as e:
+        raise SettingsError(f"KEEL_DATABASE_PASSWORD_FILE: cannot read {path} ({e.strerror})") from None
+    if len(data) > PASSWORD_FILE_MAX_BYTES:
+        raise SettingsError(f"KEEL_DATABASE_PASSWORD_FILE: {path} is over {PASSWORD_FILE_MAX_BYTES} bytes")
+    return data.decode().rstrip("\r\n")

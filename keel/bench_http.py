@@ -30,6 +30,7 @@ import psycopg
 from application.commands import Deposit, OpenAccount
 from application.group_commit import GroupCommitWriter
 from domain.errors import DomainError
+from infrastructure.audit_keys import new_holder_kek
 from infrastructure.settings import load_settings
 from keel.bench import DEFAULT_PG, _server_settings, pgbench_tps
 from keel.bootstrap import build_ledger, migrate
@@ -303,7 +304,10 @@ def bench_http(args: argparse.Namespace) -> dict[str, Any]:
     schema = f"benchhttp_{uuid.uuid4().hex[:8]}"
     settings = load_settings({}, database_url=args.pg, database_schema=schema)
     migrate(settings)
-    env = dict(os.environ, KEEL_DATABASE_URL=args.pg, KEEL_DATABASE_SCHEMA=schema, KEEL_RATE_LIMIT_PER_S="1000000", KEEL_LOG_LEVEL="WARNING")
+    # A rate limit far above any load (the default 100 requests/s of one key would be the result),
+    # and a scratch holder KEK for this schema (`keel serve` refuses PostgreSQL without one).
+    env = dict(os.environ, KEEL_DATABASE_URL=args.pg, KEEL_DATABASE_SCHEMA=schema, KEEL_RATE_LIMIT_PER_S="1000000",
+               KEEL_HOLDER_KEK=new_holder_kek(set()), KEEL_LOG_LEVEL="WARNING")  # fmt: skip
     results: list[dict[str, Any]] = []
     proc = None
     workers: list[subprocess.Popen[bytes]] = []

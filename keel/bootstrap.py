@@ -25,17 +25,26 @@ def _configure_mapper(app: Any, settings: Settings) -> None:
     assert isinstance(app.mapper, MsgspecMapper), "MAPPER_TOPIC must select the msgspec mapper"
     from infrastructure.audit_keys import data_key_spec
 
-    spec = data_key_spec(settings)  # KEEL_DATA_KEY, then KEEL_DATA_KEY_FILE
+    # KEEL_DATA_KEY, then KEEL_DATA_KEY_FILE; the embedded store's own data-keys file otherwise
+    spec = data_key_spec(settings)
     app.mapper.keyring = KeyRing.parse(spec) if spec else None
 
 
 def build_ledger(settings: Settings, *, create_table: bool = False) -> Ledger:
-    ledger = Ledger(env=persistence_env(settings, create_table=create_table))
+    from infrastructure.audit_keys import load_holder_keks
+
+    env = persistence_env(settings, create_table=create_table)
+    # Also for migrate(): the embedded store makes its KEK file on first start, and a configured
+    # KEK that is missing or malformed fails here, before anything is opened.
+    keks = load_holder_keks(settings)  # None on PostgreSQL without one: the vault then refuses
+    ledger = Ledger(env=env)
     _configure_mapper(ledger, settings)
     if not create_table:  # migrate() builds a Ledger before the key table exists
-        from infrastructure.audit_store import Db, SqlHolderVault
+        from infrastructure.audit_store import Db, SqlAccountDirectory, SqlHolderVault
 
-        ledger.holder_vault = SqlHolderVault(Db(ledger.recorder.datastore, postgres=settings.is_postgres))  # type: ignore[attr-defined]
+        db = Db(ledger.recorder.datastore, postgres=settings.is_postgres)  # type: ignore[attr-defined]
+        ledger.holder_vault = SqlHolderVault(db, keks)
+        ledger.account_directory = SqlAccountDirectory(db)
     if settings.is_postgres and not create_table:
         from infrastructure.write_lease import PostgresWriteLease
 

@@ -43,6 +43,8 @@ from typing import Any
 
 import httpx
 
+from domain.identity import transfer_key
+
 PG_START_TIMEOUT_S = 60
 REQUEST_TIMEOUT_S = 5.0
 RETRY_PAUSE_S = (0.1, 0.5)
@@ -223,7 +225,16 @@ class Cluster:
         # The history check reads each account's own events (with versions) as an auditor.
         self.auditor_token = make_token(self.settings, "auditor")
         self.key_id = self.token.split("_")[1]
-        self.env = {"KEEL_DATABASE_URL": self.pg.dsn, "KEEL_LOG_LEVEL": "WARNING"}
+        from infrastructure.audit_keys import new_holder_kek
+
+        # No rate limit (the writers outrun the default 100 requests/s of one key), and a holder
+        # KEK for this throwaway cluster (`keel serve` refuses PostgreSQL without one).
+        self.env = {
+            "KEEL_DATABASE_URL": self.pg.dsn,
+            "KEEL_LOG_LEVEL": "WARNING",
+            "KEEL_RATE_LIMIT_PER_S": "0",
+            "KEEL_HOLDER_KEK": new_holder_kek(set()),
+        }
         self.ports = [free_port() for _ in range(api_count)]
         self.apis: list[Any] = [self._start_api(i) for i in range(api_count)]
         from keel.workers import WORKERS
@@ -528,6 +539,10 @@ def check_history(bank: Bank, rec: Record, client: httpx.Client, auditor: httpx.
         prefix[aid] = by_version
         if posted != accounts[aid]["posted"]:
             rec.anomaly(f"account {aid}: balance {accounts[aid]['posted']} != its history {posted}")
+    # The account events name transfers by storage key (domain/identity.py); clients by public id.
+    public_of = {transfer_key(TENANT, t): t for t in [*(i.transfer_id for i in rec.intents), *bank.deposit_ids]}
+    debits = {public_of.get(k, k): v for k, v in debits.items()}
+    credits = {public_of.get(k, k): v for k, v in credits.items()}
     # Reads: the balance seen at a version is the one the history gives for that version.
     ordered = {aid: sorted(v) for aid, v in prefix.items()}
     for o in rec.observations:

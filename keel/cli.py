@@ -115,6 +115,65 @@ def cmd_keys(args: argparse.Namespace) -> int:
         container.ledger.close()
 
 
+def cmd_rotate_holder_kek(args: argparse.Namespace) -> int:
+    """New KEK first (KEK file, or printed for KEEL_HOLDER_KEK), then every holder key re-wrapped
+    under it in one transaction. No event is rewritten: events hold only the sealed holder."""
+    from infrastructure.audit_keys import UnknownHolderKek, load_holder_keks, rotate_holder_kek
+    from keel.bootstrap import build, migrate
+
+    settings = _settings(args)
+    if not settings.is_postgres:
+        migrate(settings)  # the embedded default needs no separate step
+    container = build(settings, start_writer=False)
+    try:
+        vault = container.ledger.holder_vault
+        if args.rewrap_only:
+            keks = load_holder_keks(settings)
+            if keks is None:
+                from infrastructure.audit_keys import NO_HOLDER_KEK
+
+                print(f"keel: {NO_HOLDER_KEK}", file=sys.stderr)
+                return 2
+            before = None
+        else:
+            where, value, keks, before = rotate_holder_kek(settings, args.file)
+            if where == "env":
+                # Printed before the re-wrap commits: once it has, this value is the only way in.
+                print(f"KEEL_HOLDER_KEK={value}", flush=True)
+                print("set this KEEL_HOLDER_KEK everywhere and restart; until then processes with the old value "
+                      "cannot unwrap re-wrapped keys", file=sys.stderr)  # fmt: skip
+            else:
+                print(f"new holder KEK {keks.current_id} prepended to {value}; running processes pick it up",
+                      file=sys.stderr)  # fmt: skip
+        try:
+            count = vault.rewrap(keks, before)
+        except UnknownHolderKek as e:
+            print(f"keel: {e}; nothing was re-wrapped", file=sys.stderr)
+            return 2
+        older = {k: n for k, n in vault.keys_by_kek().items() if k != keks.current_id}
+        print(f"re-wrapped {count} holder keys under KEK {keks.current_id}", file=sys.stderr)
+        if older:
+            print(f"still under older KEKs (keep them; run again with --rewrap-only): {older}", file=sys.stderr)
+        else:
+            print(f"no holder key is wrapped under another KEK: all but {keks.current_id} may be dropped",
+                  file=sys.stderr)  # fmt: skip
+        return 0
+    finally:
+        container.close()
+
+
+def cmd_holder_kek_init(args: argparse.Namespace) -> int:
+    from infrastructure.audit_keys import init_holder_kek_file
+
+    try:
+        init_holder_kek_file(args.out)
+    except FileExistsError as e:
+        print(f"keel: {e}", file=sys.stderr)
+        return 2
+    print(f"KEEL_HOLDER_KEK_FILE={os.path.abspath(args.out)}")
+    return 0
+
+
 def cmd_fraud(args: argparse.Namespace) -> int:
     from keel.fraud_cli import run
 
@@ -158,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="API processes (PostgreSQL only)")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("keys", help="API keys: create (prints the token once) or revoke")
+    p = sub.add_parser("keys", help="API keys (create, revoke) and the keys kept outside the database")
     keys_sub = p.add_subparsers(dest="keys", required=True)
     k = keys_sub.add_parser("create", help="create a key and print its token")
     k.add_argument("--role", required=True, choices=["banking", "auditor", "analyst", "admin"])
@@ -194,6 +253,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_audit_parser(sub)
     add_keys_commands(keys_sub)  # keys audit-init, keys rotate-data-key
+    k = keys_sub.add_parser(
+        "rotate-holder-kek",
+        help="new holder key-encryption key first, then every holder key re-wrapped under it (one transaction)",
+    )
+    k.add_argument("--file", help="KEK file to prepend to (default: KEEL_HOLDER_KEK_FILE, or the store's var/holder-kek)")
+    k.add_argument("--rewrap-only", action="store_true",
+                   help="make no new KEK: re-wrap keys still under older KEKs under the newest configured one")  # fmt: skip
+    k.set_defaults(func=cmd_rotate_holder_kek)
+    k = keys_sub.add_parser("holder-kek-init", help="write a new holder key-encryption key file (0600)")
+    k.add_argument("--out", required=True, help="the file to create (never overwritten)")
+    k.set_defaults(func=cmd_holder_kek_init)
     return parser
 
 

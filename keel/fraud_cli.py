@@ -50,7 +50,9 @@ def add_fraud_arguments(p: argparse.ArgumentParser) -> None:
     lag.add_argument("--clients", type=_bounded(1, 256), default=64, help="concurrent submitters, as keel bench ledger")
     lag.add_argument("--accounts", type=_bounded(2, 100_000), default=10_000)
     r = sub.add_parser("rescore", help="recompute a recorded assessment from its features and model version")
-    r.add_argument("transfer_id", type=UUID)
+    r.add_argument("transfer_id", type=UUID, help="the transfer's public id with --tenant; without it, its storage key "
+                   "(aggregate id in the audit log) or a public id that exactly one tenant uses")
+    r.add_argument("--tenant", help="the tenant whose transfer TRANSFER_ID names")
 
 
 def add_simulate_arguments(p: argparse.ArgumentParser) -> None:
@@ -124,22 +126,29 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _rescore(args: argparse.Namespace, settings: Settings) -> int:
-    from domain.errors import NotFound
+    from domain.errors import DomainError
+    from fraud.service import Unscored
     from keel.bootstrap import build, fraud_service
 
     c = build(settings, start_writer=False)
     try:
         svc = fraud_service(c)
         try:
-            r = svc.rescore(args.transfer_id)
-        except NotFound as e:
-            print(f"keel: {e}", file=sys.stderr)
+            found = svc.find(args.transfer_id, args.tenant)
+            if isinstance(found, Unscored):
+                print(f"keel: transfer {found.public_id} of tenant {found.tenant} (key {found.transfer_key}) is not scored yet",
+                      file=sys.stderr)
+                return 1
+            r = svc.rescore(found.transfer_key)
+        except DomainError as e:
+            hint = " (--tenant)" if e.details.get("field") == "tenant" else ""
+            print(f"keel: {e.message}{hint}", file=sys.stderr)
             return 1
         finally:
             svc.close()
     finally:
         c.close()
-    print(f"transfer {r.transfer_id} model {r.model_version}")
+    print(f"transfer {r.public_id} of tenant {r.tenant} (key {r.transfer_key}) model {r.model_version}")
     print(f"  recorded   score {r.recorded_score!r} level {r.recorded_level}")
     print(f"  recomputed score {r.recomputed_score!r} level {r.recomputed_level}")
     for reason in r.recomputed_reasons:
@@ -227,7 +236,7 @@ def _lag(args: argparse.Namespace, settings: Settings) -> int:
             time.sleep(0.2)
         stop = threading.Event()
         written = [0] * args.clients
-        acked: dict[uuid.UUID, float] = {}  # transfer id -> wall time its commit was acknowledged
+        acked: dict[uuid.UUID, float] = {}  # transfer storage key -> wall time its commit was acknowledged
 
         def client(k: int) -> None:
             rng = random.Random(k)
@@ -236,7 +245,7 @@ def _lag(args: argparse.Namespace, settings: Settings) -> int:
                 fut = w.submit(MakeTransfer(tenant="lag", debit_account_id=x, credit_account_id=y,
                                             amount_minor=rng.randint(1, 10_000), currency="USD"))
                 result = fut.result(timeout=60)
-                acked[result.id] = time.time()
+                acked[result.key] = time.time()  # by storage key, as the log and the assessments
                 written[k] += 1
 
         threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(args.clients)]
@@ -253,7 +262,7 @@ def _lag(args: argparse.Namespace, settings: Settings) -> int:
         while app.position() < head and time.monotonic() < deadline:
             time.sleep(0.2)
         # Both timestamps come from the stored events; read them back page by page.
-        initiated: dict[uuid.UUID, float] = {}
+        initiated: dict[uuid.UUID, float] = {}  # by storage key (the originator id)
         from fraud.app import LEDGER_TOPICS
 
         pos = start_at
@@ -273,10 +282,10 @@ def _lag(args: argparse.Namespace, settings: Settings) -> int:
             notes = app.recorder.select_notifications(start=pos, limit=5000, inclusive_of_start=False)
             for n in notes:
                 e = app.mapper.to_domain_event(n)
-                if isinstance(e, Assessment.FraudAssessed) and e.transfer_id in initiated:
-                    lags.append((e.timestamp.timestamp() - initiated[e.transfer_id]) * 1000)
-                    if e.transfer_id in acked:
-                        ack_lags.append((e.timestamp.timestamp() - acked[e.transfer_id]) * 1000)
+                if isinstance(e, Assessment.FraudAssessed) and e.transfer_key in initiated:
+                    lags.append((e.timestamp.timestamp() - initiated[e.transfer_key]) * 1000)
+                    if e.transfer_key in acked:
+                        ack_lags.append((e.timestamp.timestamp() - acked[e.transfer_key]) * 1000)
                 pos = n.id
             if len(notes) < 5000:
                 break

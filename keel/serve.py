@@ -5,7 +5,7 @@ here from those Settings; with `--workers N` uvicorn spawns N processes that eac
 `app_factory`, which re-reads the same environment (the CLI writes its overrides into it
 first) — the only place besides the CLI that calls load_settings. Must never run DDL on
 PostgreSQL (that is `keel migrate`); on the embedded SQLite default it migrates first so that
-one command starts a working service.
+one command starts a working service. Refuses to start without a holder key-encryption key.
 """
 from __future__ import annotations
 
@@ -79,8 +79,13 @@ def serve(settings: Settings, *, host: str, port: int, workers: int) -> int:
 
     from keel.bootstrap import migrate
 
+    from infrastructure.audit_keys import require_holder_kek
+
     if workers < 1:
         raise SettingsError("--workers must be at least 1")
+    # Holder data is sealed under keys wrapped by a KEK kept outside the database. On PostgreSQL
+    # none is made up here (a container's filesystem is no place for it): refuse to start.
+    require_holder_kek(settings)
     if not settings.is_postgres:
         if workers > 1:
             raise SettingsError("the embedded SQLite store takes one writer process: use --workers 1 or PostgreSQL")

@@ -6,6 +6,7 @@ they fail: CI must never go green without having run them.
 """
 from __future__ import annotations
 
+import base64
 import os
 import uuid
 from collections.abc import Iterator
@@ -14,11 +15,21 @@ import psycopg
 import pytest
 from hypothesis import settings as hypothesis_settings
 
+# Imported before any test runs: CPython 3.11 can leave its parser's recursion counter off after a
+# test provokes (and catches) a RecursionError deep in C code (hostile, deeply nested bodies), and a
+# module first imported (and assertion-rewritten) after that fails with "SystemError: AST
+# constructor recursion depth mismatch". schemathesis imports its OpenAPI modules lazily.
+import schemathesis.specs.openapi.schemas  # noqa: E402, F401
+
 from infrastructure.settings import Settings, load_settings
 from keel.bootstrap import migrate
 
 PG_DSN = os.environ.get("KEEL_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# Holder keys are wrapped by a key-encryption key kept outside the database. On PostgreSQL
+# nothing makes one up, so every test store gets this session's (SQLite makes its own beside
+# its file). Subprocesses on a test schema that seal or reveal holders need it too.
+TEST_HOLDER_KEK = "htest:" + base64.b64encode(os.urandom(32)).decode()
 
 # CI runs a fixed set of examples (reproducible from the log alone); local runs explore anew.
 hypothesis_settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
@@ -63,6 +74,7 @@ def fresh_pg_settings(schemas: list[str], **overrides: object) -> Settings:
     require_postgres()
     schema = f"keel_test_{uuid.uuid4().hex[:12]}"
     schemas.append(schema)
+    overrides.setdefault("holder_kek", TEST_HOLDER_KEK)
     settings = load_settings({}, database_url=PG_DSN, database_schema=schema, **overrides)
     migrate(settings)
     return settings

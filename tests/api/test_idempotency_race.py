@@ -27,7 +27,7 @@ def test_racing_commits_of_one_key_store_one_effect(settings: Settings) -> None:
         a = first.writer.execute(OpenAccount(tenant="t", currency="EUR"))
         b = first.writer.execute(OpenAccount(tenant="t", currency="EUR"))
         first.writer.execute(Deposit(tenant="t", account_id=a.id, amount_minor=1_000, currency="EUR"))
-        second.ledger.get_account(a.id)  # the second process has seen the accounts before
+        second.ledger.get_account(a.id, "t")  # the second process has seen the accounts before
 
         scope, key = "key-1", "pay-1"
         hash_ = request_hash("POST", "/v1/transfers", b'{"amount":10}')
@@ -50,8 +50,8 @@ def test_racing_commits_of_one_key_store_one_effect(settings: Settings) -> None:
 
         stored = second.idempotency.get(scope, key)
         assert isinstance(stored, IdempotencyRecord) and stored.body == render_1.record.body  # type: ignore[union-attr]
-        assert first.ledger.get_account(a.id).posted_minor == 990
-        assert first.ledger.get_account(b.id).posted_minor == 10
+        assert first.ledger.get_account(a.id, "t").posted_minor == 990
+        assert first.ledger.get_account(b.id, "t").posted_minor == 10
     finally:
         first.close()
         second.close()
@@ -63,7 +63,10 @@ def test_renderer_never_stores_a_retryable_conflict(settings: Settings) -> None:
     container = build(settings, start_writer=False)
     try:
         r = Renderer("s", "k", "h", _present, container.idempotency)
-        assert r(ConcurrencyConflict("retry")) is None and r.record is None
+        assert r.render(ConcurrencyConflict("retry")) is None and r.record is None
+        from application.unit_of_work import CommandFailed
+
+        assert r.render(CommandFailed("a bug")) is None and r.record is None  # a 500 is never replayed
     finally:
         container.ledger.close()
 
@@ -96,10 +99,17 @@ def test_cleanup_worker_deletes_old_records_and_claims(settings: Settings) -> No
     try:
         now_ms = int(time.time() * 1000)
 
-        def render_at(created_at_ms: int, key: str):  # noqa: ANN202
-            return lambda _outcome: IdempotencyRecord(
-                scope="s", key=key, request_hash="h", status_code=201, body=b"{}", created_at_ms=created_at_ms
-            )
+        class render_at:  # noqa: N801 - an OutcomeRecorder that stores a record of a given age
+            def __init__(self, created_at_ms: int, key: str) -> None:
+                self.record = IdempotencyRecord(
+                    scope="s", key=key, request_hash="h", status_code=201, body=b"{}", created_at_ms=created_at_ms
+                )
+
+            def recorded(self) -> bool:
+                return False
+
+            def render(self, _outcome: object) -> IdempotencyRecord:
+                return self.record
 
         for key, created in (("old", now_ms - 25 * 3600 * 1000), ("young", now_ms - 23 * 3600 * 1000)):
             container.writer.submit(OpenAccount(tenant="t", currency="EUR"), render_at(created, key)).result(30)

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from application.audit import parse_instant
 from application.commands import Deposit, MakeTransfer, OpenAccount, PostTransfer, VoidTransfer, Withdraw
 from domain.errors import DomainError, NotFound, ValidationFailed
+from domain.identity import account_key
 from keel.bootstrap import Container, build
 from tests.audit.conftest import T, make_history, make_settings
 
@@ -46,7 +47,7 @@ def test_balance_at_every_version_equals_what_was_reported(shared_container: Con
 
     def snapshot() -> None:
         for account_id in ids:
-            s = c.ledger.get_account(account_id)
+            s = c.ledger.get_account(account_id, T)
             reported[(account_id, s.version)] = (s.posted_minor, s.pending_debits_minor, s.pending_credits_minor, s.available_minor)
 
     snapshot()
@@ -72,20 +73,22 @@ def test_balance_at_every_version_equals_what_was_reported(shared_container: Con
             pass  # rejected: wrote nothing, and nothing is recorded for it
         snapshot()
     for (account_id, version), expected in reported.items():
-        p = audit.balance_at_version(account_id, version)
+        key = account_key(T, account_id)  # the auditor reads the log by storage key
+        p = audit.balance_at_version(key, version)
         assert (p.posted_minor, p.pending_debits_minor, p.pending_credits_minor, p.available_minor) == expected
-        assert p.version == version
+        assert p.version == version and p.account_id == account_id and p.key == key and p.tenant == T
         # The same state by time: at the instant of that version's event.
-        at = audit.balance_at(account_id, parse_instant(p.as_of))
+        at = audit.balance_at(key, parse_instant(p.as_of))
         assert at.version == version and at.posted_minor == expected[0]
 
 
 def test_balance_across_snapshots_and_by_time(ac: Container) -> None:
     """Snapshots every 100 events: point-in-time state must not depend on where they fall."""
-    a = ac.writer.execute(OpenAccount(tenant=T, currency="USD")).id
-    futures = [ac.writer.submit(Deposit(tenant=T, account_id=a, amount_minor=i, currency="USD")) for i in range(1, 231)]
+    public = ac.writer.execute(OpenAccount(tenant=T, currency="USD")).id
+    futures = [ac.writer.submit(Deposit(tenant=T, account_id=public, amount_minor=i, currency="USD")) for i in range(1, 231)]
     for f in futures:
         assert not isinstance(f.result(timeout=30), DomainError)
+    a = account_key(T, public)
     ac.ledger.take_snapshot(a, version=150)  # explicitly as well as by interval (those fall at batch ends)
     audit = ac.extras["audit"]
     for version in (1, 2, 99, 100, 101, 200, 201, 231):
@@ -126,7 +129,8 @@ def test_global_log_page_has_hashes_and_no_plaintext_holder(ac: Container) -> No
 
 
 def test_account_events_carry_their_log_positions_and_hashes(ac: Container) -> None:
-    a, _ = make_history(ac, transfers=2)
+    public, _ = make_history(ac, transfers=2)
+    a = account_key(T, public)
     audit = ac.extras["audit"]
     by_position = {e.position: e for e in audit.events(0, 1000)}
     history = audit.account_events(a)

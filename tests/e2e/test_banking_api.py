@@ -13,7 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from domain.account import settlement_account_id
+
+from domain.identity import settlement_public_id
 from tests.e2e.conftest import Api
 
 FORBIDDEN_TEXT = ("Traceback", "SELECT", "INSERT", "psycopg", "sqlite3", "File \"")
@@ -78,7 +79,7 @@ def test_money_flow_and_conservation(api: Api) -> None:
 
     # Double entry: customer balances plus the settlement account sum to zero for the tenant.
     tenant = ok(c.get(f"/v1/accounts/{a}")) and _tenant_of(api)
-    settlement = balance(c, str(settlement_account_id(tenant, "EUR")))
+    settlement = balance(c, str(settlement_public_id("EUR")))
     listed = _all_accounts(c)
     assert {a, b} <= {x["id"] for x in listed}
     assert settlement["kind"] == "settlement"
@@ -182,7 +183,7 @@ def test_domain_error_codes(api: Api) -> None:
     assert ok(c.post(f"/v1/accounts/{empty}/close"))["status"] == "closed"
     problem(c.post("/v1/deposits", json={"account_id": empty, "amount": 1, "currency": "EUR"}), 422, "account_closed")
 
-    settlement = str(settlement_account_id(_tenant_of(api), "EUR"))
+    settlement = str(settlement_public_id("EUR"))
     problem(c.post(f"/v1/accounts/{settlement}/freeze"), 422, "settlement_account_restricted")
 
     # balance_overflow: the settlement account (already negative from the deposits above)
@@ -502,9 +503,13 @@ def test_tenant_isolation(api: Api) -> None:
     problem(transfer(b_client, a, b_acc, 1), 404, "not_found")  # debit another tenant's account
     problem(transfer(b_client, b_acc, a, 1), 404, "not_found")  # credit another tenant's account
     problem(b_client.post("/v1/withdrawals", json={"account_id": a, "amount": 1, "currency": "EUR"}), 404, "not_found")
-    problem(b_client.post("/v1/accounts", json={"id": a, "currency": "EUR"}), 409, "exists_with_different_fields")
     assert a not in {x["id"] for x in _all_accounts(b_client)}
+    # The same id in tenant B is B's own, new account: no collision, no hint that A has one.
+    mine = b_client.post("/v1/accounts", json={"id": a, "currency": "USD"})
+    assert mine.status_code == 201 and mine.json()["id"] == a and mine.json()["posted"] == 0
+    assert a in {x["id"] for x in _all_accounts(b_client)}
     assert balance(a_client, a)["posted"] == 1_000 and balance(a_client, a)["status"] == "open"
+    assert balance(a_client, a)["currency"] == "EUR"
     assert balance(b_client, b_acc)["posted"] == 50
 
 
@@ -579,5 +584,7 @@ def test_transfer_id_reuse_across_kinds(api: Api) -> None:
     d = ok(c.post("/v1/deposits", json={"account_id": a, "amount": 10, "currency": "EUR", "id": tid}), 201)
     assert ok(c.post("/v1/deposits", json={"account_id": a, "amount": 10, "currency": "EUR", "id": tid}), 200) == d
     problem(transfer(c, a, b, 10, id=tid), 409, "exists_with_different_fields")
-    problem(c.post("/v1/accounts", json={"currency": "EUR", "id": tid}), 409, "exists_with_different_fields")
+    # Accounts and transfers have id spaces of their own: an account may carry a transfer's id.
+    assert ok(c.post("/v1/accounts", json={"currency": "EUR", "id": tid}), 201)["id"] == tid
+    assert balance(c, tid)["posted"] == 0 and ok(c.get(f"/v1/transfers/{tid}"), 200)["kind"] == "deposit"
     assert balance(c, a)["posted"] == 1_010

@@ -11,7 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from domain.account import settlement_account_id
+
+from domain.identity import settlement_public_id
 from tests.e2e.conftest import Api, start_pg_api
 from tests.e2e.server import auth
 
@@ -96,7 +97,7 @@ def test_32_clients_through_two_processes(pair: tuple[Api, Api]) -> None:
     assert {a: s["posted"] for a, s in actual.items()} == expected
     assert all(s["available"] >= 0 for s in actual.values())
     # Conservation: customer accounts and the settlement account sum to zero.
-    settlement = servers[1].get(f"/v1/accounts/{settlement_account_id(TENANT, 'EUR')}").json()
+    settlement = servers[1].get(f"/v1/accounts/{settlement_public_id('EUR')}").json()
     assert sum(expected.values()) + settlement["posted"] == 0
     for c in servers:
         c.close()

@@ -21,14 +21,18 @@ SETTLE = UUID(int=1)
 
 
 def opened(account_id: UUID, at: datetime, kind: str, overdraft: int) -> Account.Opened:
+    # Ids here stand for storage keys; the public ids only travel along for display.
     return Account.Opened(originator_id=account_id, originator_version=1, timestamp=at, originator_topic="", tenant="t",
-                          currency="EUR", kind=kind, overdraft_limit_minor=overdraft, holder=None, metadata={})
+                          public_id=uuid4(), currency="EUR", kind=kind, overdraft_limit_minor=overdraft, holder=None,
+                          metadata={})
 
 
 def initiated(tid: UUID, at: datetime, kind: str, debit: UUID, credit: UUID, amount: int, pending: bool) -> Transfer.Initiated:
-    return Transfer.Initiated(originator_id=tid, originator_version=1, timestamp=at, originator_topic="", tenant="t", kind=kind,
-                              debit_account_id=debit, credit_account_id=credit, amount_minor=amount, currency="EUR",
-                              reference=None, metadata={}, pending=pending, timeout_s=None, reverses_id=None)
+    return Transfer.Initiated(originator_id=tid, originator_version=1, timestamp=at, originator_topic="", tenant="t",
+                              public_id=uuid4(), kind=kind, debit_account_id=debit, credit_account_id=credit,
+                              debit_public_id=uuid4(), credit_public_id=uuid4(), amount_minor=amount, currency="EUR",
+                              reference=None, metadata={}, pending=pending, timeout_s=None, reverses_id=None,
+                              reverses_public_id=None)
 
 
 ops = st.lists(
@@ -164,7 +168,8 @@ def test_incremental_features_equal_brute_force(draw_ops: list, overdrafts: list
         if not isinstance(event, Transfer.Initiated):
             assert got is None
             continue
-        assert got is not None and got.transfer_id == event.originator_id
+        assert got is not None and got.transfer_key == event.originator_id and got.public_id == event.public_id
+        assert got.tenant == event.tenant
         want = brute_force(events, k)
         for name, value in zip(FEATURE_NAMES, got.features, strict=True):
             assert math.isclose(value, want[name], rel_tol=1e-9, abs_tol=1e-9), (name, value, want[name], k)
@@ -176,3 +181,23 @@ def test_replaying_the_same_log_gives_the_same_vectors() -> None:
     first = [o.features for o in map(FeatureExtractor().observe, events) if o]
     again = [o.features for o in map(FeatureExtractor().observe, events) if o]
     assert first == again and len(first) > 100
+
+
+def test_two_tenants_with_the_same_public_ids_keep_apart() -> None:
+    """The same simulated activity in two tenants (same public ids for every account and transfer)
+    interleaved in one log: each tenant's vectors equal those of a log holding that tenant alone,
+    because features are keyed by storage key (domain/identity.py), never by public id."""
+    from fraud.simulate import SimConfig, ledger_events, simulate
+
+    records = simulate(SimConfig(seed=41, customers=25, days=3, takeovers=800.0, mule_rings=200.0))
+    alone = {t: [(o.public_id, o.features) for o in map(FeatureExtractor().observe, ledger_events(records, tenant=t)) if o]
+             for t in ("a", "b")}
+    assert alone["a"] == alone["b"] and len(alone["a"]) > 100
+    a_events, b_events = list(ledger_events(records, tenant="a")), list(ledger_events(records, tenant="b"))
+    both = [e for pair in zip(a_events, b_events, strict=True) for e in pair]  # a, b, a, b, ... in time order
+    ex = FeatureExtractor()
+    mixed: dict[str, list] = {"a": [], "b": []}
+    for o in map(ex.observe, both):
+        if o is not None:
+            mixed[o.tenant].append((o.public_id, o.features))
+    assert mixed == alone

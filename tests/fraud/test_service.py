@@ -12,11 +12,13 @@ import pytest
 
 from application.commands import Deposit, MakeTransfer, OpenAccount
 from domain.errors import NotFound, ValidationFailed
-from fraud.app import LEDGER_TOPICS, AlertAlreadyReviewed
+from domain.identity import transfer_key
+from fraud.app import ALERT_PAGE_MAX, LEDGER_TOPICS, AlertAlreadyReviewed
 from fraud.drive import drive_ledger
 from fraud.features import FeatureExtractor
 from fraud.model import HIGH, ModelError, ModelStore, train
-from fraud.simulate import SimConfig, SimTransfer, simulate
+from fraud.service import Unscored
+from fraud.simulate import SIM_TENANT, SimConfig, SimTransfer, simulate
 from infrastructure.settings import Settings
 from keel.bootstrap import build, fraud_service
 
@@ -43,15 +45,34 @@ def test_each_transfer_is_assessed_once_and_rescoring_matches_exactly(container)
     assert svc.consumer.tick() == 0  # nothing new: nothing scored again
     levels = {}
     for r in transfers:
-        a = svc.app.assessment(r.transfer_id)
-        assert 0.0 <= a.score <= 1.0 and a.tenant == "sim" and len(a.features) == 23
+        # The simulator's ids are public ids; the assessment is kept under the storage key.
+        key = transfer_key(SIM_TENANT, r.transfer_id)
+        a = svc.app.assessment(key)
+        assert 0.0 <= a.score <= 1.0 and a.tenant == SIM_TENANT and len(a.features) == 23
+        assert a.transfer_key == key and a.public_id == r.transfer_id
+        assert svc.find(r.transfer_id, SIM_TENANT) == a
         levels[r.transfer_id] = a.level
-        again = svc.rescore(r.transfer_id)
+        again = svc.rescore(key)
         assert again.matches, again
+        assert (again.public_id, again.tenant, again.transfer_key) == (r.transfer_id, SIM_TENANT, key)
         assert again.recomputed_score == a.score  # the same float, not merely close
-    alerts = svc.app.alerts("open", limit=500)
-    assert {v.transfer_id for v in alerts} == {t for t, lvl in levels.items() if lvl == HIGH}
+    alerts = svc.app.all_alerts("open")
+    assert {v.public_id for v in alerts} == {t for t, lvl in levels.items() if lvl == HIGH}
+    assert all(v.transfer_key == transfer_key(v.tenant, v.public_id) for v in alerts)
     assert alerts, "this run has fraud in it; at least one alert is expected"
+    assert svc.app.alerts("open", limit=ALERT_PAGE_MAX).items == alerts[:ALERT_PAGE_MAX]
+    # Pages follow log positions: together they are every alert, once, in order.
+    paged, after = [], 0
+    while True:
+        page = svc.app.alerts("open", limit=3, after=after)
+        paged += page.items
+        if page.next_after is None:
+            break
+        after = page.next_after
+    assert paged == alerts
+    for bad in ({"limit": 0}, {"limit": ALERT_PAGE_MAX + 1}, {"after": -1}, {"after": 2**63}):
+        with pytest.raises(ValidationFailed):
+            svc.app.alerts("open", **bad)
     first = alerts[0]
     svc.app.review(first.id, "fraud", "confirmed with the customer", "analyst-1")
     with pytest.raises(AlertAlreadyReviewed):
@@ -60,9 +81,9 @@ def test_each_transfer_is_assessed_once_and_rescoring_matches_exactly(container)
         svc.app.review(first.id, "maybe", "", "analyst-1")
     with pytest.raises(ValidationFailed):
         svc.app.alerts("bogus")
-    reviewed = svc.app.alerts("reviewed")
+    reviewed = svc.app.alerts("reviewed").items
     assert [v.id for v in reviewed] == [first.id] and reviewed[0].label == "fraud"
-    assert svc.app.reviewed_examples() == [(svc.app.assessment(first.transfer_id).features, 1)]
+    assert svc.app.reviewed_examples() == [(svc.app.assessment(first.transfer_key).features, 1)]
     # The review is a label of the next training run, which becomes the current model.
     before = svc.store.current()
     version = svc.train(seed=5, customers=40, days=3)
@@ -70,6 +91,8 @@ def test_each_transfer_is_assessed_once_and_rescoring_matches_exactly(container)
     assert svc.store.current() == version != before
     with pytest.raises(NotFound):
         svc.app.assessment(uuid4())
+    with pytest.raises(NotFound):
+        svc.find(uuid4(), SIM_TENANT)
 
 
 def test_a_restarted_consumer_rebuilds_the_same_features(settings: Settings, model_dir: Path) -> None:
@@ -88,10 +111,10 @@ def test_a_restarted_consumer_rebuilds_the_same_features(settings: Settings, mod
         # One uninterrupted pass over the ledger's log must give the very same vectors.
         ex = FeatureExtractor()
         notes = c.ledger.recorder.select_notifications(start=0, limit=100_000, topics=LEDGER_TOPICS, inclusive_of_start=False)
-        expected = {o.transfer_id: list(o.features) for o in map(ex.observe, map(c.ledger.mapper.to_domain_event, notes)) if o}
+        expected = {o.transfer_key: list(o.features) for o in map(ex.observe, map(c.ledger.mapper.to_domain_event, notes)) if o}
         assert len(expected) == sum(isinstance(r, SimTransfer) for r in records)
-        for transfer_id, features in expected.items():
-            assert svc.app.assessment(transfer_id).features == features
+        for key, features in expected.items():
+            assert svc.app.assessment(key).features == features
         svc.close()
     finally:
         c.close()
@@ -106,9 +129,9 @@ def _ordinary_day(w, tenant: str, n: int = 12) -> tuple[list, list]:  # noqa: AN
         w.execute(Deposit(tenant=tenant, account_id=cid, amount_minor=250_000 + 1_000 * i, currency="EUR", reference="salary"))
         for k in range(3):
             ordinary.append(w.execute(MakeTransfer(tenant=tenant, debit_account_id=cid, credit_account_id=merchants[(i + k) % 4],
-                                                   amount_minor=1_500 + 700 * k + 13 * i, currency="EUR")).id)
+                                                   amount_minor=1_500 + 700 * k + 13 * i, currency="EUR")))
         ordinary.append(w.execute(MakeTransfer(tenant=tenant, debit_account_id=cid, credit_account_id=customers[(i + 1) % n],
-                                               amount_minor=2_000 + 100 * i, currency="EUR")).id)
+                                               amount_minor=2_000 + 100 * i, currency="EUR")))
     return customers, ordinary
 
 
@@ -117,15 +140,15 @@ def test_takeover_drain_outranks_every_ordinary_payment_via_the_ledger_writer(co
     customers, ordinary = _ordinary_day(w, "bank")
     victim = customers[3]
     mule = w.execute(OpenAccount(tenant="bank", currency="EUR")).id
-    available = container.ledger.get_account(victim).available_minor
+    available = container.ledger.get_account(victim, "bank").available_minor
     drain = w.execute(MakeTransfer(tenant="bank", debit_account_id=victim, credit_account_id=mule,
-                                   amount_minor=available * 96 // 100, currency="EUR")).id
+                                   amount_minor=available * 96 // 100, currency="EUR"))
     svc = fraud_service(container)
     svc.consumer.tick()
-    drain_score = svc.app.assessment(drain).score
-    worst_ordinary = max(svc.app.assessment(t).score for t in ordinary)
-    assert drain_score > worst_ordinary, (drain_score, worst_ordinary, svc.app.assessment(drain).reasons)
-    assert any("never paid before" in r for r in svc.app.assessment(drain).reasons)
+    drain_score = svc.app.assessment(drain.key).score
+    worst_ordinary = max(svc.app.assessment(t.key).score for t in ordinary)
+    assert drain_score > worst_ordinary, (drain_score, worst_ordinary, svc.app.assessment(drain.key).reasons)
+    assert any("never paid before" in r for r in svc.app.assessment(drain.key).reasons)
 
 
 def test_the_store_refuses_models_it_did_not_write(model_dir: Path) -> None:
@@ -189,3 +212,76 @@ def test_small_and_large_batches_give_the_same_raw_score_bit_for_bit(model_dir: 
     x = np.vstack([x, x + np.random.default_rng(0).normal(0, 1, x.shape)])
     small = [r for i in range(0, len(x), 50) for r in forest.raw_small(x[i : i + 50])]
     assert small == forest.raw_large(x)
+
+
+def test_find_resolves_ids_as_the_caller_can_name_them_and_tells_unscored_from_missing(container) -> None:  # noqa: ANN001
+    """Tenancy is part of identity: the same public transfer id in two tenants names two transfers.
+    A tenant-scoped lookup never reaches the other tenant's; a cross-tenant one takes a storage key
+    or an unambiguous public id; a transfer the ledger has but the consumer has not scored is
+    Unscored, not NotFound."""
+    w = container.writer
+    shared, only_t1 = uuid4(), uuid4()
+    accounts = {}
+    for tenant in ("t1", "t2"):
+        accounts[tenant] = w.execute(OpenAccount(tenant=tenant, currency="EUR")).id
+        w.execute(Deposit(tenant=tenant, account_id=accounts[tenant], amount_minor=10_000, currency="EUR", transfer_id=shared))
+    w.execute(Deposit(tenant="t1", account_id=accounts["t1"], amount_minor=500, currency="EUR", transfer_id=only_t1))
+    k1, k2, ku = transfer_key("t1", shared), transfer_key("t2", shared), transfer_key("t1", only_t1)
+    svc = fraud_service(container)
+
+    def missing(transfer_id, tenant):  # noqa: ANN001, ANN202
+        with pytest.raises(NotFound) as e:
+            svc.find(transfer_id, tenant)
+        return e.value.message, sorted(e.value.details)
+
+    # Not scored yet: the transfer exists (in the caller's tenant), so it is Unscored.
+    assert svc.find(shared, "t1") == Unscored(transfer_key=k1, public_id=shared, tenant="t1")
+    assert svc.find(ku, None) == Unscored(transfer_key=ku, public_id=only_t1, tenant="t1")  # by storage key
+    # t1's transfer, asked for inside t2, answers exactly as an id nobody uses.
+    assert missing(only_t1, "t2") == missing(uuid4(), "t2")
+    assert missing(k1, "t1") == missing(uuid4(), "t1")  # a storage key is not a public id of the tenant
+
+    assert svc.consumer.tick() == 3
+    a1, a2 = svc.find(shared, "t1"), svc.find(shared, "t2")
+    assert (a1.tenant, a1.public_id, a1.transfer_key) == ("t1", shared, k1)
+    assert (a2.tenant, a2.public_id, a2.transfer_key) == ("t2", shared, k2)
+    assert svc.app.transfer_keys(shared) == [("t1", k1), ("t2", k2)]
+    # Cross-tenant: a storage key names one transfer; a public id only when one tenant uses it.
+    assert svc.find(k2, None) == a2
+    assert svc.find(only_t1, None) == svc.find(only_t1, "t1") == svc.find(ku, None)
+    with pytest.raises(ValidationFailed) as e:
+        svc.find(shared, None)
+    assert e.value.details["field"] == "tenant"
+    assert missing(only_t1, "t2") == missing(uuid4(), "t2") == missing(uuid4(), None)
+    with pytest.raises(ValidationFailed):
+        svc.find(shared, "not a tenant!")
+    # The id table is written before each page's assessments, so a redone page adds nothing twice.
+    svc.app.record_transfer_ids([(shared, "t1", k1), (only_t1, "t1", ku)])
+    assert svc.app.transfer_keys(shared) == [("t1", k1), ("t2", k2)]
+    assert svc.app.transfer_keys(only_t1) == [("t1", ku)]
+
+
+def test_keel_fraud_rescore_names_transfers_as_find_does_and_shows_public_ids(container, capsys) -> None:  # noqa: ANN001
+    from keel.cli import build_parser
+    from keel.fraud_cli import run
+
+    w = container.writer
+    shared = uuid4()
+    for tenant in ("t1", "t2"):
+        acct = w.execute(OpenAccount(tenant=tenant, currency="EUR")).id
+        w.execute(Deposit(tenant=tenant, account_id=acct, amount_minor=10_000, currency="EUR", transfer_id=shared))
+    fraud_service(container).consumer.tick()
+
+    def rescore(*argv: str) -> tuple[int, str, str]:
+        code = run(build_parser().parse_args(["fraud", "rescore", *argv]), container.settings)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    k2 = transfer_key("t2", shared)
+    code, out, _ = rescore(str(shared), "--tenant", "t2")
+    assert code == 0 and out.startswith(f"transfer {shared} of tenant t2 (key {k2}) model m-") and "MATCHES" in out
+    assert rescore(str(k2))[:2] == (0, out)  # by storage key: the same transfer
+    code, _, err = rescore(str(shared))  # two tenants use this public id
+    assert code == 1 and "--tenant" in err
+    code, _, err = rescore(str(shared), "--tenant", "t3")
+    assert code == 1 and "not found" in err

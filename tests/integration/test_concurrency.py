@@ -10,8 +10,9 @@ import uuid
 import pytest
 
 from application.commands import Deposit, MakeTransfer, OpenAccount, TransferState
-from domain.account import settlement_account_id
+
 from domain.errors import DomainError
+from domain.identity import settlement_public_id
 from infrastructure.settings import Settings
 from keel.bootstrap import build
 
@@ -72,14 +73,14 @@ def test_two_writers_sixteen_threads(pg_settings: Settings) -> None:
         for t in committed:
             expected[t.debit_account_id] -= t.amount_minor
             expected[t.credit_account_id] += t.amount_minor
-        actual = {i: c1.ledger.get_account(i).posted_minor for i in ids}
+        actual = {i: c1.ledger.get_account(i, T).posted_minor for i in ids}
         assert actual == expected
-        assert all(c2.ledger.get_account(i).available_minor >= 0 for i in ids)
-        settlement = c1.ledger.get_account(settlement_account_id(T, "USD")).posted_minor
+        assert all(c2.ledger.get_account(i, T).available_minor >= 0 for i in ids)
+        settlement = c1.ledger.get_account(settlement_public_id("USD"), T).posted_minor
         assert sum(actual.values()) + settlement == 0
         # every acknowledged transfer is stored exactly once (ids are unique per aggregate)
         for t in committed:
-            assert c2.ledger.get_transfer(t.id).amount_minor == t.amount_minor
+            assert c2.ledger.get_transfer(t.id, T).amount_minor == t.amount_minor
         stored_transfers = sum(
             1 for n in c1.ledger.recorder.select_notifications(start=1, limit=10**6)
             if n.topic == "domain.transfer:Transfer.Initiated"
@@ -102,8 +103,8 @@ def test_writers_in_turn_see_each_others_commits_without_conflicts(settings: Set
             writer = (c1 if k % 2 else c2).writer
             writer.execute(MakeTransfer(tenant=T, debit_account_id=a, credit_account_id=b, amount_minor=10, currency="USD"))
         assert c1.ledger.conflict_retries + c2.ledger.conflict_retries == 0
-        assert c2.ledger.get_account(a).posted_minor == 900
-        assert c1.ledger.get_account(b).posted_minor == 100
+        assert c2.ledger.get_account(a, T).posted_minor == 900
+        assert c1.ledger.get_account(b, T).posted_minor == 100
     finally:
         c1.close()
         c2.close()

@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 
+import msgspec
 import pytest
 
 from application.commands import (
@@ -26,7 +27,8 @@ from application.commands import (
 from application.expiry import HoldExpiry
 from application.ledger import Ledger
 from domain import errors
-from domain.account import Account, settlement_account_id
+from domain.identity import settlement_public_id
+from domain.account import Account
 from domain.transfer import Transfer
 from infrastructure.settings import Settings
 from keel.bootstrap import Container, build, build_ledger
@@ -49,7 +51,7 @@ def open_funded(c: Container, amount: int, currency: str = "USD", overdraft: int
 
 
 def posted(c: Container, account_id: uuid.UUID) -> int:
-    return c.ledger.get_account(account_id).posted_minor
+    return c.ledger.get_account(account_id, T).posted_minor
 
 
 def conservation(ledger: Ledger, tenant: str = T) -> dict[str, int]:
@@ -71,8 +73,8 @@ def test_deposit_transfer_withdraw(c: Container) -> None:
     t = c.writer.execute(MakeTransfer(tenant=T, debit_account_id=a, credit_account_id=b, amount_minor=300, currency="USD"))
     c.writer.execute(Withdraw(tenant=T, account_id=b, amount_minor=100, currency="USD"))
     assert (posted(c, a), posted(c, b)) == (700, 200)
-    assert c.ledger.get_account(settlement_account_id(T, "USD")).posted_minor == -900
-    assert c.ledger.get_transfer(t.id).status == "posted"
+    assert c.ledger.get_account(settlement_public_id("USD"), T).posted_minor == -900
+    assert c.ledger.get_transfer(t.id, T).status == "posted"
     assert conservation(c.ledger) == {"USD": 0}
 
 
@@ -104,7 +106,8 @@ def test_transfer_id_is_an_idempotency_key(c: Container) -> None:
     cmd = MakeTransfer(tenant=T, transfer_id=tid, debit_account_id=a, credit_account_id=b, amount_minor=10, currency="USD")
     first = c.writer.execute(cmd)
     again = c.writer.execute(cmd)
-    assert again == first
+    assert first.created and not again.created  # exactly one answer says "created"
+    assert msgspec.structs.replace(again, created=True) == first
     with pytest.raises(errors.ExistsWithDifferentFields):
         c.writer.execute(MakeTransfer(tenant=T, transfer_id=tid, debit_account_id=a, credit_account_id=b, amount_minor=11, currency="USD"))
     assert posted(c, a) == 990
@@ -156,31 +159,31 @@ def test_atomic_batch_is_all_or_nothing(c: Container) -> None:
 def test_two_phase_post_in_part_void_and_expire(c: Container) -> None:
     a, b = open_funded(c, 100), open_funded(c, 0)
     h = c.writer.execute(MakeTransfer(tenant=T, debit_account_id=a, credit_account_id=b, amount_minor=60, currency="USD", pending=True))
-    acc = c.ledger.get_account(a)
+    acc = c.ledger.get_account(a, T)
     assert (acc.posted_minor, acc.pending_debits_minor, acc.available_minor) == (100, 60, 40)
-    assert c.ledger.get_account(b).pending_credits_minor == 60
+    assert c.ledger.get_account(b, T).pending_credits_minor == 60
     with pytest.raises(errors.ExceedsHeldAmount):
         c.writer.execute(PostTransfer(tenant=T, transfer_id=h.id, amount_minor=61))
     p = c.writer.execute(PostTransfer(tenant=T, transfer_id=h.id, amount_minor=25))
     assert (p.status, p.posted_amount_minor) == ("posted", 25)
-    acc = c.ledger.get_account(a)
+    acc = c.ledger.get_account(a, T)
     assert (acc.posted_minor, acc.pending_debits_minor, acc.available_minor) == (75, 0, 75)
-    assert c.ledger.get_account(b).posted_minor == 25
+    assert c.ledger.get_account(b, T).posted_minor == 25
     with pytest.raises(errors.TransferNotPending):
         c.writer.execute(VoidTransfer(tenant=T, transfer_id=h.id))
     v = c.writer.execute(MakeTransfer(tenant=T, debit_account_id=a, credit_account_id=b, amount_minor=70, currency="USD", pending=True))
     assert c.writer.execute(VoidTransfer(tenant=T, transfer_id=v.id)).status == "voided"
-    assert c.ledger.get_account(a).available_minor == 75
+    assert c.ledger.get_account(a, T).available_minor == 75
     e = c.writer.execute(MakeTransfer(tenant=T, debit_account_id=a, credit_account_id=b, amount_minor=70, currency="USD", pending=True, timeout_s=1))
     expiry = HoldExpiry(c.ledger, c.writer.submit)
     assert expiry.expire_due() == 0
     time.sleep(1.05)
     assert expiry.expire_due() == 1
     deadline = time.time() + 5
-    while c.ledger.get_transfer(e.id).status != "expired" and time.time() < deadline:
+    while c.ledger.get_transfer(e.id, T).status != "expired" and time.time() < deadline:
         time.sleep(0.02)
-    assert c.ledger.get_transfer(e.id).status == "expired"
-    assert c.ledger.get_account(a).available_minor == 75
+    assert c.ledger.get_transfer(e.id, T).status == "expired"
+    assert c.ledger.get_account(a, T).available_minor == 75
     assert conservation(c.ledger) == {"USD": 0}
 
 
@@ -190,10 +193,10 @@ def test_post_after_timeout_records_expiry_and_rejects(c: Container) -> None:
     time.sleep(1.05)
     with pytest.raises(errors.TransferExpired):
         c.writer.execute(PostTransfer(tenant=T, transfer_id=h.id))
-    assert c.ledger.get_transfer(h.id).status == "expired"
-    assert c.ledger.get_account(a).available_minor == 100
+    assert c.ledger.get_transfer(h.id, T).status == "expired"
+    assert c.ledger.get_account(a, T).available_minor == 100
     # an internal expiry of a finished hold changes nothing
-    assert c.writer.execute(ExpireHold(transfer_id=h.id)).status == "expired"
+    assert c.writer.execute(ExpireHold(transfer_key=h.key)).status == "expired"
 
 
 def test_reverse_is_a_new_compensating_transfer(c: Container) -> None:
@@ -202,7 +205,7 @@ def test_reverse_is_a_new_compensating_transfer(c: Container) -> None:
     r = c.writer.execute(ReverseTransfer(tenant=T, transfer_id=t.id))
     assert (r.kind, r.reverses_id, r.debit_account_id, r.credit_account_id, r.amount_minor) == ("reversal", t.id, b, a, 30)
     assert (posted(c, a), posted(c, b)) == (100, 0)
-    assert c.ledger.get_transfer(t.id).reversed_by_id == r.id
+    assert c.ledger.get_transfer(t.id, T).reversed_by_id == r.id
     assert c.writer.execute(ReverseTransfer(tenant=T, transfer_id=t.id)).id == r.id  # same reverse again
     assert (posted(c, a), posted(c, b)) == (100, 0)
     with pytest.raises(errors.AlreadyReversed):
@@ -235,11 +238,15 @@ def test_freeze_unfreeze_close(c: Container) -> None:
 def test_open_account_with_client_id_is_idempotent(c: Container) -> None:
     aid = uuid.uuid4()
     first = c.writer.execute(OpenAccount(tenant=T, currency="USD", account_id=aid, metadata={"x": 1}))
-    assert c.writer.execute(OpenAccount(tenant=T, currency="USD", account_id=aid, metadata={"x": 1})) == first
+    again = c.writer.execute(OpenAccount(tenant=T, currency="USD", account_id=aid, metadata={"x": 1}))
+    assert first.created and not again.created
+    assert msgspec.structs.replace(again, created=True) == first
     with pytest.raises(errors.ExistsWithDifferentFields):
         c.writer.execute(OpenAccount(tenant=T, currency="EUR", account_id=aid))
-    with pytest.raises(errors.ExistsWithDifferentFields):
-        c.writer.execute(OpenAccount(tenant="other", currency="USD", account_id=aid))
+    # Another tenant's same id is another account: no collision, nothing learnt about this one.
+    theirs = c.writer.execute(OpenAccount(tenant="other", currency="EUR", account_id=aid))
+    assert theirs.created and theirs.id == aid and theirs.key != first.key
+    assert c.ledger.get_account(aid, T).currency == "USD"
 
 
 def test_replay_equals_live_state(settings: Settings, c: Container) -> None:
@@ -248,18 +255,18 @@ def test_replay_equals_live_state(settings: Settings, c: Container) -> None:
         c.writer.submit(MakeTransfer(tenant=T, debit_account_id=ids[k % 4], credit_account_id=ids[(k + 1) % 4], amount_minor=7 + k, currency="USD"))
     h = c.writer.execute(MakeTransfer(tenant=T, debit_account_id=ids[0], credit_account_id=ids[1], amount_minor=5, currency="USD", pending=True))
     c.writer.execute(PostTransfer(tenant=T, transfer_id=h.id, amount_minor=2))
-    live = {i: c.ledger.get_account(i) for i in ids}
+    live = {i: c.ledger.get_account(i, T) for i in ids}
     fresh = build_ledger(settings)
     try:
         # rebuild from events only (no snapshots), in a new Application instance
         for i in ids:
-            events = list(fresh.events.get(i))
+            events = list(fresh.events.get(live[i].key))
             state = None
             for e in events:
                 state = e.mutate(state)
             assert state.posted_minor == live[i].posted_minor
             assert state.available_minor == live[i].available_minor
-            assert fresh.get_account(i) == live[i]
+            assert fresh.get_account(i, T) == live[i]
     finally:
         fresh.close()
 
@@ -270,10 +277,11 @@ def test_snapshots_do_not_change_state(settings: Settings, c: Container) -> None
     for f in futures:
         f.result(10)
     assert c.ledger.snapshots is not None
-    assert list(c.ledger.snapshots.get(a))  # taken at v100, v200
+    key = c.ledger.get_account(a, T).key
+    assert list(c.ledger.snapshots.get(key))  # taken at v100, v200
     assert posted(c, a) == 10**6 - 230
-    assert c.ledger.account_at(a, 2).posted_minor == 10**6
-    assert c.ledger.account_at(a, 150).posted_minor == 10**6 - 148
+    assert c.ledger.account_at(key, 2).posted_minor == 10**6
+    assert c.ledger.account_at(key, 150).posted_minor == 10**6 - 148
 
 
 def test_hold_expiry_retries_until_the_log_shows_the_hold_ended(c: Container) -> None:
@@ -299,9 +307,9 @@ def test_hold_expiry_retries_until_the_log_shows_the_hold_ended(c: Container) ->
     expiry.submit = c.writer.submit
     assert expiry.expire_due(later + timedelta(seconds=RESUBMIT_AFTER_S)) == 1
     deadline = time.time() + 5
-    while c.ledger.get_transfer(h.id).status != "expired" and time.time() < deadline:
+    while c.ledger.get_transfer(h.id, T).status != "expired" and time.time() < deadline:
         time.sleep(0.02)
-    assert c.ledger.get_transfer(h.id).status == "expired"
-    assert c.ledger.get_account(a).available_minor == 100
+    assert c.ledger.get_transfer(h.id, T).status == "expired"
+    assert c.ledger.get_account(a, T).available_minor == 100
     # once the log shows the end, it is never submitted again
     assert expiry.expire_due(later + timedelta(seconds=10 * RESUBMIT_AFTER_S)) == 0

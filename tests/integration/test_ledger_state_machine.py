@@ -29,8 +29,9 @@ from application.commands import (
     ExpireHold,
 )
 from application.ledger import Ledger, utcnow
-from domain.account import settlement_account_id
+
 from domain.errors import DomainError
+from domain.identity import settlement_public_id, transfer_key
 from infrastructure.settings import Settings
 from keel.bootstrap import build_ledger
 
@@ -218,7 +219,7 @@ class LedgerMachine(RuleBasedStateMachine):
         """Time passes beyond the hold's timeout; the expiry worker's command runs."""
         t = self.model.transfers.get(transfer)
         self.time_shift += timedelta(seconds=61)
-        outcome = self.run(ExpireHold(transfer_id=transfer))
+        outcome = self.run(ExpireHold(transfer_key=transfer_key(self.tenant, transfer)))
         if t is None:
             self.expect(outcome, "not_found")
             return
@@ -284,7 +285,7 @@ class LedgerMachine(RuleBasedStateMachine):
             return
         totals: dict[str, int] = {}
         for account_id, m in self.model.accounts.items():
-            real = self.ledger.get_account(account_id)
+            real = self.ledger.get_account(account_id, self.tenant)
             assert (real.posted_minor, real.pending_debits_minor, real.pending_credits_minor, real.status) == (
                 m.posted, m.pdebits, m.pcredits, m.status,
             ), (account_id, real, m)  # fmt: skip
@@ -292,7 +293,7 @@ class LedgerMachine(RuleBasedStateMachine):
             totals[m.currency] = totals.get(m.currency, 0) + real.posted_minor
         for currency in CURRENCIES:
             if currency in self.model.settlement:
-                s = self.ledger.get_account(settlement_account_id(self.tenant, currency))
+                s = self.ledger.get_account(settlement_public_id(currency), self.tenant)
                 assert s.posted_minor == self.model.settlement[currency]
                 totals[currency] = totals.get(currency, 0) + s.posted_minor
         assert all(v == 0 for v in totals.values()), totals

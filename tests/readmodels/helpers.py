@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import calendar
 import random
+import uuid
 from collections import defaultdict
 from typing import Any
 from uuid import UUID
@@ -26,6 +27,7 @@ from domain.transfer import Transfer
 from infrastructure.readmodels import COLUMNS, KEYS, VIEW_TABLES, Database, Tables
 
 TENANT = "t1"
+TENANT2 = "t2"
 CURRENCIES = ("USD", "EUR")
 
 # One operation of a generated history; indices are taken modulo what exists at that point.
@@ -33,10 +35,16 @@ Op = tuple[Any, ...]
 
 
 def run_history(ledger: Ledger, ops: list[Op]) -> None:
-    """Executes `ops` against the ledger; ("commit",) ends a batch (one execute_batch call)."""
-    accounts: list[tuple[UUID, str]] = []
-    transfers: list[UUID] = []
-    pending: list[UUID] = []  # holds not yet known to be finished: what post and void pick from
+    """Executes `ops` against the ledger; ("commit",) ends a batch (one execute_batch call).
+
+    Commands name objects by public id (results' `.id`) inside their tenant, like clients do.
+    ("open", currency, overdraft, twin): with `twin` true the same public id is also opened in
+    TENANT2, so the views hold two accounts with one public id (and each tenant has its own
+    settlement account, whose public id is the same in every tenant). Transfers pick both
+    accounts inside one tenant."""
+    accounts: list[tuple[str, UUID, str]] = []  # (tenant, public id, currency)
+    transfers: list[tuple[str, UUID]] = []
+    pending: list[tuple[str, UUID]] = []  # holds not yet known to be finished: what post and void pick from
     batch: list[Any] = []
 
     def flush() -> None:
@@ -46,15 +54,16 @@ def run_history(ledger: Ledger, ops: list[Op]) -> None:
             if isinstance(outcome, DomainError):
                 continue
             if type(outcome).__name__ == "AccountState" and outcome.kind == "customer":
-                if (outcome.id, outcome.currency) not in accounts:
-                    accounts.append((outcome.id, outcome.currency))
+                if (outcome.tenant, outcome.id, outcome.currency) not in accounts:
+                    accounts.append((outcome.tenant, outcome.id, outcome.currency))
             elif type(outcome).__name__ == "TransferState":
-                if outcome.id not in transfers:
-                    transfers.append(outcome.id)
-                if outcome.status == "pending" and outcome.id not in pending:
-                    pending.append(outcome.id)
-                elif outcome.status != "pending" and outcome.id in pending:
-                    pending.remove(outcome.id)
+                t = (outcome.tenant, outcome.id)
+                if t not in transfers:
+                    transfers.append(t)
+                if outcome.status == "pending" and t not in pending:
+                    pending.append(t)
+                elif outcome.status != "pending" and t in pending:
+                    pending.remove(t)
         batch.clear()
 
     for op in ops:
@@ -62,40 +71,46 @@ def run_history(ledger: Ledger, ops: list[Op]) -> None:
         if kind == "commit":
             flush()
         elif kind == "open":
-            batch.append(OpenAccount(tenant=TENANT, currency=CURRENCIES[op[1] % len(CURRENCIES)], overdraft_limit_minor=op[2]))
+            currency = CURRENCIES[op[1] % len(CURRENCIES)]
+            public_id = uuid.uuid4()
+            for tenant in (TENANT, TENANT2) if len(op) > 3 and op[3] else (TENANT,):
+                batch.append(OpenAccount(tenant=tenant, account_id=public_id, currency=currency, overdraft_limit_minor=op[2]))
         elif not accounts:
             continue
         elif kind in ("deposit", "withdraw"):
-            acct, cur = accounts[op[1] % len(accounts)]
+            tenant, acct, cur = accounts[op[1] % len(accounts)]
             cls = Deposit if kind == "deposit" else Withdraw
-            batch.append(cls(tenant=TENANT, account_id=acct, amount_minor=op[2], currency=cur))
+            batch.append(cls(tenant=tenant, account_id=acct, amount_minor=op[2], currency=cur))
         elif kind == "transfer":
-            a, cur = accounts[op[1] % len(accounts)]
-            b, _ = accounts[op[2] % len(accounts)]
+            tenant, a, cur = accounts[op[1] % len(accounts)]
+            mates = [x for x in accounts if x[0] == tenant]
+            _, b, _ = mates[op[2] % len(mates)]
             batch.append(
-                MakeTransfer(tenant=TENANT, debit_account_id=a, credit_account_id=b, amount_minor=op[3], currency=cur, pending=op[4])
+                MakeTransfer(tenant=tenant, debit_account_id=a, credit_account_id=b, amount_minor=op[3], currency=cur, pending=op[4])
             )
-        elif kind == "freeze":
-            batch.append(FreezeAccount(tenant=TENANT, account_id=accounts[op[1] % len(accounts)][0]))
-        elif kind == "unfreeze":
-            batch.append(UnfreezeAccount(tenant=TENANT, account_id=accounts[op[1] % len(accounts)][0]))
+        elif kind in ("freeze", "unfreeze"):
+            tenant, acct, _ = accounts[op[1] % len(accounts)]
+            batch.append((FreezeAccount if kind == "freeze" else UnfreezeAccount)(tenant=tenant, account_id=acct))
         elif not transfers:
             continue
         elif kind == "post" and pending:
-            batch.append(PostTransfer(tenant=TENANT, transfer_id=pending[op[1] % len(pending)], amount_minor=op[2]))
+            tenant, tid = pending[op[1] % len(pending)]
+            batch.append(PostTransfer(tenant=tenant, transfer_id=tid, amount_minor=op[2]))
         elif kind == "void" and pending:
-            batch.append(VoidTransfer(tenant=TENANT, transfer_id=pending[op[1] % len(pending)]))
+            tenant, tid = pending[op[1] % len(pending)]
+            batch.append(VoidTransfer(tenant=tenant, transfer_id=tid))
         elif kind == "reverse":
-            batch.append(ReverseTransfer(tenant=TENANT, transfer_id=transfers[op[1] % len(transfers)]))
+            tenant, tid = transfers[op[1] % len(transfers)]
+            batch.append(ReverseTransfer(tenant=tenant, transfer_id=tid))
     flush()
 
 
 def random_ops(rng: random.Random, n: int) -> list[Op]:
-    ops: list[Op] = [("open", 0, 0), ("open", 0, 500), ("open", 1, 0), ("commit",)]
+    ops: list[Op] = [("open", 0, 0, True), ("open", 0, 500, False), ("open", 1, 0, True), ("commit",)]
     for _ in range(n):
         r = rng.random()
         if r < 0.05:
-            ops.append(("open", rng.randrange(2), rng.choice((0, 1000))))
+            ops.append(("open", rng.randrange(2), rng.choice((0, 1000)), rng.random() < 0.5))
         elif r < 0.2:
             ops.append(("deposit", rng.randrange(50), rng.randint(1, 5000)))
         elif r < 0.25:
@@ -125,7 +140,10 @@ def _us(ts: Any) -> int:
 
 
 def literal_fold(events: list[tuple[int, Any]]) -> dict[str, list[tuple[Any, ...]]]:
-    """Every view, by applying one event at a time to dicts: the specification of the views."""
+    """Every view, by applying one event at a time to dicts: the specification of the views.
+
+    Keys are storage keys (the events' originator ids and the key fields of their payloads);
+    the `*public_id` columns are the events' public id fields, shown back to clients."""
     accounts: dict[str, dict[str, Any]] = {}
     transfers: dict[str, dict[str, Any]] = {}
     entries: dict[tuple[str, int], dict[str, Any]] = {}
@@ -156,7 +174,7 @@ def literal_fold(events: list[tuple[int, Any]]) -> dict[str, list[tuple[Any, ...
             accounts[aid] = dict(
                 account_id=aid, tenant=e.tenant, currency=e.currency, kind=e.kind, status="open",
                 overdraft_limit_minor=e.overdraft_limit_minor, posted_minor=0, pending_debits_minor=0,
-                pending_credits_minor=0, opened_at_us=_us(e.timestamp), position=pos,
+                pending_credits_minor=0, opened_at_us=_us(e.timestamp), position=pos, public_id=str(e.public_id),
             )  # fmt: skip
         elif isinstance(e, Account.Debited):
             accounts[aid]["posted_minor"] -= e.amount_minor
@@ -192,15 +210,19 @@ def literal_fold(events: list[tuple[int, Any]]) -> dict[str, list[tuple[Any, ...
                 amount_minor=e.amount_minor, posted_amount_minor=0 if e.pending else e.amount_minor,
                 currency=e.currency, status=status, reference=e.reference,
                 reverses_id=str(e.reverses_id) if e.reverses_id else None, reversed_by_id=None, at_us=_us(e.timestamp),
+                public_id=str(e.public_id), debit_public_id=str(e.debit_public_id),
+                credit_public_id=str(e.credit_public_id),
+                reverses_public_id=str(e.reverses_public_id) if e.reverses_public_id else None, reversed_by_public_id=None,
             )  # fmt: skip
-            for me, other, direction in (
-                (e.debit_account_id, e.credit_account_id, "debit"),
-                (e.credit_account_id, e.debit_account_id, "credit"),
+            for me, other, me_pub, other_pub, direction in (
+                (e.debit_account_id, e.credit_account_id, e.debit_public_id, e.credit_public_id, "debit"),
+                (e.credit_account_id, e.debit_account_id, e.credit_public_id, e.debit_public_id, "credit"),
             ):
                 entries[(str(me), pos)] = dict(
                     account_id=str(me), position=pos, transfer_id=aid, counterparty_id=str(other), direction=direction,
                     amount_minor=e.amount_minor, currency=e.currency, kind=e.kind, status=status,
                     reference=e.reference, at_us=_us(e.timestamp), tenant=e.tenant,
+                    account_public_id=str(me_pub), transfer_public_id=str(e.public_id), counterparty_public_id=str(other_pub),
                 )  # fmt: skip
             if not e.pending:
                 volume(e.timestamp, e.currency, e.amount_minor)
@@ -216,6 +238,7 @@ def literal_fold(events: list[tuple[int, Any]]) -> dict[str, list[tuple[Any, ...
                 leg["status"] = status
         elif isinstance(e, Transfer.Reversed):
             transfers[aid]["reversed_by_id"] = str(e.reversal_id)
+            transfers[aid]["reversed_by_public_id"] = str(e.reversal_public_id)
     return {
         "accounts": sorted(tuple(r[c] for c in ACCOUNT_COLUMNS) for r in accounts.values()),
         "entries": sorted(tuple(r[c] for c in ENTRY_COLUMNS) for r in entries.values()),

@@ -2,7 +2,9 @@
 
 Histories are real ledger commands (so the events are the ones production writes), grouped
 into commits at random; the projection then reads the log in batches of a random size, so
-folding within a batch and across batch boundaries are both exercised.
+folding within a batch and across batch boundaries are both exercised. Histories span two
+tenants that share public ids (twin accounts, and the settlement accounts' ids), so the views
+must keep everything apart by storage key and still show each object's own public id.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from hypothesis import strategies as st
 
 import pytest
 
-from application.projections import ViewFollower
+from application.projections import ACCOUNT_COLUMNS, TRANSFER_COLUMNS, ViewFollower
 from infrastructure.readmodels import Database, SqlViewStore
 from infrastructure.settings import Settings, load_settings
 from keel.bootstrap import build_ledger, migrate
@@ -26,7 +28,7 @@ from tests.readmodels.helpers import dump_views, literal_fold, log_events, run_h
 small = st.integers(0, 40)
 amount = st.integers(1, 3000)
 op = st.one_of(
-    st.tuples(st.just("open"), st.integers(0, 1), st.sampled_from([0, 1000])),
+    st.tuples(st.just("open"), st.integers(0, 1), st.sampled_from([0, 1000]), st.booleans()),
     st.tuples(st.just("deposit"), small, amount),
     st.tuples(st.just("withdraw"), small, amount),
     st.tuples(st.just("transfer"), small, small, amount, st.booleans()),
@@ -36,7 +38,11 @@ op = st.one_of(
     st.tuples(st.sampled_from(["freeze", "unfreeze"]), small),
     st.tuples(st.just("commit")),
 )
-SEED = [("open", 0, 0), ("open", 0, 1000), ("open", 1, 0), ("commit",), ("deposit", 0, 5000), ("deposit", 2, 5000)]
+# Accounts 0 and 1 are one public id in two tenants, and so are 3 and 4.
+SEED = [
+    ("open", 0, 0, True), ("open", 0, 1000, False), ("open", 1, 0, True), ("commit",),
+    ("deposit", 0, 5000), ("deposit", 1, 4000), ("deposit", 2, 5000), ("deposit", 4, 3000),
+]  # fmt: skip
 
 
 ops_strategy = st.lists(op, min_size=10, max_size=80)
@@ -78,17 +84,28 @@ def check_history(s: Settings, ops: list, batch_max: int, one_statement_rows_max
 
         # Analytics totals equal the ledger: balances equal the aggregates, and per
         # currency the volumes (hour and day alike) sum to the committed transfer amounts.
-        for row in views["accounts"]:
-            a = ledger.get_account(uuid.UUID(row[0]))
-            assert (row[6], row[7], row[8], row[4]) == (
+        # Each row is the object stored at its key, shown by its tenant's public id.
+        for values in views["accounts"]:
+            row = dict(zip(ACCOUNT_COLUMNS, values, strict=True))
+            a = ledger.account_by_key(uuid.UUID(row["account_id"]))
+            assert a.key == uuid.UUID(row["account_id"])
+            assert (row["public_id"], row["tenant"]) == (str(a.id), a.tenant)
+            assert ledger.get_account(a.id, a.tenant).key == a.key
+            assert (row["posted_minor"], row["pending_debits_minor"], row["pending_credits_minor"], row["status"]) == (
                 a.posted_minor, a.pending_debits_minor, a.pending_credits_minor, a.status
             )
+        public_ids = [r[ACCOUNT_COLUMNS.index("public_id")] for r in views["accounts"]]
+        assert len(set(public_ids)) < len(public_ids), "the history shares public ids between tenants"
         committed: dict[str, int] = defaultdict(int)
-        for row in views["transfers"]:
-            t = ledger.get_transfer(uuid.UUID(row[0]))
-            assert (row[7], row[9], row[12]) == (
-                t.posted_amount_minor, t.status, str(t.reversed_by_id) if t.reversed_by_id else None
-            )
+        for values in views["transfers"]:
+            row = dict(zip(TRANSFER_COLUMNS, values, strict=True))
+            t = ledger.transfer_by_key(uuid.UUID(row["transfer_id"]))
+            assert (row["public_id"], row["tenant"]) == (str(t.id), t.tenant)
+            assert (row["debit_public_id"], row["credit_public_id"]) == (str(t.debit_account_id), str(t.credit_account_id))
+            assert (row["posted_amount_minor"], row["status"], row["reversed_by_public_id"], row["reverses_public_id"]) == (
+                t.posted_amount_minor, t.status, str(t.reversed_by_id) if t.reversed_by_id else None,
+                str(t.reverses_id) if t.reverses_id else None,
+            )  # fmt: skip
             if t.status == "posted":
                 committed[t.currency] += t.posted_amount_minor
         for period in ("hour", "day"):
@@ -99,8 +116,9 @@ def check_history(s: Settings, ops: list, batch_max: int, one_statement_rows_max
             assert volume == committed
         # Conservation holds in the view too.
         per_currency: dict[str, int] = defaultdict(int)
-        for row in views["accounts"]:
-            per_currency[row[2]] += row[6]
+        for values in views["accounts"]:
+            row = dict(zip(ACCOUNT_COLUMNS, values, strict=True))
+            per_currency[row["currency"]] += row["posted_minor"]
         assert all(v == 0 for v in per_currency.values())
     finally:
         ledger.close()

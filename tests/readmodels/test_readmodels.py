@@ -14,11 +14,12 @@ import pytest
 
 from application.commands import Deposit, MakeTransfer, OpenAccount
 from domain.errors import ValidationFailed
+from domain.identity import account_key, settlement_public_id
 from infrastructure.readmodels import Database
 from infrastructure.settings import Settings
 from keel.bootstrap import Container, build
 from keel.projections import ProjectionWorker, read_side, replay_check, replay_rebuild
-from tests.readmodels.helpers import TENANT, dump_views, literal_fold, log_events, random_ops, run_history
+from tests.readmodels.helpers import TENANT, TENANT2, dump_views, literal_fold, log_events, random_ops, run_history
 
 
 @pytest.fixture
@@ -64,6 +65,19 @@ def test_worker_follows_log_and_replay_detects_tampering(c: Container) -> None:
         assert replay_check(c.settings, out=out) > 0
         assert "entries: 1 row(s) live only" in out.getvalue()
 
+        # The public ids shown to clients are compared too (each view, one row each).
+        db = db_of(c)
+        with db.transaction(commit=True) as cur:
+            forged = str(uuid.uuid4())
+            for table, column, key in (("rm_accounts", "public_id", "account_id"),
+                                       ("rm_transfers", "debit_public_id", "transfer_id"),
+                                       ("rm_entries", "counterparty_public_id", "transfer_id")):  # fmt: skip
+                cur.execute(db.sql(f"UPDATE {db.qualify(table)} SET {column} = %s WHERE {key} = (SELECT MIN({key}) FROM {db.qualify(table)})"), (forged,))
+        out = io.StringIO()
+        assert replay_check(c.settings, out=out) > 0
+        for table in ("accounts", "transfers", "entries"):
+            assert f"{table}: " in out.getvalue() and forged in out.getvalue(), out.getvalue()
+
         # Rebuild while the worker runs; the worker resumes from the swapped-in position.
         replay_rebuild(c.settings, out=io.StringIO())
         run_history(c.ledger, random_ops(random.Random(4), 100))
@@ -79,7 +93,12 @@ def test_read_side_queries(c: Container) -> None:
     worker.start()
     try:
         ids = [c.writer.execute(OpenAccount(tenant=TENANT, currency="USD")).id for _ in range(4)]
-        other = c.writer.execute(OpenAccount(tenant="other", currency="USD")).id
+        keys = [str(account_key(TENANT, a)) for a in ids]
+        # Another tenant's account with the same public id as ids[1]: a different account.
+        other = c.writer.execute(OpenAccount(tenant=TENANT2, currency="USD", account_id=ids[1])).id
+        assert other == ids[1]
+        other_key = str(account_key(TENANT2, other))
+        c.writer.execute(Deposit(tenant=TENANT2, account_id=other, amount_minor=777, currency="USD"))
         for i, a in enumerate(ids):
             c.writer.execute(Deposit(tenant=TENANT, account_id=a, amount_minor=10_000 * (i + 1), currency="USD"))
         rng = random.Random(5)
@@ -92,27 +111,48 @@ def test_read_side_queries(c: Container) -> None:
         # One account's history: newest first, pages neither overlap nor skip.
         legs, cursor = [], None
         while True:
-            page = rs.account_transactions(str(ids[0]), cursor, 7)
+            page = rs.account_transactions(keys[0], cursor, 7)
             legs += page.items
             cursor = page.next_cursor
             if cursor is None:
                 break
         positions = [x["position"] for x in legs]
         assert positions == sorted(positions, reverse=True) and len(set(positions)) == len(positions)
-        everything = rs.account_transactions(str(ids[0]), None, 1000).items
+        everything = rs.account_transactions(keys[0], None, 1000).items
         assert legs == everything
         signed = sum(x["amount"] if x["direction"] == "credit" else -x["amount"] for x in legs)
-        assert signed == c.ledger.get_account(ids[0]).posted_minor
-        assert rs.account_tenant(str(other)) == "other"
+        assert signed == c.ledger.get_account(ids[0], TENANT).posted_minor
+        # Legs show public ids: this account's, its transfers', its counterparties' (the
+        # settlement account's for the deposit), all as the tenant knows them.
+        assert {x["account_id"] for x in legs} == {str(ids[0])}
+        assert {x["counterparty_id"] for x in legs} <= {*map(str, ids[1:]), str(settlement_public_id("USD"))}
+        assert str(settlement_public_id("USD")) in {x["counterparty_id"] for x in legs}
+        for leg in legs[:5]:
+            assert c.ledger.get_transfer(uuid.UUID(leg["transfer_id"]), TENANT).amount_minor == leg["amount"]
+        assert rs.account_tenant(other_key) == TENANT2 and rs.account_tenant(keys[1]) == TENANT
+        assert rs.account_tenant(str(other)) is None  # a public id is not a key
+        # The twin in the other tenant has its own history (its deposit only).
+        assert [x["amount"] for x in rs.account_transactions(other_key, None, 10).items] == [777]
 
         # Balances equal the aggregates; totals per currency and kind sum to zero overall.
         bal = rs.balances("USD", None, 1000)
-        by_id = {x["id"]: x for x in bal["accounts"]}
-        for a in [*ids, other]:
-            agg = c.ledger.get_account(a)
-            assert (by_id[str(a)]["posted"], by_id[str(a)]["available"]) == (agg.posted_minor, agg.available_minor)
-            assert "holder" not in by_id[str(a)]
+        by_tenant_id = {(x["tenant"], x["id"]): x for x in bal["accounts"]}
+        for tenant, a in [*((TENANT, a) for a in ids), (TENANT2, other)]:
+            agg = c.ledger.get_account(a, tenant)
+            row = by_tenant_id[(tenant, str(a))]
+            assert (row["posted"], row["available"]) == (agg.posted_minor, agg.available_minor)
+            assert "holder" not in row
+        assert by_tenant_id[(TENANT2, str(other))]["posted"] == 777
         assert sum(t["posted"] for t in bal["totals"]) == 0
+        # Paginated by storage key: pages neither overlap nor skip.
+        paged, cursor = [], None
+        while True:
+            page = rs.balances("USD", cursor, 2)
+            paged += page["accounts"]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert sorted((x["tenant"], x["id"]) for x in paged) == sorted(by_tenant_id)
 
         # Volumes sum to the committed amounts; transactions filter and paginate.
         committed = defaultdict(int)
@@ -123,39 +163,82 @@ def test_read_side_queries(c: Container) -> None:
             cursor = page.next_cursor
             if cursor is None:
                 break
-        assert len(all_transfers) == 64
+        assert len(all_transfers) == 65
         for t in all_transfers:
             committed[t["currency"]] += t["posted_amount"]
+            assert c.ledger.get_transfer(uuid.UUID(t["id"]), t["tenant"]).debit_account_id == uuid.UUID(t["debit_account_id"])
         for interval in ("hour", "day"):
             assert sum(v["amount"] for v in rs.volumes("USD", interval, None, None)) == committed["USD"]
-            assert sum(v["count"] for v in rs.volumes(None, interval, None, None)) == 64
+            assert sum(v["count"] for v in rs.volumes(None, interval, None, None)) == 65
         big = rs.transactions(account=None, min_amount=250, max_amount=None, from_us=None, to_us_=None, cursor=None, limit=1000)
         assert big.items and all(t["amount"] >= 250 for t in big.items)
-        mine = rs.transactions(account=str(ids[1]), min_amount=None, max_amount=None, from_us=None, to_us_=None, cursor=None, limit=1000)
-        assert all(str(ids[1]) in (t["debit_account_id"], t["credit_account_id"]) for t in mine.items)
+
+        # The analysts' account filter names an account by public id: in every tenant, or in one.
+        def by_account(account: str, tenant: str | None = None) -> list[dict]:
+            return rs.transactions(account=account, tenant=tenant, min_amount=None, max_amount=None, from_us=None,
+                                   to_us_=None, cursor=None, limit=1000).items  # fmt: skip
+
+        mine = by_account(str(ids[1]), TENANT)
+        assert mine and all(str(ids[1]) in (t["debit_account_id"], t["credit_account_id"]) for t in mine)
+        assert {t["tenant"] for t in mine} == {TENANT}
+        theirs = by_account(str(ids[1]), TENANT2)
+        assert [(t["tenant"], t["amount"], t["credit_account_id"]) for t in theirs] == [(TENANT2, 777, str(ids[1]))]
+        both = by_account(str(ids[1]))
+        assert [t["position"] for t in both] == sorted(t["position"] for t in [*mine, *theirs])
+        assert by_account(str(uuid.uuid4())) == [] and by_account(str(ids[0]), TENANT2) == []
+        only_t2 = rs.transactions(account=None, tenant=TENANT2, min_amount=None, max_amount=None, from_us=None, to_us_=None, cursor=None, limit=1000)
+        assert [t["amount"] for t in only_t2.items] == [777]
 
         top = rs.top_accounts("inflow", None, None, 3)
         assert len(top) == 3 and [x["inflow"] for x in top] == sorted((x["inflow"] for x in top), reverse=True)
+        for x in top:  # public ids with their tenant
+            assert c.ledger.get_account(uuid.UUID(x["account_id"]), x["tenant"]).currency == x["currency"]
 
         status = rs.projections()
         assert status["projections"][0]["lag_events"] == 0 and status["head"] == status["projections"][0]["position"]
 
-        for bad in (lambda: rs.account_transactions(str(ids[0]), "garbage!", 5),
-                    lambda: rs.account_transactions(str(ids[0]), None, 0),
+        for bad in (lambda: rs.account_transactions(keys[0], "garbage!", 5),
+                    lambda: rs.account_transactions(keys[0], None, 0),
                     lambda: rs.volumes(None, "week", None, None),
                     lambda: rs.top_accounts("sideways", None, None, 5),
-                    lambda: rs.transactions(account=None, min_amount=5, max_amount=1, from_us=None, to_us_=None, cursor=None, limit=5)):  # fmt: skip
+                    lambda: rs.transactions(account=None, min_amount=5, max_amount=1, from_us=None, to_us_=None, cursor=None, limit=5),
+                    lambda: rs.transactions(account="nope", min_amount=None, max_amount=None, from_us=None, to_us_=None, cursor=None, limit=5),
+                    lambda: rs.transactions(account=None, tenant="a\x00b", min_amount=None, max_amount=None, from_us=None, to_us_=None, cursor=None, limit=5)):  # fmt: skip
             with pytest.raises(ValidationFailed):
                 bad()
+
+        # Every number a query carries is range-checked before it reaches the database.
+        from infrastructure.readside import encode_cursor
+
+        for n in (2**63, 10**30, -(2**63) - 1, -(2**70)):
+            for bad in (lambda: rs.account_transactions(keys[0], encode_cursor(n), 5),
+                        lambda: rs.transactions(account=None, min_amount=None, max_amount=None, from_us=None, to_us_=None, cursor=encode_cursor(n), limit=5),
+                        lambda: rs.transactions(account=None, min_amount=n, max_amount=None, from_us=None, to_us_=None, cursor=None, limit=5),
+                        lambda: rs.transactions(account=None, min_amount=None, max_amount=n, from_us=None, to_us_=None, cursor=None, limit=5),
+                        lambda: rs.transactions(account=None, min_amount=None, max_amount=None, from_us=n, to_us_=None, cursor=None, limit=5),
+                        lambda: rs.volumes(None, "day", None, n),
+                        lambda: rs.top_accounts("inflow", n, None, 5),
+                        lambda: rs.account_transactions(keys[0], None, n),
+                        lambda: rs.balances(None, encode_cursor(n), 5)):  # fmt: skip
+                with pytest.raises(ValidationFailed):
+                    bad()
+        for cursor in (encode_cursor("x\x00"), encode_cursor(keys[0].upper()), encode_cursor(True), encode_cursor(1.5)):
+            with pytest.raises(ValidationFailed):
+                rs.balances(None, cursor, 5)
+        # The extremes of the range are valid keys (nothing before/after them).
+        assert rs.account_transactions(keys[0], encode_cursor(-(2**63)), 5).items == []
+        assert len(rs.account_transactions(keys[0], encode_cursor(2**63 - 1), 5).items) == 5
+        assert rs.transactions(account=None, min_amount=2**63 - 1, max_amount=None, from_us=None, to_us_=None, cursor=None, limit=5).items == []
     finally:
         worker.stop()
 
 
 def test_history_waits_only_for_the_accounts_own_writes(c: Container) -> None:
     """Read-your-writes per account: a write to another account does not make a read wait."""
-    a = c.writer.execute(OpenAccount(tenant=TENANT, currency="USD")).id
-    b = c.writer.execute(OpenAccount(tenant=TENANT, currency="USD")).id
-    c.writer.execute(Deposit(tenant=TENANT, account_id=a, amount_minor=100, currency="USD"))
+    a_id = c.writer.execute(OpenAccount(tenant=TENANT, currency="USD")).id
+    b_id = c.writer.execute(OpenAccount(tenant=TENANT, currency="USD")).id
+    a, b = account_key(TENANT, a_id), account_key(TENANT, b_id)
+    c.writer.execute(Deposit(tenant=TENANT, account_id=a_id, amount_minor=100, currency="USD"))
     rs = read_side(c)
     worker = ProjectionWorker(c)
     worker.start()
@@ -166,7 +249,7 @@ def test_history_waits_only_for_the_accounts_own_writes(c: Container) -> None:
     position_a = rs._last_position(a)  # noqa: SLF001
     latest_a = max(n.id for n in c.ledger.recorder.select_notifications(1, 10**6) if n.originator_id == a)
     assert position_a == latest_a
-    c.writer.execute(Deposit(tenant=TENANT, account_id=b, amount_minor=5, currency="USD"))  # not projected
+    c.writer.execute(Deposit(tenant=TENANT, account_id=b_id, amount_minor=5, currency="USD"))  # not projected
     started = time.monotonic()
     assert rs.wait_for_aggregate(a, timeout_s=60) is True
     assert time.monotonic() - started < 0.5

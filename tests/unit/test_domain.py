@@ -7,14 +7,19 @@ from datetime import timedelta
 import pytest
 
 from domain import errors
-from domain.account import CLOSED, FROZEN, OPEN, Account, settlement_account_id
+from domain.account import CLOSED, FROZEN, OPEN, Account
+from domain.identity import settlement_key, settlement_public_id
 from domain.limits import METADATA_MAX_BYTES
 from domain.money import AMOUNT_MAX_MINOR, check_amount, check_currency
-from domain.transfer import EXPIRED, PENDING, POSTED, TRANSFER, Transfer
+from domain.transfer import EXPIRED, PENDING, POSTED, TRANSFER, Transfer, TransferTerms
+
+
+def _open(**kw: object) -> Account:
+    return Account.open(account_id=uuid.uuid4(), public_id=uuid.uuid4(), tenant="t", **kw)  # type: ignore[arg-type]
 
 
 def acct(overdraft: int = 0, currency: str = "USD") -> Account:
-    return Account.open(account_id=uuid.uuid4(), tenant="t", currency=currency, overdraft_limit_minor=overdraft)
+    return _open(currency=currency, overdraft_limit_minor=overdraft)
 
 
 def funded(amount: int, overdraft: int = 0) -> Account:
@@ -46,7 +51,7 @@ def test_new_account_is_open_and_empty() -> None:
 
 def test_negative_overdraft_rejected() -> None:
     with pytest.raises(errors.ValidationFailed):
-        Account.open(account_id=uuid.uuid4(), tenant="t", currency="USD", overdraft_limit_minor=-1)
+        _open(currency="USD", overdraft_limit_minor=-1)
 
 
 def test_insufficient_funds_carries_available_and_records_nothing() -> None:
@@ -107,7 +112,8 @@ def test_close_only_when_zero_posted_and_pending() -> None:
 
 def test_settlement_may_go_negative_but_cannot_be_closed_or_frozen() -> None:
     s = Account.open_settlement(tenant="t", currency="EUR")
-    assert s.id == settlement_account_id("t", "EUR") != settlement_account_id("u", "EUR")
+    assert s.id == settlement_key("t", "EUR") != settlement_key("u", "EUR")
+    assert s.public_id == settlement_public_id("EUR")
     s.debit(uuid.uuid4(), 10**15)
     assert s.posted_minor == -(10**15)
     with pytest.raises(errors.SettlementAccountRestricted):
@@ -125,7 +131,7 @@ def test_balance_overflow_is_rejected() -> None:
 
 def test_metadata_limit() -> None:
     with pytest.raises(errors.ValidationFailed):
-        Account.open(account_id=uuid.uuid4(), tenant="t", currency="USD", metadata={"x": "y" * METADATA_MAX_BYTES})
+        _open(currency="USD", metadata={"x": "y" * METADATA_MAX_BYTES})
     from domain.limits import check_metadata
 
     with pytest.raises(errors.ValidationFailed):
@@ -134,14 +140,14 @@ def test_metadata_limit() -> None:
         check_metadata(["not", "an", "object"])
 
 
-def _validate(**over: object) -> None:
+def _validate(debit_currency: str = "USD", credit_currency: str = "USD", **over: object) -> None:
     a, b = uuid.uuid4(), uuid.uuid4()
     kw: dict[str, object] = dict(
-        debit_account_id=a, credit_account_id=b, debit_currency="USD", credit_currency="USD", amount_minor=5,
-        currency="USD", reference=None, metadata=None, pending=False, timeout_s=None,
+        kind=TRANSFER, debit_account_id=a, credit_account_id=b, amount_minor=5, currency="USD", reference=None,
+        metadata={}, pending=False, timeout_s=None,
     )  # fmt: skip
     kw.update(over)
-    Transfer.validate(**kw)  # type: ignore[arg-type]
+    TransferTerms(**kw).validate().check_currencies(debit_currency, credit_currency)  # type: ignore[arg-type]
 
 
 def test_transfer_rules() -> None:
@@ -162,10 +168,19 @@ def test_transfer_rules() -> None:
     _validate(pending=True, timeout_s=10)
 
 
+def terms(amount: int = 100, timeout_s: int | None = None, **over: object) -> TransferTerms:
+    kw: dict[str, object] = dict(
+        kind=TRANSFER, debit_account_id=uuid.UUID(int=1), credit_account_id=uuid.UUID(int=2), amount_minor=amount,
+        currency="USD", pending=True, timeout_s=timeout_s,
+    )  # fmt: skip
+    kw.update(over)
+    return TransferTerms(**kw).validate()  # type: ignore[arg-type]
+
+
 def hold(amount: int = 100, timeout_s: int | None = None) -> Transfer:
     return Transfer.initiate(
-        transfer_id=uuid.uuid4(), tenant="t", kind=TRANSFER, debit_account_id=uuid.uuid4(),
-        credit_account_id=uuid.uuid4(), amount_minor=amount, currency="USD", pending=True, timeout_s=timeout_s,
+        transfer_id=uuid.uuid4(), public_id=uuid.uuid4(), tenant="t", terms=terms(amount, timeout_s),
+        debit_account_id=uuid.uuid4(), credit_account_id=uuid.uuid4(),
     )  # fmt: skip
 
 
@@ -208,13 +223,25 @@ def test_reverse_only_posted_and_only_once() -> None:
     with pytest.raises(errors.TransferNotPosted):
         t.check_can_reverse()
     t.post_hold(None, t.created_on)
-    t.mark_reversed(uuid.uuid4())
+    t.mark_reversed(hold())
     with pytest.raises(errors.AlreadyReversed):
-        t.mark_reversed(uuid.uuid4())
+        t.mark_reversed(hold())
 
 
-def test_same_request_compares_every_field() -> None:
+def test_a_transfer_keeps_its_terms_and_a_repeat_compares_every_one() -> None:
     t = hold(100)
-    assert t.same_request(amount_minor=100, currency="USD", pending=True)
-    assert not t.same_request(amount_minor=101)
-    assert not t.same_request(reference="x")
+    assert t.terms == terms(100)
+    for change in (
+        {"amount": 101},
+        {"reference": "x"},
+        {"metadata": {"k": 1}},
+        {"pending": False},
+        {"timeout_s": 5},
+        {"kind": "deposit"},
+        {"currency": "EUR"},
+        {"debit_account_id": uuid.UUID(int=3)},
+        {"credit_account_id": uuid.UUID(int=3)},
+    ):
+        amount = change.pop("amount", 100)
+        other = TransferTerms(**{**{f: getattr(t.terms, f) for f in TransferTerms._fields}, **change, "amount_minor": amount})  # type: ignore[arg-type]
+        assert other != t.terms, change

@@ -8,12 +8,20 @@ import uuid
 import pytest
 
 from domain.account import Account
-from domain.transfer import TRANSFER, Transfer
+from domain.transfer import TRANSFER, Transfer, TransferTerms
 from infrastructure.mapper import KeyRing, MsgspecMapper
 
 
+def _transfer(amount: int = 1, reverses: Transfer | None = None, **terms: object) -> Transfer:
+    t = TransferTerms(kind=TRANSFER, debit_account_id=uuid.uuid4(), credit_account_id=uuid.uuid4(), amount_minor=amount,
+                      currency="USD", pending=True, **terms)  # type: ignore[arg-type]  # fmt: skip
+    return Transfer.initiate(transfer_id=uuid.uuid4(), public_id=uuid.uuid4(), tenant="t", terms=t.validate(),
+                             debit_account_id=uuid.uuid4(), credit_account_id=uuid.uuid4(), reverses=reverses)  # fmt: skip
+
+
 def all_events() -> list[object]:
-    a = Account.open(account_id=uuid.uuid4(), tenant="t", currency="USD", holder={"name": "Ann"}, metadata={"k": [1, "é"]})
+    a = Account.open(account_id=uuid.uuid4(), public_id=uuid.uuid4(), tenant="t", currency="USD", holder={"name": "Ann"},
+                     metadata={"k": [1, "é"]})  # fmt: skip
     a.credit(uuid.uuid4(), 100)
     a.debit(uuid.uuid4(), 50)
     a.hold_debit(uuid.uuid4(), 10)
@@ -23,25 +31,16 @@ def all_events() -> list[object]:
     a.freeze()
     a.unfreeze()
     a.erase_holder()
-    t = Transfer.initiate(
-        transfer_id=uuid.uuid4(), tenant="t", kind=TRANSFER, debit_account_id=uuid.uuid4(), credit_account_id=uuid.uuid4(),
-        amount_minor=2**63 - 1, currency="USD", reference="ref ✓", metadata={"a": {"b": None}}, pending=True, timeout_s=5,
-    )  # fmt: skip
+    t = _transfer(2**63 - 1, reference="ref ✓", metadata={"a": {"b": None}}, timeout_s=5)
     t.post_hold(3, t.created_on)
-    t.mark_reversed(uuid.uuid4())
-    u = Transfer.initiate(
-        transfer_id=uuid.uuid4(), tenant="t", kind=TRANSFER, debit_account_id=uuid.uuid4(), credit_account_id=uuid.uuid4(),
-        amount_minor=1, currency="USD", pending=True, reverses_id=uuid.uuid4(),
-    )  # fmt: skip
+    t.mark_reversed(_transfer())
+    u = _transfer(reverses=t)
     u.void_hold(u.created_on)
-    v = Transfer.initiate(
-        transfer_id=uuid.uuid4(), tenant="t", kind=TRANSFER, debit_account_id=uuid.uuid4(), credit_account_id=uuid.uuid4(),
-        amount_minor=1, currency="USD", pending=True, timeout_s=1,
-    )  # fmt: skip
+    v = _transfer(timeout_s=1)
     from datetime import timedelta
 
     v.expire_hold(v.created_on + timedelta(seconds=2))
-    c = Account.open(account_id=uuid.uuid4(), tenant="t", currency="USD")
+    c = Account.open(account_id=uuid.uuid4(), public_id=uuid.uuid4(), tenant="t", currency="USD")
     c.close()
     return [*a.collect_events(), *t.collect_events(), *u.collect_events(), *v.collect_events(), *c.collect_events()]
 
