@@ -102,8 +102,7 @@ def _buffer(scope: Scope) -> AccessLogBuffer | None:
     state = scope["app"].state
     buf = state.get("access_log_buffer")
     if buf is None:
-        container = state.get("container")
-        audit = container.extras.get("audit") if container is not None else None
+        audit = state.get("audit")
         if audit is None:
             return None
         with _create_lock:

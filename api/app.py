@@ -6,8 +6,11 @@ entry to ROUTERS below. Authentication, rate limiting, error mapping (api.errors
 the 64 KiB body limit apply to every router. Conventions the routers share: path ids declared
 `{account_id:str}` and parsed with `api.schemas.parse_uuid` (a bad UUID is 422, not 404);
 bodies decoded with `api.schemas.strict_body` (Litestar's own decoding coerces "25" to 25);
-database work in `anyio.to_thread.run_sync`; errors raised as DomainError or `api.errors.ApiError`. The app never builds Applications itself: it is
-handed a Container by the composition root (keel.bootstrap / keel.serve).
+database work in `anyio.to_thread.run_sync`; errors raised as DomainError or `api.errors.ApiError`.
+The app never builds Applications itself: it is handed the services (api/services.py) the
+composition root (keel.bootstrap) built whole, and hands them to route handlers as Litestar
+dependencies by name (`ledger`, `writes`, `audit`, `read_side`, `fraud`, `writer`, `services`,
+`metrics`).
 `POST /v1/transfers` is first offered to api.fastpath (installed in front of Litestar's own
 handler at the end of create_app), which answers ordinary requests with the same functions and
 hands everything else to the Litestar route.
@@ -20,6 +23,7 @@ from typing import Any
 
 from litestar import Litestar
 from litestar.datastructures import State
+from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
@@ -29,11 +33,11 @@ from api.access_log import close_access_log
 from api.auth import KeyAuthMiddleware, KeyCache, RateLimitMiddleware, TokenBucket, is_public_path
 from api.errors import EXCEPTION_HANDLERS
 from api.fastpath import install as install_fast_path
-from api.metrics import FraudScoringMetrics, LedgerAndFraudCollector, Metrics
+from api.idempotency import WritePath
+from api.metrics import FraudScoringMetrics, LedgerAndFraudCollector, Metrics, ProjectionLagCollector
 from api.observe import ObserveMiddleware
 from api.openapi import StrictStructSchemaPlugin, document_problems
-from keel.bootstrap import Container, idempotency_claims, key_store
-from keel.projections import ProjectionLagCollector
+from api.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -49,42 +53,52 @@ ROUTERS = [
 ]
 
 
+def _provide(value: Any) -> Provide:
+    return Provide(lambda: value, use_cache=True, sync_to_thread=False)
+
+
 def create_app(
-    container: Container,
+    services: Services,
     *,
     on_startup: Sequence[Callable[[], Any]] = (),
     on_shutdown: Sequence[Callable[[], Any]] = (),
     debug: bool = False,
 ) -> Litestar:
     metrics = Metrics()
-    metrics.registry.register(ProjectionLagCollector(container))
-    metrics.registry.register(LedgerAndFraudCollector(container))
-    fraud = container.extras.get("fraud")
-    if fraud is not None:  # the fraud consumer runs in this process (embedded SQLite default)
-        fraud.consumer.on_scored = FraudScoringMetrics(metrics.registry).on_scored
-    # The writer reports each commit; chain any hook that was already installed.
-    previous_hook = container.writer._on_commit  # noqa: SLF001
+    metrics.registry.register(ProjectionLagCollector(services.read_side))
+    metrics.registry.register(LedgerAndFraudCollector(services))
+    # Scoring latency, when the fraud consumer runs in this process (embedded SQLite default).
+    services.fraud.consumer.on_scored = FraudScoringMetrics(metrics.registry).on_scored
+    services.commit_hooks.add(metrics.on_commit)
+    writes = WritePath(
+        services.writer, services.idempotency, services.claims, services.ledger.holder_vault, metrics.transfers_committed
+    )
 
-    def on_commit(commands: int, weight: int, seconds: float) -> None:
-        metrics.on_commit(commands, weight, seconds)
-        if previous_hook is not None:
-            previous_hook(commands, weight, seconds)
-
-    container.writer._on_commit = on_commit  # noqa: SLF001
-
-    rate = container.settings.rate_limit_per_s
+    settings = services.settings
+    rate = settings.rate_limit_per_s
+    # Middleware and the fast path (ASGI layers, not route handlers) read these from the app state.
     state = State(
         {
-            "container": container,
-            "api_keys": KeyCache(key_store(container).get),
-            "rate_limiter": TokenBucket(rate, container.settings.effective_rate_limit_burst) if rate > 0 else None,
-            "idempotency_in_flight": set(),
-            "idempotency_claims": idempotency_claims(container),
+            "api_keys": KeyCache(services.keys.get),
+            "rate_limiter": TokenBucket(rate, settings.effective_rate_limit_burst) if rate > 0 else None,
+            "writes": writes,
+            "audit": services.audit,
             "metrics": metrics,
         }
     )
+    dependencies = {
+        "services": _provide(services),
+        "ledger": _provide(services.ledger),
+        "writer": _provide(services.writer),
+        "writes": _provide(writes),
+        "audit": _provide(services.audit),
+        "read_side": _provide(services.read_side),
+        "fraud": _provide(services.fraud),
+        "metrics": _provide(metrics),
+    }
     app = Litestar(
         route_handlers=list(ROUTERS),
+        dependencies=dependencies,
         state=state,
         middleware=[
             ObserveMiddleware,  # outermost: latency of every request, access log of writes (also refused ones)

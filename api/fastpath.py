@@ -91,7 +91,7 @@ class TransferFastPath:
         scope["user"] = principal
         scope["path_template"] = PATH
         ctx = WriteContext(
-            state=state, principal=principal, method="POST", path=PATH,
+            writes=state.writes, principal=principal, method="POST", path=PATH,
             idempotency_key=headers.get(IDEMPOTENCY_HEADER.encode()), body=body,
         )  # fmt: skip
         try:

@@ -101,6 +101,19 @@ def request_hash(method: str, path: str, body: bytes) -> str:
     return h.hexdigest()
 
 
+# A stored answer is the HTTP status (2 bytes, big-endian) and the body: the application keeps it
+# as opaque bytes (application.ports.IdempotencyRecord), only this module knows it is HTTP.
+STATUS_BYTES = 2
+
+
+def pack_answer(status: int, body: bytes) -> bytes:
+    return status.to_bytes(STATUS_BYTES, "big") + body
+
+
+def unpack_answer(answer: bytes) -> tuple[int, bytes]:
+    return int.from_bytes(answer[:STATUS_BYTES], "big"), answer[STATUS_BYTES:]
+
+
 class Renderer:
     """Renders one idempotent command's outcome into the record stored with its effect
     (application.ports.OutcomeRecorder); called once per commit attempt."""
@@ -138,8 +151,7 @@ class Renderer:
             scope=self.scope,
             key=self.key,
             request_hash=self.hash,
-            status_code=status,
-            body=body,
+            answer=pack_answer(status, body),
             created_at_ms=int(time.time() * 1000),
         )
         return self.record
@@ -154,11 +166,27 @@ def derived_id(scope: str, key: str | None) -> UUID | None:
     return system_id("idempotency", scope, key)
 
 
+class WritePath:
+    """What every write of this API process goes through: the group-commit writer, the stored
+    responses and claims of Idempotency-Keys, the keys running in this process, the holder vault
+    (to reveal a sealed holder in an answer) and the transfers counter. Built once by
+    api.app.create_app; route handlers get it as the `writes` dependency, api.fastpath from the
+    app's state."""
+
+    def __init__(self, writer: Any, idempotency: Any, claims: Any, vault: Any, transfers_committed: Any) -> None:
+        self.writer = writer
+        self.idempotency = idempotency
+        self.claims = claims
+        self.vault = vault
+        self.transfers_committed = transfers_committed  # a prometheus Counter
+        self.in_flight: set[tuple[str, str]] = set()
+
+
 class WriteContext(msgspec.Struct, frozen=True):
     """What a write needs from its request, whichever way it arrived (a Litestar route, or
-    api.fastpath's raw ASGI handler): the app state, the caller, and the request itself."""
+    api.fastpath's raw ASGI handler): the write path, the caller, and the request itself."""
 
-    state: Any  # the app's State: container, metrics, idempotency_in_flight, idempotency_claims
+    writes: Any  # WritePath
     principal: Principal
     method: str
     path: str
@@ -172,9 +200,9 @@ class Answer(msgspec.Struct, frozen=True):
     replayed: bool = False
 
 
-async def write_context(request: Request[Any, Any, Any]) -> WriteContext:
+async def write_context(writes: WritePath, request: Request[Any, Any, Any]) -> WriteContext:
     return WriteContext(
-        state=request.app.state,
+        writes=writes,
         principal=principal_of(request),
         method=request.method,
         path=request.url.path,
@@ -184,7 +212,7 @@ async def write_context(request: Request[Any, Any, Any]) -> WriteContext:
 
 
 async def _submit(ctx: WriteContext, command: Command, render: Renderer | None) -> Any:
-    writer = ctx.state.container.writer
+    writer = ctx.writes.writer
     deadline = time.monotonic() + WRITE_TIMEOUT_S  # for all resubmits together: bounds a claim's life
     for attempt in range(CONFLICT_RESUBMITS_MAX):
         try:
@@ -211,14 +239,15 @@ async def _submit(ctx: WriteContext, command: Command, render: Renderer | None) 
 
 def _count_transfers(ctx: WriteContext, outcome: Any) -> None:
     if isinstance(outcome, TransferState):
-        ctx.state.metrics.transfers_committed.inc()
+        ctx.writes.transfers_committed.inc()
     elif isinstance(outcome, BatchResult):
         done = sum(isinstance(r, TransferState) for r in outcome.results)
         if done:
-            ctx.state.metrics.transfers_committed.inc(done)
+            ctx.writes.transfers_committed.inc(done)
 
 
 async def run_write(
+    writes: WritePath,
     request: Request[Any, Any, Any],
     build: Callable[[UUID | None], Command],
     present: Present,
@@ -226,14 +255,14 @@ async def run_write(
     finish: Finish | None = None,
 ) -> Response[bytes]:
     """Submits the command `build(default_id)` and answers with its (stored) response."""
-    answer = await execute_write(await write_context(request), build, present)
+    answer = await execute_write(await write_context(writes, request), build, present)
     body = answer.body
     if finish is not None and answer.status < 400:
-        body = await anyio.to_thread.run_sync(finish, request.app.state, body)
+        body = await anyio.to_thread.run_sync(finish, writes, body)
     return respond(answer.status, body, replayed=answer.replayed)
 
 
-def reveal_holder(state: Any, body: bytes) -> bytes:
+def reveal_holder(writes: WritePath, body: bytes) -> bytes:
     """An account body with its holder sealed (as stored) -> the body with the holder revealed,
     or `{"erased": true}` once the holder's key was destroyed. Stored responses therefore never
     hold a holder's plaintext, and a replay after an erasure shows it erased."""
@@ -242,7 +271,7 @@ def reveal_holder(state: Any, body: bytes) -> bytes:
     doc = msgspec.json.decode(body)
     holder = doc.get("holder")
     if isinstance(holder, dict) and SEALED_MARK in holder:
-        vault = state.container.ledger.holder_vault
+        vault = writes.vault
         doc["holder"] = vault.reveal(holder[SEALED_MARK]) if vault is not None else None
     return msgspec.json.encode(doc)
 
@@ -256,11 +285,11 @@ async def execute_write(ctx: WriteContext, build: Callable[[UUID | None], Comman
 
     scope = ctx.principal.key_id
     hash_ = request_hash(ctx.method, ctx.path, ctx.body)
-    in_flight: set[tuple[str, str]] = ctx.state.idempotency_in_flight
+    in_flight = ctx.writes.in_flight
     if (scope, key) in in_flight:
         raise ApiError("idempotency_key_in_flight", "a request with this Idempotency-Key is still running")
-    store = ctx.state.container.idempotency
-    claims = ctx.state.idempotency_claims
+    store = ctx.writes.idempotency
+    claims = ctx.writes.claims
     in_flight.add((scope, key))
     try:
         now_ms = int(time.time() * 1000)
@@ -283,7 +312,7 @@ async def execute_write(ctx: WriteContext, build: Callable[[UUID | None], Comman
                 return _replay(stored, hash_)
         # A conflict outcome means nothing of this command was committed, record included.
         if render.record is not None and not isinstance(outcome, ConcurrencyConflict):
-            return Answer(render.record.status_code, render.record.body)
+            return Answer(*unpack_answer(render.record.answer))
         return Answer(*present(outcome))
     finally:
         in_flight.discard((scope, key))
@@ -292,4 +321,4 @@ async def execute_write(ctx: WriteContext, build: Callable[[UUID | None], Comman
 def _replay(stored: IdempotencyRecord, hash_: str) -> Answer:
     if stored.request_hash != hash_:
         raise ApiError("idempotency_key_reused", "this Idempotency-Key was used with a different request")
-    return Answer(stored.status_code, stored.body, replayed=True)
+    return Answer(*unpack_answer(stored.answer), replayed=True)

@@ -5,10 +5,13 @@ Labels are bounded: the route template (never the raw path), the method and the 
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from litestar.types import Scope
+
+log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
@@ -64,13 +67,10 @@ def observe_latency(scope: Scope, status: int, seconds: float) -> None:
 
 class LedgerAndFraudCollector:
     """Read at scrape time: this process's optimistic-concurrency re-runs, and how far the fraud
-    consumer (maybe another process) has scored the log, from its tracking table."""
+    consumer (maybe another process) has scored the log, from its tracking position."""
 
-    def __init__(self, container: Any) -> None:
-        from infrastructure.audit_store import Db
-
-        self.container = container
-        self.db = Db(container.ledger.recorder.datastore, postgres=container.settings.is_postgres)
+    def __init__(self, services: Any) -> None:
+        self.services = services
 
     def collect(self) -> Any:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -78,11 +78,11 @@ class LedgerAndFraudCollector:
         retries = CounterMetricFamily(
             "keel_ledger_conflict_retries", "Group commits re-run after an optimistic-concurrency conflict (this process)"
         )
-        retries.add_metric([], self.container.ledger.conflict_retries)
+        retries.add_metric([], self.services.ledger.conflict_retries)
         yield retries
         try:
-            (position,), = self.db.query(f"SELECT COALESCE(MAX(notification_id), 0) FROM {self.db.t('fraud_tracking')}")
-            head = self.container.ledger.recorder.max_notification_id() or 0
+            position = self.services.fraud.app.position()
+            head = self.services.ledger.recorder.max_notification_id() or 0
         except Exception:  # noqa: BLE001 - a scrape must not fail while the database restarts
             return
         pos = GaugeMetricFamily("keel_fraud_position", "Last ledger log position scored by the fraud consumer")
@@ -91,6 +91,35 @@ class LedgerAndFraudCollector:
         lag.add_metric([], max(0, head - position))
         yield pos
         yield lag
+
+
+class ProjectionLagCollector:
+    """Projection position and lag read from the database at scrape time. The worker may be
+    another process (PostgreSQL), so the API reports what the views hold."""
+
+    def __init__(self, read_side: Any) -> None:
+        self.read_side = read_side
+
+    def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        try:
+            status = self.read_side.projections()
+        except Exception:  # noqa: BLE001 - a scrape must not fail because the database is restarting
+            log.warning("projection status unavailable for /metrics", exc_info=True)
+            return
+        families = {
+            "position": GaugeMetricFamily("keel_projection_position", "Last log position applied to the views", labels=["projection"]),
+            "lag_events": GaugeMetricFamily("keel_projection_lag_events", "Log events not yet in the views", labels=["projection"]),
+            "lag_ms": GaugeMetricFamily("keel_projection_lag_ms", "Age of the oldest event not yet in the views", labels=["projection"]),
+        }
+        for p in status["projections"]:
+            for key, family in families.items():
+                family.add_metric([p["name"]], p[key])
+        head = GaugeMetricFamily("keel_event_log_head", "Highest notification position in the ledger's log")
+        head.add_metric([], status["head"])
+        yield from families.values()
+        yield head
 
 
 class FraudScoringMetrics:

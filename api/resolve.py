@@ -7,10 +7,10 @@ alone when exactly one tenant has an account with it (found through the accounts
 """
 from __future__ import annotations
 
-from typing import Any
 from uuid import UUID
 
 from api.errors import ApiError
+from application.ledger import Ledger
 from domain.account import Account
 from domain.errors import NotFound, ValidationFailed
 from domain.identity import account_key
@@ -22,7 +22,7 @@ TENANT_DOC = (
 )
 
 
-def account_key_for(container: Any, account_id: UUID, tenant: str | None) -> UUID:
+def account_key_for(ledger: Ledger, account_id: UUID, tenant: str | None) -> UUID:
     """The storage key of the account an auditor or admin names (blocking: call in a thread)."""
     if tenant is not None:
         try:
@@ -30,9 +30,9 @@ def account_key_for(container: Any, account_id: UUID, tenant: str | None) -> UUI
         except ValidationFailed as e:
             raise ApiError("validation_error", e.message, field="tenant") from None
         return account_key(tenant, account_id)
-    keys = container.ledger.account_keys_named(account_id)
+    keys = ledger.account_keys_named(account_id)
     # A client may choose a public id equal to another account's storage key: then it is ambiguous.
-    if isinstance(container.ledger.load(account_id), Account) and account_id not in keys:
+    if isinstance(ledger.load(account_id), Account) and account_id not in keys:
         keys.append(account_id)
     if len(keys) > 1:
         raise ApiError("validation_error", "several tenants have an account with this id: add ?tenant=", field="tenant")

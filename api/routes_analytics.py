@@ -19,6 +19,7 @@ from uuid import UUID
 
 import anyio
 import msgspec
+from litestar.di import NamedDependency
 from litestar import Request, Response, Router, get
 from litestar.params import QueryParameter
 
@@ -35,7 +36,6 @@ from infrastructure.readside import (
     ReadSide,
     to_us,
 )
-from keel.projections import read_side
 
 AMOUNT_MAX = INT64_MAX
 CSV_MEDIA_TYPE = "text/csv"
@@ -173,31 +173,28 @@ def csv_cell(value: Any) -> Any:
     return value
 
 
-def _rs(request: Request) -> ReadSide:
-    return read_side(request.app.state.container)
-
 
 @get("/balances", summary="Balances per currency and kind, and every account's balance (paginated)")
 async def balances(
-    request: Request,
+    request: Request, read_side: NamedDependency[ReadSide],
     currency: Currency = None,
     cursor: Cursor = None,
     limit: Annotated[int, QueryParameter(name="limit", ge=1, le=PAGE_MAX)] = PAGE_DEFAULT,
 ) -> BalancesOut:
-    out = await anyio.to_thread.run_sync(_rs(request).balances, currency, cursor, limit)
+    out = await anyio.to_thread.run_sync(read_side.balances, currency, cursor, limit)
     return msgspec.convert(out, BalancesOut)
 
 
 @get("/volumes", summary="Posted volume and count per hour or day and currency")
 async def volumes(
-    request: Request,
+    request: Request, read_side: NamedDependency[ReadSide],
     currency: Currency = None,
     interval: Annotated[str, QueryParameter(name="interval", pattern="^(hour|day)$")] = "day",
     from_: From = None,
     to: To = None,
 ) -> VolumesOut:
     from_us, to_us_ = parse_time(from_, "from"), parse_time(to, "to")
-    items = await anyio.to_thread.run_sync(_rs(request).volumes, currency, interval, from_us, to_us_)
+    items = await anyio.to_thread.run_sync(read_side.volumes, currency, interval, from_us, to_us_)
     return VolumesOut(interval=interval, items=msgspec.convert(items, list[VolumeBucket]))
 
 
@@ -210,7 +207,7 @@ async def volumes(
     "spreadsheet formula (`=`, `+`, `-`, `@`, tab, CR) are prefixed with a single quote.",
 )
 async def transactions(
-    request: Request,
+    request: Request, read_side: NamedDependency[ReadSide],
     account: Annotated[
         UUID | None, QueryParameter(name="account", description="An account's public id (the id its tenant uses)")
     ] = None,
@@ -225,7 +222,7 @@ async def transactions(
     wants_csv = CSV_MEDIA_TYPE in (request.headers.get("accept") or "")
     maximum = CSV_ROWS_MAX if wants_csv else PAGE_MAX
     page = await anyio.to_thread.run_sync(
-        lambda: _rs(request).transactions(
+        lambda: read_side.transactions(
             account=str(account) if account else None, tenant=tenant, min_amount=min_amount, max_amount=max_amount,
             from_us=parse_time(from_, "from"), to_us_=parse_time(to, "to"), cursor=cursor,
             limit=limit if limit is not None else (maximum if wants_csv else PAGE_DEFAULT), maximum=maximum,
@@ -247,20 +244,20 @@ async def transactions(
 
 @get("/top-accounts", summary="Accounts with the largest posted inflow or outflow over whole UTC days")
 async def top_accounts(
-    request: Request,
+    request: Request, read_side: NamedDependency[ReadSide],
     by: Annotated[str, QueryParameter(name="by", pattern="^(inflow|outflow)$")] = "inflow",
     from_: From = None,
     to: To = None,
     limit: Annotated[int, QueryParameter(name="limit", ge=1, le=TOP_MAX)] = 10,
 ) -> TopAccountsOut:
     from_us, to_us_ = parse_time(from_, "from"), parse_time(to, "to")
-    items = await anyio.to_thread.run_sync(_rs(request).top_accounts, by, from_us, to_us_, limit)
+    items = await anyio.to_thread.run_sync(read_side.top_accounts, by, from_us, to_us_, limit)
     return TopAccountsOut(by=by, items=msgspec.convert(items, list[TopAccount]))
 
 
 @get("/projections", summary="Each projection's position, the log head, and the lag")
-async def projections(request: Request) -> ProjectionsOut:
-    return msgspec.convert(await anyio.to_thread.run_sync(_rs(request).projections), ProjectionsOut)
+async def projections(request: Request, read_side: NamedDependency[ReadSide]) -> ProjectionsOut:
+    return msgspec.convert(await anyio.to_thread.run_sync(read_side.projections), ProjectionsOut)
 
 
 router = Router(

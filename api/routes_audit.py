@@ -8,14 +8,18 @@ VERIFY_CONCURRENT_MAX run at once per process; more answer 503 with Retry-After.
 from __future__ import annotations
 
 import threading
-from typing import Annotated, Any
+from typing import Annotated
 from uuid import UUID
 
 import anyio
 import msgspec
+from litestar.di import NamedDependency
 from litestar import Request, Router, delete, get
-from litestar.params import FromPath, QueryParameter
+from litestar.params import QueryParameter
 
+from application.audit import Audit
+from application.group_commit import GroupCommitWriter
+from application.ledger import Ledger
 from api.auth import require_roles
 from api.errors import ApiError
 from api.resolve import TENANT_DOC, account_key_for
@@ -69,9 +73,6 @@ class AccessPage(msgspec.Struct, frozen=True):
     next_after: int | None
 
 
-def _audit(request: Request) -> Any:
-    return request.app.state.container.extras["audit"]
-
 
 def _uuid(value: str, name: str) -> UUID:
     try:
@@ -84,23 +85,24 @@ _auditor = [require_roles("auditor")]
 
 
 @get("/audit/events", guards=_auditor, summary="The global event log with hashes (cursor by position)")
-async def audit_events(request: Request, after: AfterParam = 0, limit: LimitParam = EVENTS_PAGE_DEFAULT) -> EventsPage:
-    items = await anyio.to_thread.run_sync(_audit(request).events, after, limit)
+async def audit_events(request: Request, audit: NamedDependency[Audit], after: AfterParam = 0, limit: LimitParam = EVENTS_PAGE_DEFAULT) -> EventsPage:
+    items = await anyio.to_thread.run_sync(audit.events, after, limit)
     return EventsPage(items=items, next_after=items[-1].position if len(items) == limit else None)
 
 
 @get("/audit/accounts/{account_id:str}/events", guards=_auditor, summary="One account's events, oldest first")
 async def audit_account_events(
     request: Request,
+    audit: NamedDependency[Audit],
+    ledger: NamedDependency[Ledger],
     account_id: AccountIdParam,
     after: AfterParam = 0,
     limit: LimitParam = EVENTS_PAGE_DEFAULT,
     tenant: TenantParam = None,
 ) -> EventsPage:
     aid = _uuid(account_id, "account_id")
-    container = request.app.state.container
-    key = await anyio.to_thread.run_sync(account_key_for, container, aid, tenant)
-    items = await anyio.to_thread.run_sync(_audit(request).account_events, key, after, limit)
+    key = await anyio.to_thread.run_sync(account_key_for, ledger, aid, tenant)
+    items = await anyio.to_thread.run_sync(audit.account_events, key, after, limit)
     return EventsPage(items=items, next_after=items[-1].version if len(items) == limit else None)
 
 
@@ -111,6 +113,8 @@ async def audit_account_events(
 )
 async def audit_balance(
     request: Request,
+    audit: NamedDependency[Audit],
+    ledger: NamedDependency[Ledger],
     account_id: AccountIdParam,
     at: Annotated[str | None, QueryParameter(max_length=AT_MAX_CHARS, description="RFC 3339 instant")] = None,
     version: Annotated[int | None, QueryParameter(ge=1, le=POSITION_MAX, description="aggregate version")] = None,
@@ -119,8 +123,7 @@ async def audit_balance(
     aid = _uuid(account_id, "account_id")
     if (at is None) == (version is None):
         raise ApiError("validation_error", "give exactly one of at or version")
-    audit = _audit(request)
-    aid = await anyio.to_thread.run_sync(account_key_for, request.app.state.container, aid, tenant)
+    aid = await anyio.to_thread.run_sync(account_key_for, ledger, aid, tenant)
     if version is not None:
         return await anyio.to_thread.run_sync(audit.balance_at_version, aid, version)
     instant = parse_instant(at or "")
@@ -128,20 +131,20 @@ async def audit_balance(
 
 
 @get("/audit/verify", guards=_auditor, summary="Walk the hash chain and the signed checkpoints")
-async def audit_verify(request: Request) -> VerifyReport:
+async def audit_verify(request: Request, audit: NamedDependency[Audit]) -> VerifyReport:
     if not _verify_slots.acquire(blocking=False):
         raise ApiError("unavailable", "a verification is already running; retry shortly")
     try:
-        return await anyio.to_thread.run_sync(_audit(request).verify)
+        return await anyio.to_thread.run_sync(audit.verify)
     finally:
         _verify_slots.release()
 
 
 @get("/audit/checkpoints", guards=_auditor, summary="Signed chain heads (Ed25519), oldest first")
-async def audit_checkpoints(request: Request, after: AfterParam = 0, limit: LimitParam = EVENTS_PAGE_DEFAULT) -> CheckpointsPage:
+async def audit_checkpoints(request: Request, audit: NamedDependency[Audit], after: AfterParam = 0, limit: LimitParam = EVENTS_PAGE_DEFAULT) -> CheckpointsPage:
     from application.chain import checkpoint_message
 
-    rows = await anyio.to_thread.run_sync(_audit(request).checkpoints, after, limit)
+    rows = await anyio.to_thread.run_sync(audit.checkpoints, after, limit)
     items = [
         CheckpointOut(i, cp.position, cp.head_hash, cp.signed_at, cp.key_id, cp.signature,
                       checkpoint_message(cp.position, cp.head_hash, cp.signed_at).decode())  # fmt: skip
@@ -151,8 +154,8 @@ async def audit_checkpoints(request: Request, after: AfterParam = 0, limit: Limi
 
 
 @get("/audit/public-key", guards=_auditor, summary="The Ed25519 public key that verifies checkpoints")
-async def audit_public_key(request: Request) -> PublicKeyOut:
-    key = _audit(request).public_key
+async def audit_public_key(request: Request, audit: NamedDependency[Audit]) -> PublicKeyOut:
+    key = audit.public_key
     if key is None:
         raise ApiError("not_found", "no audit signing key is configured")
     return PublicKeyOut(**key)
@@ -160,27 +163,25 @@ async def audit_public_key(request: Request) -> PublicKeyOut:
 
 @get("/audit/access-log", guards=_auditor, summary="Who did what: writes and audit reads (PCI DSS 10.2 style)")
 async def audit_access_log(
-    request: Request,
+    request: Request, audit: NamedDependency[Audit],
     after: AfterParam = 0,
     limit: LimitParam = EVENTS_PAGE_DEFAULT,
     key_id: Annotated[str | None, QueryParameter(max_length=64)] = None,
 ) -> AccessPage:
-    items = await anyio.to_thread.run_sync(_audit(request).access_log, after, limit, key_id)
+    items = await anyio.to_thread.run_sync(audit.access_log, after, limit, key_id)
     return AccessPage(items=items, next_after=items[-1].id if len(items) == limit else None)
 
 
 @delete("/accounts/{account_id:str}/holder", guards=[require_roles("admin")], status_code=200,
         summary="Erase the holder's personal data (crypto-shredding); balances and history stay")  # fmt: skip
-async def erase_account_holder(request: Request, account_id: AccountIdParam, tenant: TenantParam = None) -> AccountOut:
+async def erase_account_holder(
+    request: Request, ledger: NamedDependency[Ledger], writer: NamedDependency[GroupCommitWriter], account_id: AccountIdParam, tenant: TenantParam = None
+) -> AccountOut:
     aid = _uuid(account_id, "account_id")
-    container = request.app.state.container
-    ledger = container.ledger
     if ledger.holder_vault is None:
         raise ApiError("unavailable", "holder encryption is not configured")
-    key = await anyio.to_thread.run_sync(account_key_for, container, aid, tenant)
-    state = await anyio.to_thread.run_sync(
-        erase_holder, ledger.holder_vault, ledger.account_by_key, container.writer.execute, key
-    )
+    key = await anyio.to_thread.run_sync(account_key_for, ledger, aid, tenant)
+    state = await anyio.to_thread.run_sync(erase_holder, ledger.holder_vault, ledger.account_by_key, writer.execute, key)
     return account_out(state)
 
 

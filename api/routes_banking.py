@@ -12,14 +12,15 @@ from uuid import UUID
 
 import anyio
 import msgspec
+from litestar.di import NamedDependency
 from litestar import Request, Response, Router, get, post
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
-from litestar.params import Body, FromPath, Parameter
+from litestar.params import Body, Parameter
 
 from api.auth import banking_tenant, require_roles
 from api.errors import PROBLEM_MEDIA_TYPE, ApiError, domain_problem
-from api.idempotency import Present, reveal_holder, run_write
+from api.idempotency import Present, WritePath, reveal_holder, run_write
 from api.schemas import (
     PAGE_LIMIT_DEFAULT,
     PAGE_LIMIT_MAX,
@@ -42,6 +43,7 @@ from api.schemas import (
     transfer_out,
 )
 from application import queries
+from application.ledger import Ledger
 from application.commands import (
     AccountState,
     BatchResult,
@@ -204,7 +206,9 @@ def _batch_presenter(outcome: Any) -> tuple[int, bytes]:
     status_code=201,
     responses={**WRITE_PROBLEMS, 200: ResponseSpec(data_container=AccountOut, description="The `id` named an existing account with the same fields.")},
 )
-async def open_account(request: Request, data: Annotated[AccountCreate, _body("The account to open", ACCOUNT_EXAMPLE)]) -> Response[AccountOut]:
+async def open_account(
+    request: Request, writes: NamedDependency[WritePath], data: Annotated[AccountCreate, _body("The account to open", ACCOUNT_EXAMPLE)]
+) -> Response[AccountOut]:
     tenant = banking_tenant(request)
     data = await strict_body(request, AccountCreate)
     check_client_id(data.id)
@@ -219,7 +223,7 @@ async def open_account(request: Request, data: Annotated[AccountCreate, _body("T
             metadata=data.metadata,
         )
 
-    return await run_write(request, build, _account_presenter(True), finish=reveal_holder)  # type: ignore[return-value]
+    return await run_write(writes, request, build, _account_presenter(True), finish=reveal_holder)  # type: ignore[return-value]
 
 
 @get(
@@ -229,10 +233,10 @@ async def open_account(request: Request, data: Annotated[AccountCreate, _body("T
     "overdraft_limit. " + ID_DOC,
     responses=READ_PROBLEMS,
 )
-async def get_account(request: Request, account_id: AccountIdParam) -> AccountOut:
+async def get_account(request: Request, ledger: NamedDependency[Ledger], account_id: AccountIdParam) -> AccountOut:
     tenant = banking_tenant(request)
     aid = parse_uuid(account_id, "account_id")
-    state = await anyio.to_thread.run_sync(request.app.state.container.ledger.get_account, aid, tenant)
+    state = await anyio.to_thread.run_sync(ledger.get_account, aid, tenant)
     return account_out(state)
 
 
@@ -252,10 +256,12 @@ def _cursor(cursor: str | None) -> int | None:
     "while `next_cursor` is not null.",
     responses=READ_PROBLEMS,
 )
-async def list_accounts(request: Request, cursor: CursorParam = None, limit: LimitParam = PAGE_LIMIT_DEFAULT) -> AccountPage:
+async def list_accounts(
+    request: Request, ledger: NamedDependency[Ledger], cursor: CursorParam = None, limit: LimitParam = PAGE_LIMIT_DEFAULT
+) -> AccountPage:
     tenant = banking_tenant(request)
     after = _cursor(cursor) or 0
-    page = await anyio.to_thread.run_sync(queries.list_accounts, request.app.state.container.ledger, tenant, after, limit)
+    page = await anyio.to_thread.run_sync(queries.list_accounts, ledger, tenant, after, limit)
     return AccountPage(
         items=[account_out(a) for a in page.items],
         next_cursor=None if page.next_cursor is None else str(page.next_cursor),
@@ -264,11 +270,12 @@ async def list_accounts(request: Request, cursor: CursorParam = None, limit: Lim
 
 def _account_action(name: str, command_type: type, summary: str):  # noqa: ANN202
     @post(f"/accounts/{{account_id:str}}/{name}", summary=summary, description=IDEMPOTENCY_DOC, status_code=200, responses=WRITE_PROBLEMS)
-    async def action(request: Request, account_id: AccountIdParam) -> Response[AccountOut]:
+    async def action(request: Request, writes: NamedDependency[WritePath], account_id: AccountIdParam) -> Response[AccountOut]:
         tenant = banking_tenant(request)
         aid = parse_uuid(account_id, "account_id")
         return await run_write(  # type: ignore[return-value]
-            request, lambda _: command_type(tenant=tenant, account_id=aid), _account_presenter(False), finish=reveal_holder
+            writes, request, lambda _: command_type(tenant=tenant, account_id=aid), _account_presenter(False),
+            finish=reveal_holder,
         )
 
     action.__name__ = f"{name}_account"
@@ -283,12 +290,15 @@ close_account = _account_action("close", CloseAccount, "Close an account (only a
 # ---- money movements -------------------------------------------------------------------------
 
 
-async def _settlement_movement(request: Request, command_type: type[Deposit] | type[Withdraw]) -> Response[TransferOut]:
+async def _settlement_movement(
+    request: Request, writes: NamedDependency[WritePath], command_type: type[Deposit] | type[Withdraw]
+) -> Response[TransferOut]:
     """A deposit or a withdrawal: the same body, against the tenant's settlement account."""
     tenant = banking_tenant(request)
     data = await strict_body(request, MoneyMovement)
     check_client_id(data.id)
     return await run_write(  # type: ignore[return-value]
+        writes,
         request,
         lambda default_id: command_type(
             tenant=tenant, account_id=data.account_id, amount_minor=data.amount, currency=data.currency,
@@ -305,8 +315,10 @@ async def _settlement_movement(request: Request, command_type: type[Deposit] | t
     status_code=201,
     responses={**MOVE_PROBLEMS, **EXISTING_TRANSFER},
 )
-async def deposit(request: Request, data: Annotated[MoneyMovement, _body("Amount to deposit", MOVEMENT_EXAMPLE)]) -> Response[TransferOut]:
-    return await _settlement_movement(request, Deposit)
+async def deposit(
+    request: Request, writes: NamedDependency[WritePath], data: Annotated[MoneyMovement, _body("Amount to deposit", MOVEMENT_EXAMPLE)]
+) -> Response[TransferOut]:
+    return await _settlement_movement(request, writes, Deposit)
 
 
 @post(
@@ -317,8 +329,10 @@ async def deposit(request: Request, data: Annotated[MoneyMovement, _body("Amount
     status_code=201,
     responses={**MOVE_PROBLEMS, **EXISTING_TRANSFER},
 )
-async def withdraw(request: Request, data: Annotated[MoneyMovement, _body("Amount to withdraw", MOVEMENT_EXAMPLE)]) -> Response[TransferOut]:
-    return await _settlement_movement(request, Withdraw)
+async def withdraw(
+    request: Request, writes: NamedDependency[WritePath], data: Annotated[MoneyMovement, _body("Amount to withdraw", MOVEMENT_EXAMPLE)]
+) -> Response[TransferOut]:
+    return await _settlement_movement(request, writes, Withdraw)
 
 
 def _make_transfer(tenant: str, t: TransferCreate, transfer_id: UUID | None) -> MakeTransfer:
@@ -345,12 +359,14 @@ def _make_transfer(tenant: str, t: TransferCreate, transfer_id: UUID | None) -> 
     status_code=201,
     responses={**MOVE_PROBLEMS, **EXISTING_TRANSFER},
 )
-async def create_transfer(request: Request, data: Annotated[TransferCreate, _body("The transfer", TRANSFER_EXAMPLE)]) -> Response[TransferOut]:
+async def create_transfer(
+    request: Request, writes: NamedDependency[WritePath], data: Annotated[TransferCreate, _body("The transfer", TRANSFER_EXAMPLE)]
+) -> Response[TransferOut]:
     # api.fastpath answers most requests of this route before Litestar sees them; this handler
     # is the reference it is tested against and answers the rest (errors, uncached keys).
     tenant = banking_tenant(request)
     data = await strict_body(request, TransferCreate)
-    return await run_write(request, *transfer_write(tenant, data))  # type: ignore[return-value]
+    return await run_write(writes, request, *transfer_write(tenant, data))  # type: ignore[return-value]
 
 
 def transfer_write(tenant: str, data: TransferCreate) -> tuple[Callable[[UUID | None], MakeTransfer], Present]:
@@ -369,7 +385,9 @@ def transfer_write(tenant: str, data: TransferCreate) -> tuple[Callable[[UUID | 
     responses={**MOVE_PROBLEMS, 200: ResponseSpec(data_container=BatchOut, description="Not atomic: every item's own result, in order.")},
     request_max_body_size=BATCH_BODY_MAX_BYTES,
 )
-async def create_batch(request: Request, data: Annotated[BatchCreate, _body("1..1000 transfers", BATCH_EXAMPLE)]) -> Response[BatchOut]:
+async def create_batch(
+    request: Request, writes: NamedDependency[WritePath], data: Annotated[BatchCreate, _body("1..1000 transfers", BATCH_EXAMPLE)]
+) -> Response[BatchOut]:
     tenant = banking_tenant(request)
     data = await strict_body(request, BatchCreate)
     for index, t in enumerate(data.transfers):
@@ -386,7 +404,7 @@ async def create_batch(request: Request, data: Annotated[BatchCreate, _body("1..
             items.append(_make_transfer(tenant, t, item_id))
         return TransferBatch(tenant=tenant, items=tuple(items), atomic=data.atomic)
 
-    return await run_write(request, build, _batch_presenter)  # type: ignore[return-value]
+    return await run_write(writes, request, build, _batch_presenter)  # type: ignore[return-value]
 
 
 def _item_id(base: UUID, index: int) -> UUID:
@@ -399,10 +417,10 @@ def _item_id(base: UUID, index: int) -> UUID:
     description="Status is posted, pending, voided or expired; `posted_amount` is what became final.",
     responses=READ_PROBLEMS,
 )
-async def get_transfer(request: Request, transfer_id: TransferIdParam) -> TransferOut:
+async def get_transfer(request: Request, ledger: NamedDependency[Ledger], transfer_id: TransferIdParam) -> TransferOut:
     tenant = banking_tenant(request)
     tid = parse_uuid(transfer_id, "transfer_id")
-    state = await anyio.to_thread.run_sync(request.app.state.container.ledger.get_transfer, tid, tenant)
+    state = await anyio.to_thread.run_sync(ledger.get_transfer, tid, tenant)
     return transfer_out(state)
 
 
@@ -416,6 +434,7 @@ async def get_transfer(request: Request, transfer_id: TransferIdParam) -> Transf
 )
 async def post_transfer(
     request: Request,
+    writes: NamedDependency[WritePath],
     transfer_id: TransferIdParam,
     data: Annotated[PostHold | None, _body("Optional partial amount", {"amount": 2000})] = None,
 ) -> Response[TransferOut]:
@@ -424,6 +443,7 @@ async def post_transfer(
     data = await strict_body(request, PostHold, empty=PostHold())
     amount = data.amount
     return await run_write(  # type: ignore[return-value]
+        writes,
         request,
         lambda _: PostTransfer(tenant=tenant, transfer_id=tid, amount_minor=amount),
         _transfer_presenter(False),
@@ -431,11 +451,11 @@ async def post_transfer(
 
 
 @post("/transfers/{transfer_id:str}/void", summary="Void a pending transfer", description=IDEMPOTENCY_DOC, status_code=200, responses=WRITE_PROBLEMS)
-async def void_transfer(request: Request, transfer_id: TransferIdParam) -> Response[TransferOut]:
+async def void_transfer(request: Request, writes: NamedDependency[WritePath], transfer_id: TransferIdParam) -> Response[TransferOut]:
     tenant = banking_tenant(request)
     tid = parse_uuid(transfer_id, "transfer_id")
     return await run_write(  # type: ignore[return-value]
-        request, lambda _: VoidTransfer(tenant=tenant, transfer_id=tid), _transfer_presenter(False)
+        writes, request, lambda _: VoidTransfer(tenant=tenant, transfer_id=tid), _transfer_presenter(False)
     )
 
 
@@ -446,11 +466,11 @@ async def void_transfer(request: Request, transfer_id: TransferIdParam) -> Respo
     status_code=201,
     responses={**MOVE_PROBLEMS, 200: ResponseSpec(data_container=TransferOut, description="Already reversed: the same reversal.")},
 )
-async def reverse_transfer(request: Request, transfer_id: TransferIdParam) -> Response[TransferOut]:
+async def reverse_transfer(request: Request, writes: NamedDependency[WritePath], transfer_id: TransferIdParam) -> Response[TransferOut]:
     tenant = banking_tenant(request)
     tid = parse_uuid(transfer_id, "transfer_id")
     return await run_write(  # type: ignore[return-value]
-        request, lambda _: ReverseTransfer(tenant=tenant, transfer_id=tid), _transfer_presenter(True)
+        writes, request, lambda _: ReverseTransfer(tenant=tenant, transfer_id=tid), _transfer_presenter(True)
     )
 
 

@@ -20,12 +20,14 @@ from uuid import UUID
 
 import anyio
 import msgspec
+from litestar.di import NamedDependency
 from litestar import Request, Response, Router, get, post
 from litestar.exceptions import PermissionDeniedException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
 from litestar.params import PathParameter, QueryParameter
 
+from fraud.service import FraudService
 from api.auth import principal_of, require_roles
 from api.errors import PROBLEM_MEDIA_TYPE, ApiError
 from api.schemas import UUID_PATTERN, AlertIdParam, ProblemOut, strict_body
@@ -147,11 +149,6 @@ ALERTS_RESPONSES = _problems(
 )
 
 
-def _service(request: Request) -> Any:
-    from keel.bootstrap import fraud_service
-
-    return fraud_service(request.app.state.container)
-
 
 def _uuid(value: str, name: str) -> UUID:
     try:
@@ -198,7 +195,7 @@ def _alert_out(v: AlertView) -> AlertOut:
     guards=[require_roles("analyst", "banking")],
     responses=ASSESSMENT_RESPONSES,
 )
-async def get_assessment(request: Request, transfer_id: TransferIdPath, tenant: TenantParam = None) -> AssessmentOut:
+async def get_assessment(request: Request, fraud: NamedDependency[FraudService], transfer_id: TransferIdPath, tenant: TenantParam = None) -> AssessmentOut:
     principal = principal_of(request)
     tid = _uuid(transfer_id, "transfer_id")
     analyst = principal.role == "analyst"
@@ -212,7 +209,7 @@ async def get_assessment(request: Request, transfer_id: TransferIdPath, tenant: 
             # Another tenant's transfers do not exist for this key: the answer of a missing id.
             raise NotFound("transfer not found")
         tenant = principal.tenant
-    found = await anyio.to_thread.run_sync(_service(request).find, tid, tenant)
+    found = await anyio.to_thread.run_sync(fraud.find, tid, tenant)
     if isinstance(found, Assessment):
         return _assessment_out(found, analyst=analyst)
     pending = PendingOut(status="pending", transfer_id=found.public_id, tenant=found.tenant,
@@ -239,13 +236,13 @@ def _cursor(cursor: str | None) -> int:
     responses=ALERTS_RESPONSES,
 )
 async def list_alerts(
-    request: Request,
+    request: Request, fraud: NamedDependency[FraudService],
     status: Annotated[Literal["open", "reviewed"] | None, QueryParameter(description="open or reviewed")] = None,
     cursor: CursorParam = None,
     limit: LimitParam = ALERTS_LIMIT_DEFAULT,
 ) -> AlertPage:
     after = _cursor(cursor)
-    page = await anyio.to_thread.run_sync(lambda: _service(request).app.alerts(status, limit, after))
+    page = await anyio.to_thread.run_sync(lambda: fraud.app.alerts(status, limit, after))
     return AlertPage(items=[_alert_out(v) for v in page.items],
                      next_cursor=None if page.next_after is None else str(page.next_after))
 
@@ -258,13 +255,13 @@ async def list_alerts(
     guards=[require_roles("analyst")],
     status_code=200,
 )
-async def review_alert(request: Request, alert_id: AlertIdParam) -> AlertOut:
+async def review_alert(request: Request, fraud: NamedDependency[FraudService], alert_id: AlertIdParam) -> AlertOut:
     principal = principal_of(request)
     if principal.role != "analyst":
         raise PermissionDeniedException("this route needs the role analyst")
     aid = _uuid(alert_id, "alert_id")
     body = await strict_body(request, ReviewIn)
-    svc = _service(request)
+    svc = fraud
 
     def review() -> AlertView:
         alert = svc.app.review(aid, body.label, body.note, principal.key_id)

@@ -17,8 +17,9 @@ from uuid import UUID
 
 import anyio
 import msgspec
+from litestar.di import NamedDependency
 from litestar import Request, Response, Router, get
-from litestar.params import FromPath, QueryParameter
+from litestar.params import QueryParameter
 
 from api.schemas import AccountIdParam
 from api.auth import banking_tenant, require_roles
@@ -26,9 +27,8 @@ from api.routes_banking import READ_PROBLEMS
 from api.schemas import PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX
 from domain.errors import NotFound, ValidationFailed
 from domain.identity import account_key
-from infrastructure.readside import PAGE_MAX, WAIT_MAX_S, Page, check_limit, decode_cursor
-from keel.bootstrap import Container
-from keel.projections import read_side
+from infrastructure.readside import ReadSide, PAGE_MAX, WAIT_MAX_S, Page, check_limit, decode_cursor
+from application.ledger import Ledger
 
 
 class HistoryItem(msgspec.Struct, frozen=True):
@@ -58,14 +58,15 @@ def _type(direction: str, status: str) -> str:
     return f"{direction}_{status}"
 
 
-def _history(container: Container, public_id: UUID, tenant: str, cursor: str | None, limit: int) -> tuple[Page, bool]:
-    rs = read_side(container)
+def _history(
+    rs: ReadSide, ledger: NamedDependency[Ledger], public_id: UUID, tenant: str, cursor: str | None, limit: int
+) -> tuple[Page, bool]:
     key = account_key(tenant, public_id)
     fresh = rs.wait_for_aggregate(key, WAIT_MAX_S)
     owner = rs.account_tenant(str(key))
     if owner is None:
         # Not in the view (yet): the ledger decides between 404 and an empty history.
-        container.ledger.get_account(public_id, tenant)
+        ledger.get_account(public_id, tenant)
         return Page([], None), fresh
     if owner != tenant:  # cannot happen (the key is the tenant's); answered like a missing one
         raise NotFound("account not found")
@@ -82,6 +83,8 @@ def _history(container: Container, public_id: UUID, tenant: str, cursor: str | N
 )
 async def account_transactions(
     request: Request,
+    read_side: NamedDependency[ReadSide],
+    ledger: NamedDependency[Ledger],
     account_id: AccountIdParam,
     cursor: Annotated[str | None, QueryParameter(name="cursor", max_length=64)] = None,
     limit: Annotated[int, QueryParameter(name="limit", ge=1, le=PAGE_LIMIT_MAX)] = PAGE_LIMIT_DEFAULT,
@@ -94,7 +97,7 @@ async def account_transactions(
     # Bad input is a 422 whether or not the account exists (checked again by the read side).
     decode_cursor(cursor, (int,))
     check_limit(limit, maximum=min(PAGE_LIMIT_MAX, PAGE_MAX))
-    page, fresh = await anyio.to_thread.run_sync(_history, request.app.state.container, aid, tenant, cursor, limit)
+    page, fresh = await anyio.to_thread.run_sync(_history, read_side, ledger, aid, tenant, cursor, limit)
     items = msgspec.convert([{**i, "type": _type(i["direction"], i["status"])} for i in page.items], list[HistoryItem])
     headers = {} if fresh else {"Keel-Projection-Stale": "true"}
     return Response(HistoryPage(items=items, next_cursor=page.next_cursor), headers=headers)

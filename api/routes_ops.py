@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from litestar import Request, Response, Router, get
+from litestar.di import NamedDependency
+from litestar import Response, Router, get
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.errors import problem_response
-from keel.bootstrap import Container, key_store
+from api.metrics import Metrics
+from api.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -20,11 +23,11 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-def _store_reachable(container: Container) -> None:
+def _store_reachable(services: NamedDependency[Services]) -> None:
     # One read of the event store and one of a table `keel migrate` creates: a reachable but
     # unmigrated database is not ready either.
-    container.ledger.recorder.max_notification_id()  # type: ignore[attr-defined]
-    key_store(container).get(READINESS_PROBE_KEY_ID)
+    services.ledger.recorder.max_notification_id()  # type: ignore[attr-defined]
+    services.keys.get(READINESS_PROBE_KEY_ID)
 
 
 @get(
@@ -32,14 +35,13 @@ def _store_reachable(container: Container) -> None:
     summary="Readiness: the event store answers",
     description="200 when a query of the event store succeeds within 5 s, else 503 problem. No key needed.",
 )
-async def readyz(request: Request) -> Response:
+async def readyz(services: NamedDependency[Any]) -> Response:  # api.services.Services (a Protocol: not checkable)
     import anyio
 
-    container: Container = request.app.state.container
     try:
         with anyio.fail_after(READY_TIMEOUT_S):
             # Abandon the thread on timeout: a store that hangs must not hang the probe too.
-            await anyio.to_thread.run_sync(_store_reachable, container, abandon_on_cancel=True)
+            await anyio.to_thread.run_sync(_store_reachable, services, abandon_on_cancel=True)
     except Exception as e:  # noqa: BLE001 - any failure means "not ready"
         log.warning("readiness check failed: %s", type(e).__name__)
         return problem_response("unavailable", "the event store is not reachable")
@@ -52,8 +54,8 @@ async def readyz(request: Request) -> Response:
     description="Request latency by route, transfers committed, group-commit batch sizes. No key needed.",
     media_type=CONTENT_TYPE_LATEST,
 )
-async def metrics(request: Request) -> Response[bytes]:
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+async def metrics(metrics: NamedDependency[Metrics]) -> Response[bytes]:
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 # `[{}]` overrides the app-wide bearer requirement in the OpenAPI document: these routes are

@@ -26,6 +26,21 @@ log = logging.getLogger(__name__)
 Render = OutcomeRecorder
 
 
+class CommitHooks:
+    """Who wants to hear about each commit (metrics): registered by the composition root and the
+    API before the writer starts, called on the writer thread after every successful commit."""
+
+    def __init__(self) -> None:
+        self._hooks: list[Callable[[int, int, float], None]] = []
+
+    def add(self, hook: Callable[[int, int, float], None]) -> None:
+        self._hooks.append(hook)
+
+    def __call__(self, commands: int, weight: int, seconds: float) -> None:
+        for hook in self._hooks:
+            hook(commands, weight, seconds)
+
+
 class Overloaded(Exception):
     """The writer's queue is full: shed load instead of growing without bound."""
 

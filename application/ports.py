@@ -13,20 +13,33 @@ from eventsourcing.persistence import StoredEvent
 
 
 class IdempotencyRecord(msgspec.Struct, frozen=True):
-    """A stored HTTP response, written in the same database transaction as its effect."""
+    """The answer a caller gave to a command under its idempotency key, stored in the same
+    database transaction as the command's effect, so a retry gets the same answer and no second
+    effect. `answer` is the caller's own rendering of the outcome (the HTTP API packs its status
+    and body into it): opaque here."""
 
-    scope: str  # the API key id: keys of different clients never collide
+    scope: str  # the caller's identity (the API key id): keys of different callers never collide
     key: str
-    request_hash: str
-    status_code: int
-    body: bytes
+    request_hash: str  # what the first request was; the same key with another request is refused
+    answer: bytes
     created_at_ms: int
 
 
 class IdempotencyStore(Protocol):
+    """Reads and cleans up stored answers (the recorders write them with the effects)."""
+
     def get(self, scope: str, key: str) -> IdempotencyRecord | None: ...
 
-    def get_many(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], IdempotencyRecord]: ...
+    def delete_older_than(self, cutoff_ms: int) -> int: ...
+
+
+class IdempotencyClaims(Protocol):
+    """Marks an idempotency key as being worked on across processes (a claim older than
+    `stale_before_ms` is taken over: its holder died)."""
+
+    def claim(self, scope: str, key: str, now_ms: int, stale_before_ms: int) -> bool: ...
+
+    def release(self, scope: str, key: str) -> None: ...
 
     def delete_older_than(self, cutoff_ms: int) -> int: ...
 

@@ -1,12 +1,12 @@
 """Projection logic: the ledger's events folded into read-model rows, for any store.
 
 `project(events, lookup)` turns one batch of events (in log order, each with its notification
-position, decoded into the `SeenEvent` Structs below: only the fields the views need) into the
-row changes of every view; `ViewFollower` reads the ledger's log from the store's tracking
-position and hands each batch, with the new position, to a `ViewStore` that writes rows and
-position in ONE transaction. The same code serves PostgreSQL and SQLite. This module never
-reads holder personal data (the `holder` of `Account.Opened` is not even decoded) and never
-writes to the event store.
+position, decoded into the `SeenEvent` Structs of application/seen_events.py: only the fields
+the views need) into the row changes of every view; `ViewFollower` (application/view_follower.py)
+reads the ledger's log from the store's tracking position and hands each batch, with the new
+position, to a `ViewStore` that writes rows and position in ONE transaction. The same code serves
+PostgreSQL and SQLite. This module never reads holder personal data (the `holder` of
+`Account.Opened` is not even decoded) and never writes to the event store.
 
 Views (all amounts `int` minor units, all times integer microseconds / seconds since the epoch):
   accounts   one row per account: tenant, currency, kind, status, overdraft limit, balances
@@ -23,23 +23,33 @@ decoded from the events' display fields, only to be shown: the read side answers
 """
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
 from datetime import datetime, timezone
-from typing import Any, Protocol
+from typing import Any
 
-import msgspec
-from eventsourcing.utils import get_topic
-
-from domain.account import Account
-from domain.transfer import POSTED, Transfer
-
-log = logging.getLogger(__name__)
+from application.seen_events import (
+    SEEN_EVENTS,
+    AccountClosed,
+    AccountCredited,
+    AccountCreditHeld,
+    AccountCreditHoldSettled,
+    AccountDebited,
+    AccountDebitHeld,
+    AccountDebitHoldSettled,
+    AccountFrozen,
+    AccountOpened,
+    AccountUnfrozen,
+    SeenEvent,
+    TransferHoldExpired,
+    TransferHoldPosted,
+    TransferHoldVoided,
+    TransferInitiated,
+    TransferReversed,
+)
+from domain.transfer import POSTED
 
 # The only projection of this module; its tracking row carries this name.
 VIEWS = "views"
-READ_BATCH_MAX = 20_000
 HOUR_S = 3600
 DAY_S = 86400
 INTERVALS = {"hour": HOUR_S, "day": DAY_S}
@@ -80,119 +90,6 @@ _E = {c: i for i, c in enumerate(ENTRY_COLUMNS)}
 _T = {c: i for i, c in enumerate(TRANSFER_COLUMNS)}
 
 
-# ---- the fields of each event that the views read ----------------------------------------
-#
-# Decoding straight into these small Structs (ids as strings, unknown fields skipped) is several
-# times faster than building the domain event objects, which is what makes a rebuild reach tens
-# of thousands of events per second. Tests check the views against a fold of the mapper's domain
-# events. This bypasses eventsourcing's upcasting: when an event class gets a new
-# `class_version`, give its Struct here the same defaults for the fields older events lack.
-
-
-class SeenEvent(msgspec.Struct, kw_only=True):
-    originator_id: str = ""  # set from the stored event's column, not from its state
-    timestamp: datetime
-
-
-class AccountOpened(SeenEvent):
-    tenant: str
-    public_id: str
-    currency: str
-    kind: str
-    overdraft_limit_minor: int
-
-
-class AccountDebited(SeenEvent):
-    amount_minor: int
-
-
-class AccountCredited(SeenEvent):
-    amount_minor: int
-
-
-class AccountDebitHeld(SeenEvent):
-    amount_minor: int
-
-
-class AccountCreditHeld(SeenEvent):
-    amount_minor: int
-
-
-class AccountDebitHoldSettled(SeenEvent):
-    held_minor: int
-    posted_minor: int
-
-
-class AccountCreditHoldSettled(SeenEvent):
-    held_minor: int
-    posted_minor: int
-
-
-class AccountFrozen(SeenEvent):
-    pass
-
-
-class AccountUnfrozen(SeenEvent):
-    pass
-
-
-class AccountClosed(SeenEvent):
-    pass
-
-
-class TransferInitiated(SeenEvent):
-    tenant: str
-    public_id: str
-    kind: str
-    debit_account_id: str  # storage keys
-    credit_account_id: str
-    debit_public_id: str  # the same accounts' public ids
-    credit_public_id: str
-    amount_minor: int
-    currency: str
-    reference: str | None
-    pending: bool
-    reverses_id: str | None
-    reverses_public_id: str | None
-
-
-class TransferHoldPosted(SeenEvent):
-    amount_minor: int
-
-
-class TransferHoldVoided(SeenEvent):
-    pass
-
-
-class TransferHoldExpired(SeenEvent):
-    pass
-
-
-class TransferReversed(SeenEvent):
-    reversal_id: str
-    reversal_public_id: str
-
-
-# Stored event topic -> the Struct its state is decoded into. Other topics do not change a view.
-SEEN_EVENTS: dict[str, type[SeenEvent]] = {
-    get_topic(Account.Opened): AccountOpened,
-    get_topic(Account.Debited): AccountDebited,
-    get_topic(Account.Credited): AccountCredited,
-    get_topic(Account.DebitHeld): AccountDebitHeld,
-    get_topic(Account.CreditHeld): AccountCreditHeld,
-    get_topic(Account.DebitHoldSettled): AccountDebitHoldSettled,
-    get_topic(Account.CreditHoldSettled): AccountCreditHoldSettled,
-    get_topic(Account.Frozen): AccountFrozen,
-    get_topic(Account.Unfrozen): AccountUnfrozen,
-    get_topic(Account.Closed): AccountClosed,
-    get_topic(Transfer.Initiated): TransferInitiated,
-    get_topic(Transfer.HoldPosted): TransferHoldPosted,
-    get_topic(Transfer.HoldVoided): TransferHoldVoided,
-    get_topic(Transfer.HoldExpired): TransferHoldExpired,
-    get_topic(Transfer.Reversed): TransferReversed,
-}
-
-
 class Changes:
     """Row changes of one batch, already folded: one insert or one delta per key."""
 
@@ -215,6 +112,7 @@ class Changes:
 
 # Given transfer ids initiated in an earlier batch, their currencies (read from the view).
 CurrencyLookup = Callable[[set[str]], dict[str, str]]
+
 
 def project(events: Sequence[tuple[int, SeenEvent | None]], lookup: CurrencyLookup) -> Changes:
     """Folds `(position, event)` pairs, in log order, into the changes of every view.
@@ -413,107 +311,3 @@ _HANDLERS: dict[type, Callable[[Changes, int, Any, dict[str, str]], None]] = {
     TransferReversed: _reversed,
 }
 assert set(_HANDLERS) == set(SEEN_EVENTS.values())
-
-
-# ---- following the log --------------------------------------------------------------------
-
-
-class PositionMoved(Exception):
-    """The tracking row was not where this follower left it (another runner, or a rebuild)."""
-
-
-class ViewTransaction(Protocol):
-    def transfer_currencies(self, transfer_ids: set[str]) -> dict[str, str]: ...
-
-    def write(self, changes: Changes) -> None: ...
-
-    def advance(self, expected: int, position: int) -> None:
-        """Moves the tracking row from `expected` to `position`; PositionMoved if it was elsewhere."""
-
-
-class ViewStore(Protocol):
-    reads_in_transaction: bool
-
-    def position(self) -> int: ...
-
-    def transaction(self) -> AbstractContextManager[ViewTransaction]: ...
-
-
-# Reads the log: up to `limit` positions after `after` (and not beyond `stop`), in order, each
-# with its decoded event, or None where the event changes no view. The last argument is the
-# open view transaction when the store reads inside it (saves round trips), else None.
-LogReader = Callable[[int, int, "int | None", Any], Sequence[tuple[int, SeenEvent | None]]]
-
-
-class ViewFollower:
-    """Applies the log to a ViewStore, one transaction per batch of up to `batch_max` events.
-
-    `step()` never skips or repeats an event: the position it starts from is the one committed
-    with the rows, and positions must strictly increase (asserted).
-    """
-
-    def __init__(
-        self,
-        read: LogReader,
-        store: ViewStore,
-        *,
-        batch_max: int = READ_BATCH_MAX,
-        on_applied: Callable[[int, Sequence[tuple[int, Any]]], None] | None = None,
-    ) -> None:
-        if not 0 < batch_max <= 100_000:
-            raise ValueError("batch_max must be 1..100000")
-        self.read = read
-        self.store = store
-        self.batch_max = batch_max
-        self.on_applied = on_applied
-        self.position = store.position()
-
-    def step(self, stop: int | None = None) -> int:
-        """Applies the next batch (not beyond `stop`); returns how many events it applied."""
-        start = self.position
-        events: Sequence[tuple[int, SeenEvent | None]] = ()
-        try:
-            if self.store.reads_in_transaction:
-                with self.store.transaction() as tx:
-                    events = self.read(start, self.batch_max, stop, tx)
-                    if events:
-                        self._apply(tx, start, events)
-            else:
-                # Read before taking the write transaction (SQLite has one writer at a time).
-                events = self.read(start, self.batch_max, stop, None)
-                if events:
-                    with self.store.transaction() as tx:
-                        self._apply(tx, start, events)
-        except PositionMoved:
-            self.position = self.store.position()
-            log.warning("view tracking moved under us (rebuild or second runner); resuming at %d", self.position)
-            return 0
-        if not events:
-            return 0
-        self.position = events[-1][0]
-        if self.on_applied is not None:
-            self.on_applied(self.position, events)
-        return len(events)
-
-    @staticmethod
-    def _apply(tx: ViewTransaction, start: int, events: Sequence[tuple[int, SeenEvent | None]]) -> None:
-        previous = start
-        for position, _ in events:
-            assert position > previous, f"log positions must increase: {position} after {previous}"
-            previous = position
-        # Tracking first: a second runner blocks there and then finds the row moved, before
-        # it has written a single view row.
-        tx.advance(start, previous)
-        tx.write(project(events, tx.transfer_currencies))
-
-    def catch_up(self, stop: int | None = None, progress: Callable[[int], None] | None = None) -> int:
-        """Applies batches until the log (or `stop`) is reached; returns the events applied."""
-        total = 0
-        while stop is None or self.position < stop:
-            n = self.step(stop)
-            if n == 0:
-                break
-            total += n
-            if progress is not None:
-                progress(self.position)
-        return total

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID, uuid5
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
@@ -49,7 +49,6 @@ REVIEWED = "reviewed"
 ASSESSMENT_NAMESPACE = UUID("a51c2e8e-3f0b-4f55-8f0a-0e7f6f3b9d21")
 ALERT_NAMESPACE = UUID("c0b8d9a4-6f1e-4f0c-b2a7-93d1f7e5a6b2")
 LEDGER_TOPICS = [get_topic(c) for c in TOPICS_CLASSES]
-TRANSFER_IDS_TABLE = "fraud_transfer_ids"
 
 
 class AlertAlreadyReviewed(DomainError):
@@ -165,10 +164,21 @@ class AlertsPage:
     next_after: int | None  # the position to pass as `after` for the next page; None at the end
 
 
+class TransferIds(Protocol):
+    """public id -> (tenant, storage key) of every scored transfer."""
+
+    def add(self, rows: Sequence[tuple[UUID, str, UUID]]) -> None: ...
+
+    def keys_of(self, public_id: UUID) -> list[tuple[str, UUID]]: ...
+
+
 class FraudApp(Application[UUID]):
     """The fraud module's event store. Its recorder is a process recorder: events + tracking."""
 
     name = "fraud"
+    # The table of scored transfers' ids (infrastructure/transfer_ids.py), set by the composition
+    # root: how a cross-tenant role finds a transfer by the public id alone.
+    transfer_ids: TransferIds | None = None
 
     def construct_recorder(self) -> Any:
         return self.factory.process_recorder()
@@ -182,29 +192,6 @@ class FraudApp(Application[UUID]):
         recordings = self._record(processing_event)
         self._notify(recordings)
 
-    def create_indexes(self) -> None:
-        """DDL beside eventsourcing's own (called by `keel migrate` only): alerts are listed by
-        topic, which without an index would scan every assessment ever recorded; and the table of
-        transfer ids (public id -> tenant, storage key) for cross-tenant lookups."""
-        from psycopg.sql import SQL, Identifier
-
-        ds = self.recorder.datastore
-        with ds.transaction(commit=True) as c:
-            if self._is_postgres:
-                c.execute(SQL("CREATE INDEX IF NOT EXISTS fraud_events_topic_idx ON {}.{} (topic, notification_id)").format(
-                    Identifier(ds.schema), Identifier(self.recorder.events_table_name)))
-                c.execute(SQL("CREATE TABLE IF NOT EXISTS {}.{} (public_id uuid NOT NULL, tenant text NOT NULL, "
-                              "transfer_key uuid NOT NULL, PRIMARY KEY (public_id, tenant))").format(
-                    Identifier(ds.schema), Identifier(TRANSFER_IDS_TABLE)))
-            else:
-                c.execute(f"CREATE INDEX IF NOT EXISTS fraud_events_topic_idx ON {self.recorder.events_table_name} (topic)")
-                c.execute(f"CREATE TABLE IF NOT EXISTS {TRANSFER_IDS_TABLE} (public_id TEXT NOT NULL, tenant TEXT NOT NULL, "
-                          "transfer_key TEXT NOT NULL, PRIMARY KEY (public_id, tenant))")
-
-    @property
-    def _is_postgres(self) -> bool:
-        return hasattr(self.recorder.datastore, "schema")
-
     def position(self) -> int:
         return self.recorder.max_tracking_id(LEDGER_APP) or 0
 
@@ -213,37 +200,18 @@ class FraudApp(Application[UUID]):
         holds are left alone, so a page that is scored again after a crash adds nothing twice.
         A row states a fact of the ledger (that transfer exists), so it may be written before
         the assessments that name it are committed."""
-        if not rows:
-            return
-        ds = self.recorder.datastore
-        if self._is_postgres:
-            from psycopg.sql import SQL, Identifier
-
-            statement = SQL("INSERT INTO {}.{} (public_id, tenant, transfer_key) SELECT * FROM "
-                            "unnest(%s::uuid[], %s::text[], %s::uuid[]) ON CONFLICT DO NOTHING").format(
-                Identifier(ds.schema), Identifier(TRANSFER_IDS_TABLE))
-            with ds.transaction(commit=True) as c:
-                c.execute(statement, ([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]))
-        else:
-            with ds.transaction(commit=True) as c:
-                c.executemany(f"INSERT OR IGNORE INTO {TRANSFER_IDS_TABLE} (public_id, tenant, transfer_key) VALUES (?, ?, ?)",
-                              [(str(p), t, str(k)) for p, t, k in rows])
+        if rows:
+            self._ids().add(rows)
 
     # ---- queries --------------------------------------------------------------------------
 
     def transfer_keys(self, public_id: UUID) -> list[tuple[str, UUID]]:
         """(tenant, storage key) of every scored transfer whose public id is `public_id`."""
-        ds = self.recorder.datastore
-        with ds.transaction(commit=False) as c:
-            if self._is_postgres:
-                from psycopg.sql import SQL, Identifier
+        return self._ids().keys_of(public_id)
 
-                c.execute(SQL("SELECT tenant, transfer_key FROM {}.{} WHERE public_id = %s ORDER BY tenant").format(
-                    Identifier(ds.schema), Identifier(TRANSFER_IDS_TABLE)), (public_id,))
-            else:
-                c.execute(f"SELECT tenant, transfer_key FROM {TRANSFER_IDS_TABLE} WHERE public_id = ? ORDER BY tenant",
-                          (str(public_id),))
-            return [(row["tenant"], UUID(str(row["transfer_key"]))) for row in c.fetchall()]
+    def _ids(self) -> TransferIds:
+        assert self.transfer_ids is not None, "the composition root sets FraudApp.transfer_ids"
+        return self.transfer_ids
 
     def find_assessment(self, transfer_key: UUID) -> Assessment | None:
         """The assessment of the transfer stored at `transfer_key`, None if it has none (yet)."""

@@ -20,7 +20,7 @@ from typing import Any
 from application.commands import Deposit, MakeTransfer, OpenAccount, Withdraw
 from domain.errors import DomainError
 from domain.transfer import DEPOSIT, WITHDRAWAL
-from fraud.simulate import SIM_TENANT, Record, SimOpen
+from fraud.dataset import SIM_TENANT, Record, SimOpen
 
 IN_FLIGHT_MAX = 2000
 RATE_MAX = 100_000

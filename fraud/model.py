@@ -1,4 +1,8 @@
-"""The fraud model: training, a signed store of versioned models, and the scorer.
+"""The fraud model: the artifact, a signed store of versioned models, and the scorer with its reasons.
+
+Training lives in fraud/training.py, evaluation in fraud/evaluation.py; this module never fits a
+model. The pickled `Artifact` is referenced by this module's path: it must stay here, or the
+shipped default model (pinned by its SHA-256 below) no longer loads.
 
 A model version is the SHA-256 of its pickled bytes ("m-" + 16 hex digits). Models are pickles,
 and unpickling runs code, so the store only ever unpickles a file it wrote itself: next to each
@@ -8,11 +12,12 @@ Loading recomputes both the hash (must equal the version) and the HMAC (must equ
 before `pickle.loads`. A file dropped in by anyone without the key is refused.
 
 Scoring never touches the store or the clock: `Scorer.score_many` is a pure function of the
-feature vectors, the model and the rules, so a recorded decision can be recomputed exactly.
+feature vectors and the model (rules included), so a recorded decision can be recomputed exactly.
 """
 from __future__ import annotations
 
 import base64
+import bisect
 import hashlib
 import hmac
 import json
@@ -20,114 +25,91 @@ import math
 import os
 import pickle
 import tempfile
-import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from domain.identity import transfer_key
 from fraud import rules as rules_mod
-from fraud.features import FEATURE_NAMES, FeatureExtractor, Observed
-from fraud.simulate import (  # noqa: F401 - the defaults are re-exported for callers of the model
-    DEFAULT_CUSTOMERS,
-    DEFAULT_DAYS,
-    DEFAULT_EVAL_SEED,
-    DEFAULT_START,
-    DEFAULT_TRAIN_SEED,
-    PATTERNS,
-    SIM_TENANT,
-    SimConfig,
-    labels,
-    ledger_events,
-    simulate,
-)
+from fraud.features import FEATURE_NAMES, FEATURE_SET, INDEX, NO_DATA, NULLABLE
 
 ELEVATED = "elevated"
 HIGH = "high"
 LOW = "low"
 REASONS_MAX = 4
-MODEL_REASON_MIN_DELTA = 0.02
+# A reason must move the model's log-odds by at least this much (0.2: odds x1.22).
+REASON_MIN_LOGIT = 0.2
 MODEL_FILE_MAX_BYTES = 64 * 1024 * 1024
-# Reviewed alerts count this many times a simulated example: they are real analyst decisions.
-REVIEW_WEIGHT = 5.0
-FRAUD_WEIGHT = 3.0
+
+MODEL_INPUTS: tuple[str, ...] = FEATURE_NAMES + tuple(f"rule:{name}" for name in rules_mod.RULE_NAMES)
+_NULLABLE_COLUMNS = np.array(sorted(INDEX[n] for n in NULLABLE), dtype=np.int64)
 
 
 class ModelError(Exception):
-    """A model file is missing, altered or not ours."""
+    """A model file is missing, altered, not ours, or made for other features."""
 
 
 @dataclass
 class Artifact:
-    classifier: Any
+    classifier: Any  # HistGradientBoostingClassifier over MODEL_INPUTS
+    calibrated: Any  # CalibratedClassifierCV(FrozenEstimator(classifier)), fitted on the validation period
     feature_names: tuple[str, ...]
-    baseline: tuple[float, ...]  # the typical legitimate value of each feature, for explanations
+    feature_set: str
+    rules_version: str
+    baseline: tuple[float, ...]  # the typical legitimate value of each feature (for reasons); NO_DATA if none
+    levels: dict[str, float]  # {"elevated": ..., "high": ...}: probabilities chosen by `LevelPolicy`
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-# ---- training -----------------------------------------------------------------------------
+def model_input(vectors: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+    """Recorded feature vectors -> the model's input: NO_DATA becomes NaN (HistGradientBoosting
+    routes missing values on its own, outside the monotonic order), and each rule is a 0/1 column."""
+    x = np.array(vectors, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] != len(FEATURE_NAMES):
+        raise ValueError(f"feature vectors must have {len(FEATURE_NAMES)} values ({FEATURE_SET})")
+    hits = np.array([rules_mod.indicators(v) for v in x.tolist()], dtype=np.float64).reshape(len(x), len(rules_mod.RULES))
+    sub = x[:, _NULLABLE_COLUMNS]
+    sub[sub == NO_DATA] = np.nan
+    x[:, _NULLABLE_COLUMNS] = sub
+    return np.hstack([x, hits])
 
 
-def observe_records(records: Sequence[Any], tenant: str = SIM_TENANT, currency: str = "EUR") -> list[Observed]:
-    ex = FeatureExtractor()
-    out = []
-    for event in ledger_events(records, tenant=tenant, currency=currency):
-        o = ex.observe(event)
-        if o is not None:
-            out.append(o)
-    return out
+def calibration_of(calibrated: Any) -> tuple[str, list[float], list[float]]:
+    """The fitted calibrator as plain numbers: ("isotonic", xs, ys) or ("sigmoid", [a], [b])."""
+    from sklearn.isotonic import IsotonicRegression
+
+    cal = calibrated.calibrated_classifiers_[0].calibrators[0]
+    if isinstance(cal, IsotonicRegression):
+        return "isotonic", [float(v) for v in cal.X_thresholds_], [float(v) for v in cal.y_thresholds_]
+    return "sigmoid", [float(cal.a_)], [float(cal.b_)]
 
 
-def training_set(records: Sequence[Any], tenant: str = SIM_TENANT) -> tuple[np.ndarray, np.ndarray, list[str], list[Observed]]:
-    """Features from the events of `records` as the ledger of `tenant` records them, joined with
-    the simulator's labels. Labels are keyed by public transfer id (what a client sends); the
-    features by storage key (what the log keys a transfer by): the join maps one to the other."""
-    observed = observe_records(records, tenant=tenant)
-    by_key = {transfer_key(tenant, public_id): v for public_id, v in labels(records).items()}
-    x = np.array([o.features for o in observed], dtype=np.float64)
-    y = np.array([by_key[o.transfer_key][0] for o in observed], dtype=np.int64)
-    patterns = [by_key[o.transfer_key][1] for o in observed]
-    return x, y, patterns, observed
+class Calibration:
+    """The calibrator applied to one raw score at a time, the same arithmetic whatever the batch
+    (sklearn's IsotonicRegression.predict is np.interp, and _SigmoidCalibration is expit(-(a f + b)))."""
 
+    def __init__(self, calibrated: Any) -> None:
+        self.method, self.xs, self.ys = calibration_of(calibrated)
+        if self.method == "sigmoid" and self.xs[0] > 0:
+            raise ModelError("the calibration decreases with the model's output; refusing a non-monotone score")
 
-def fit(x: np.ndarray, y: np.ndarray, *, seed: int, sample_weight: np.ndarray | None = None, max_iter: int = 200) -> Artifact:
-    from sklearn.ensemble import HistGradientBoostingClassifier
-
-    clf = HistGradientBoostingClassifier(
-        max_iter=max_iter, learning_rate=0.08, max_leaf_nodes=31, min_samples_leaf=20,
-        l2_regularization=1.0, early_stopping=False, random_state=seed,
-    )
-    w = np.where(y == 1, FRAUD_WEIGHT, 1.0) if sample_weight is None else sample_weight
-    # One thread: OpenMP threads spin on a busy 2-core machine (30 s instead of 4 s here), and
-    # a fixed thread count keeps the float sums, and so the model's bytes, the same everywhere.
-    with _one_thread():
-        clf.fit(x, y, sample_weight=w)
-    baseline = tuple(float(b) for b in np.median(x[y == 0], axis=0)) if (y == 0).any() else tuple(0.0 for _ in FEATURE_NAMES)
-    return Artifact(classifier=clf, feature_names=FEATURE_NAMES, baseline=baseline,
-                    meta={"seed": seed, "examples": int(len(y)), "fraud_examples": int(y.sum()), "rules_version": rules_mod.RULES_VERSION})
-
-
-def train(
-    *, seed: int = DEFAULT_TRAIN_SEED, customers: int = DEFAULT_CUSTOMERS, days: int = DEFAULT_DAYS,
-    reviewed: Sequence[tuple[Sequence[float], int]] = (), max_iter: int = 200,
-) -> Artifact:
-    """Simulates a period with `seed`, adds analysts' reviewed decisions, and fits the model."""
-    records = simulate(SimConfig(seed=seed, customers=customers, days=days))
-    x, y, _, _ = training_set(records)
-    w = np.where(y == 1, FRAUD_WEIGHT, 1.0)
-    if reviewed:
-        rx = np.array([list(v) for v, _ in reviewed], dtype=np.float64)
-        ry = np.array([label for _, label in reviewed], dtype=np.int64)
-        x, y = np.vstack([x, rx]), np.concatenate([y, ry])
-        w = np.concatenate([w, np.full(len(ry), REVIEW_WEIGHT)])
-    art = fit(x, y, seed=seed, sample_weight=w, max_iter=max_iter)
-    art.meta.update({"customers": customers, "days": days, "reviewed_examples": len(reviewed)})
-    return art
+    def __call__(self, raw: float) -> float:
+        if self.method == "sigmoid":
+            z = -(self.xs[0] * raw + self.ys[0])
+            return 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0
+        xs, ys = self.xs, self.ys
+        if raw <= xs[0]:
+            return ys[0]
+        if raw >= xs[-1]:
+            return ys[-1]
+        j = bisect.bisect_right(xs, raw) - 1
+        if xs[j + 1] == xs[j]:
+            return ys[j + 1]
+        return (ys[j + 1] - ys[j]) / (xs[j + 1] - xs[j]) * (raw - xs[j]) + ys[j]
 
 
 # ---- the signed store ---------------------------------------------------------------------
@@ -170,7 +152,8 @@ class ModelStore:
         return self.save_blob(pickle.dumps(artifact, protocol=5), artifact, make_current=make_current)
 
     def save_blob(self, blob: bytes, artifact: Artifact, *, make_current: bool = True) -> str:
-        """Stores `blob` (the pickle of `artifact`, byte for byte) signed with the local key."""
+        """Stores `blob` (the pickle of `artifact`, byte for byte) signed with the local key.
+        Versions are never deleted: every recorded assessment can be rescored with its model."""
         digest = hashlib.sha256(blob).hexdigest()
         version = f"m-{digest[:16]}"
         self.models.mkdir(parents=True, exist_ok=True)
@@ -179,14 +162,21 @@ class ModelStore:
             "sha256": digest,
             "hmac_sha256": hmac.new(self._secret(), blob, hashlib.sha256).hexdigest(),
             "created_at": datetime.now(tz=timezone.utc).isoformat(),
+            "feature_set": artifact.feature_set,
+            "rules_version": artifact.rules_version,
             "feature_names": list(artifact.feature_names),
+            "levels": artifact.levels,
             "meta": artifact.meta,
         }
         self._write(self.models / f"{version}.pkl", blob)
         self._write(self.models / f"{version}.json", json.dumps(manifest, indent=2, sort_keys=True).encode())
         if make_current:
-            self._write(self.dir / "current", version.encode())
+            self.make_current(version)
         return version
+
+    def make_current(self, version: str) -> None:
+        self.manifest(version)  # exists
+        self._write(self.dir / "current", version.encode())
 
     def current(self) -> str | None:
         path = self.dir / "current"
@@ -200,6 +190,11 @@ class ModelStore:
             raise ModelError(f"model {version} is not in {self.models}")
         return json.loads(path.read_text())
 
+    def compatible(self, version: str) -> bool:
+        """Whether this code can score with `version` (same feature set and rules), by its manifest."""
+        m = self.manifest(version)
+        return m.get("feature_set") == FEATURE_SET and m.get("rules_version") == rules_mod.RULES_VERSION
+
     def load(self, version: str) -> Artifact:
         manifest = self.manifest(version)
         path = self.models / f"{version}.pkl"
@@ -212,6 +207,9 @@ class ModelStore:
         expected = hmac.new(self._secret(), blob, hashlib.sha256).hexdigest()
         if not hmac.compare_digest(expected, str(manifest.get("hmac_sha256", ""))):
             raise ModelError(f"model {version}: signature does not match; refusing to unpickle a file we did not write")
+        if not self.compatible(version):
+            raise ModelError(f"model {version} was trained on feature set {manifest.get('feature_set', 'f1')!r} and rules "
+                             f"{manifest.get('rules_version')!r}; this code computes {FEATURE_SET!r} and {rules_mod.RULES_VERSION!r}")
         art = pickle.loads(blob)  # noqa: S301 - hash and HMAC verified above
         if not isinstance(art, Artifact) or tuple(art.feature_names) != FEATURE_NAMES:
             raise ModelError(f"model {version} was trained on other features")
@@ -222,7 +220,7 @@ class ModelStore:
 # are trusted because their SHA-256 is written here, in reviewed source; the file alone is not.
 # It is used only with the scikit-learn it was pickled by; otherwise the default is retrained.
 SHIPPED_MODEL = Path(__file__).parent / "default_model.pkl"
-SHIPPED_MODEL_SHA256 = "79946dfea8a0c44a72a1a0496e1e8496f38f2f58c6a4316d0f5f2cbead1b3612"
+SHIPPED_MODEL_SHA256 = "9d0171084c7e31d3b69abb369ac0b1019c9b1d98421135c2039effa12634b0f6"
 SHIPPED_MODEL_SKLEARN = "1.9.1"
 
 
@@ -236,24 +234,23 @@ def shipped_model() -> tuple[bytes, Artifact] | None:
     if hashlib.sha256(blob).hexdigest() != SHIPPED_MODEL_SHA256:
         raise ModelError(f"{SHIPPED_MODEL} does not match the hash in fraud/model.py; refusing to unpickle it")
     art = pickle.loads(blob)  # noqa: S301 - the hash above is pinned in our own source
-    return (blob, art) if isinstance(art, Artifact) and tuple(art.feature_names) == FEATURE_NAMES else None
-
-
-def ensure_model(store: ModelStore, *, customers: int = DEFAULT_CUSTOMERS, days: int = DEFAULT_DAYS) -> str:
-    """The current version; when there is none, the shipped default (signed into the local store),
-    or, with another scikit-learn, the same seeded default trained here (~5-10 s)."""
-    version = store.current()
-    if version is None:
-        shipped = shipped_model()
-        if shipped is not None:
-            # Verbatim: re-pickling an unpickled object need not give the same bytes.
-            version = store.save_blob(*shipped)
-        else:
-            version = store.save(train(customers=customers, days=days))
-    return version
+    ok = isinstance(art, Artifact) and tuple(art.feature_names) == FEATURE_NAMES and art.feature_set == FEATURE_SET
+    return (blob, art) if ok else None
 
 
 # ---- scoring ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reason:
+    """One reason of a decision: a rule that fired or a single feature, the features it speaks
+    for, and how much it moved the model's log-odds (raw minus raw with it set to typical)."""
+
+    source: str  # "rule" | "feature"
+    name: str
+    features: tuple[str, ...]
+    logit: float
+    text: str
 
 
 @dataclass(frozen=True)
@@ -263,11 +260,7 @@ class Decision:
     reasons: tuple[str, ...]
     model_probability: float
     rules: tuple[str, ...]
-
-
-def combine(p_model: float, p_rules: float) -> float:
-    """Model and rules as independent evidence; in [0, 1]."""
-    return 1.0 - (1.0 - p_model) * (1.0 - p_rules)
+    explained: tuple[Reason, ...] = ()
 
 
 class Forest:
@@ -277,7 +270,7 @@ class Forest:
     budget at p99 on a busy machine. So small batches (one transfer and its explanation rows)
     walk the fitted trees as flat numpy arrays (~0.1 ms); large batches use sklearn's compiled
     `decision_function`. Both add the leaf values to the baseline one tree at a time in tree
-    order, so the raw sums are identical, and one sigmoid (here) turns them into probabilities:
+    order, so the raw sums are identical, and one calibration turns them into probabilities:
     a score never depends on the batch it was computed in.
     """
 
@@ -296,43 +289,47 @@ class Forest:
         self.feature = flat["feature_idx"].astype(np.int64)
         self.threshold = flat["num_threshold"].astype(np.float64)
         self.missing_left = flat["missing_go_to_left"].astype(bool)
-        self.left = np.where(self.leaf, 0, flat["left"].astype(np.int64) + shift)
-        self.right = np.where(self.leaf, 0, flat["right"].astype(np.int64) + shift)
+        # A leaf's children are itself: walking one level too many stays on the leaf.
+        itself = np.arange(len(flat), dtype=np.int64)
+        self.left = np.where(self.leaf, itself, flat["left"].astype(np.int64) + shift)
+        self.right = np.where(self.leaf, itself, flat["right"].astype(np.int64) + shift)
         self.value = flat["value"].astype(np.float64)
         self.base = float(classifier._baseline_prediction.ravel()[0])  # noqa: SLF001
         self.depth = int(flat["depth"].max()) + 1
+        self.used = frozenset(int(j) for j in np.unique(self.feature[~self.leaf]))  # input columns any split reads
 
     def raw_small(self, x: np.ndarray) -> list[float]:
-        node = np.broadcast_to(self.roots, (x.shape[0], len(self.roots))).copy()
-        rows = np.arange(x.shape[0])[:, None]
-        for _ in range(self.depth):
-            leaf = self.leaf[node]
-            if leaf.all():
-                break
-            xv = x[rows, self.feature[node]]
-            go_left = np.where(np.isnan(xv), self.missing_left[node], xv <= self.threshold[node])
-            node = np.where(leaf, node, np.where(go_left, self.left[node], self.right[node]))
-        out = []
-        for row in self.value[node].tolist():
-            raw = self.base
-            for v in row:  # tree order, one addition at a time: exactly sklearn's sum
-                raw += v
-            out.append(raw)
-        return out
+        n, trees = x.shape[0], len(self.roots)
+        node = np.tile(self.roots, n)  # (row, tree) at row * trees + tree
+        at = np.repeat(np.arange(n, dtype=np.int64) * x.shape[1], trees)
+        flat = np.ascontiguousarray(x).ravel()
+        for _ in range(self.depth - 1):
+            xv = flat[at + self.feature[node]]
+            go_left = xv <= self.threshold[node]
+            missing = np.isnan(xv)
+            if missing.any():
+                go_left = np.where(missing, self.missing_left[node], go_left)
+            node = np.where(go_left, self.left[node], self.right[node])
+        node = node.reshape(n, trees)
+        # The baseline, then each tree's leaf value in tree order, one addition at a time: exactly
+        # sklearn's sum (it adds one tree's predictions at a time). cumsum is that sequential sum.
+        values = np.empty((x.shape[0], len(self.roots) + 1))
+        values[:, 0] = self.base
+        values[:, 1:] = self.value[node]
+        return np.cumsum(values, axis=1)[:, -1].tolist()
 
     def raw_large(self, x: np.ndarray) -> list[float]:
-        with _one_thread():
+        with one_thread():
             return [float(r) for r in self.classifier.decision_function(x)]
 
-    def proba(self, x: np.ndarray) -> list[float]:
-        raws = self.raw_small(x) if x.shape[0] <= self.SMALL_BATCH_MAX else self.raw_large(x)
-        return [sigmoid(r) for r in raws]
+    def raw(self, x: np.ndarray) -> list[float]:
+        return self.raw_small(x) if x.shape[0] <= self.SMALL_BATCH_MAX else self.raw_large(x)
 
 
 _controller: ThreadpoolController | None = None
 
 
-def _one_thread() -> Any:
+def one_thread() -> Any:
     """Native thread pools (OpenMP, BLAS) limited to one thread: a scoring call is small, and
     the cores belong to the service. The controller is built once: finding the libraries costs
     more than a page of scoring (threadpool_limits() looks for them on every call)."""
@@ -342,134 +339,118 @@ def _one_thread() -> Any:
     return _controller.limit(limits=1)
 
 
-def sigmoid(raw: float) -> float:
-    if raw < -700:
-        return 0.0
-    return 1.0 / (1.0 + math.exp(-raw))
-
-
 class Scorer:
-    def __init__(self, artifact: Artifact, version: str, *, elevated: float, high: float) -> None:
-        if not 0.0 < elevated <= high <= 1.0:
-            raise ValueError("thresholds must satisfy 0 < elevated <= high <= 1")
+    """Scores recorded feature vectors with one model version. The levels are the model's own
+    (chosen by policy when it was trained) unless `elevated` / `high` override them."""
+
+    def __init__(self, artifact: Artifact, version: str, *, elevated: float | None = None, high: float | None = None) -> None:
+        if artifact.feature_set != FEATURE_SET or artifact.rules_version != rules_mod.RULES_VERSION:
+            raise ModelError(f"model {version} was made for {artifact.feature_set}/{artifact.rules_version}")
         self.artifact = artifact
         self.version = version
-        self.elevated = elevated
-        self.high = high
-        self._baseline = np.array(artifact.baseline, dtype=np.float64)
-        self._n = len(FEATURE_NAMES)
+        self.elevated = artifact.levels[ELEVATED] if elevated is None else elevated
+        self.high = artifact.levels[HIGH] if high is None else high
+        self.levels_overridden = elevated is not None or high is not None
+        if not 0.0 < self.elevated <= self.high <= 1.0:
+            raise ValueError(f"levels must satisfy 0 < elevated <= high <= 1 (elevated {self.elevated}, high {self.high}); "
+                             "check KEEL_FRAUD_ELEVATED_THRESHOLD / KEEL_FRAUD_HIGH_THRESHOLD against the model's levels")
+        self._baseline = artifact.baseline
         self._forest = Forest(artifact.classifier)
+        self._calibrate = Calibration(artifact.calibrated)
+        # Features the model reads, directly or through a rule; setting any other to typical changes nothing.
+        self._rules_reading = [[k for k, r in enumerate(rules_mod.RULES) if name in r.uses] for name in FEATURE_NAMES]
+        self._read = frozenset(j for j in range(len(FEATURE_NAMES)) if j in self._forest.used or self._rules_reading[j])
 
     def level(self, score: float) -> str:
         return HIGH if score >= self.high else ELEVATED if score >= self.elevated else LOW
 
-    def _proba(self, x: np.ndarray) -> np.ndarray:
-        return np.array(self._forest.proba(x), dtype=np.float64)
+    def raw_many(self, vectors: Sequence[Sequence[float]]) -> list[float]:
+        """The model's log-odds before calibration."""
+        return self._forest.raw(model_input(vectors))
+
+    def probability(self, raw: float) -> float:
+        return self._calibrate(raw)
 
     def score_many(self, vectors: Sequence[Sequence[float]]) -> list[Decision]:
-        if not vectors:
+        if not len(vectors):
             return []
-        x = np.array(vectors, dtype=np.float64)
-        p = self._proba(x)
-        decisions: list[Decision | None] = []
-        explain: list[int] = []
-        pre: list[tuple[float, float, list[rules_mod.Rule]]] = []
-        for i, v in enumerate(vectors):
-            hit = rules_mod.fired(v)
-            pm = float(p[i])
-            score = combine(pm, rules_mod.rule_score(hit))
-            pre.append((pm, score, hit))
-            if score >= self.elevated:
-                explain.append(i)
-        # Explain only what someone will read: occlude one feature at a time (set it to its
-        # typical legitimate value) and see how far the model's probability falls.
-        # A feature already at its typical value changes nothing when occluded (delta 0): only the
-        # others need a row, which is most of the cost of scoring a suspicious page.
-        deltas: dict[int, np.ndarray] = {}
-        if explain:
-            sub = x[explain]
-            moved = sub != self._baseline
-            which_row, which_feature = np.nonzero(moved)
-            rows = sub[which_row]
-            rows[np.arange(len(rows)), which_feature] = self._baseline[which_feature]
-            q = np.array(self._proba(rows), dtype=np.float64) if len(rows) else np.zeros(0)
-            for k, i in enumerate(explain):
-                deltas[i] = np.zeros(self._n)
-            for r, (k, j) in enumerate(zip(which_row.tolist(), which_feature.tolist(), strict=True)):
-                deltas[explain[k]][j] = p[explain[k]] - q[r]
-        for i, v in enumerate(vectors):
-            pm, score, hit = pre[i]
-            reasons = [r.reason(v) for r in sorted(hit, key=lambda r: -r.weight)]
-            spoken = {f for r in hit for f in r.uses}
-            if i in deltas:
-                for j in np.argsort(-deltas[i], kind="stable"):
-                    if len(reasons) >= REASONS_MAX or deltas[i][j] < MODEL_REASON_MIN_DELTA:
-                        break
-                    if FEATURE_NAMES[j] not in spoken:
-                        reasons.append(rules_mod.describe(FEATURE_NAMES[j], v))
-            decisions.append(Decision(score=score, level=self.level(score), reasons=tuple(reasons[:REASONS_MAX]),
-                                      model_probability=pm, rules=tuple(r.name for r in hit)))
-        return decisions  # type: ignore[return-value]
+        rows = [list(v) for v in vectors]
+        x = model_input(rows)
+        raws = self._forest.raw(x)
+        probs = [self._calibrate(r) for r in raws]
+        explained = self._explain([i for i, p in enumerate(probs) if p >= self.elevated], rows, x, raws)
+        out = []
+        for i, v in enumerate(rows):
+            reasons = explained.get(i, ())
+            out.append(Decision(score=probs[i], level=self.level(probs[i]), reasons=tuple(r.text for r in reasons),
+                                model_probability=probs[i], rules=tuple(r.name for r in rules_mod.fired(v)), explained=reasons))
+        return out
 
     def score(self, vector: Sequence[float]) -> Decision:
         return self.score_many([vector])[0]
 
+    def _typical(self, v: Sequence[float], names: Iterable[str]) -> list[float]:
+        """`v` with the features `names` set to their typical legitimate value (where known)."""
+        w = list(v)
+        for name in names:
+            j = INDEX[name]
+            if self._baseline[j] != NO_DATA:
+                w[j] = self._baseline[j]
+        return w
 
-# ---- evaluation ---------------------------------------------------------------------------
-
-
-def evaluate(scorer: Scorer, *, seed: int = DEFAULT_EVAL_SEED, customers: int = DEFAULT_CUSTOMERS, days: int = DEFAULT_DAYS,
-             latency_samples: int = 2000) -> dict[str, Any]:
-    """Quality on a held-out simulated period (another seed, a later start) and scoring latency."""
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
-    config = SimConfig(seed=seed, customers=customers, days=days, start=DEFAULT_START + timedelta(days=91))
-    records = simulate(config)
-    x, y, patterns, _ = training_set(records)
-    decisions = scorer.score_many([tuple(r) for r in x])
-    s = np.array([d.score for d in decisions])
-    alert = s >= scorer.high
-    tp = int((alert & (y == 1)).sum())
-    out: dict[str, Any] = {
-        "model_version": scorer.version,
-        "seed": seed, "customers": customers, "days": days,
-        "transfers": int(len(y)), "fraud": int(y.sum()),
-        "roc_auc": float(roc_auc_score(y, s)),
-        "pr_auc": float(average_precision_score(y, s)),
-        "alert_threshold": scorer.high,
-        "alerts": int(alert.sum()),
-        "precision": tp / max(1, int(alert.sum())),
-        "recall": tp / max(1, int(y.sum())),
-        "model_only_roc_auc": float(roc_auc_score(y, [d.model_probability for d in decisions])),
-        "per_pattern": {},
-    }
-    for pattern in PATTERNS:
-        mask = np.array([p == pattern for p in patterns])
-        n = int(mask.sum())
-        out["per_pattern"][pattern] = {"transfers": n, "recall": float((alert & mask).sum() / n) if n else None}
-    legit = y == 0
-    out["false_positive_rate"] = float((alert & legit).sum() / max(1, int(legit.sum())))
-    out["latency_ms"] = scoring_latency(records, scorer, latency_samples)
-    return out
-
-
-def scoring_latency(records: Sequence[Any], scorer: Scorer, samples: int) -> dict[str, float]:
-    """Per transfer, one at a time: feature extraction plus scoring (with explanation when due)."""
-    ex = FeatureExtractor()
-    times: list[float] = []
-    cpu: list[float] = []
-    for event in ledger_events(records):
-        t0, c0 = time.perf_counter(), time.thread_time()
-        o = ex.observe(event)
-        if o is not None:
-            scorer.score(o.features)
-            times.append(time.perf_counter() - t0)
-            cpu.append(time.thread_time() - c0)
-            if len(times) >= samples:
-                break
-    arr = np.array(times) * 1000
-    # Wall time includes being descheduled on a busy machine; thread CPU time is the work itself.
-    cpu_ms = np.array(cpu) * 1000
-    return {"samples": len(times), "p50": float(np.percentile(arr, 50)), "p99": float(np.percentile(arr, 99)),
-            "max": float(arr.max()), "cpu_p50": float(np.percentile(cpu_ms, 50)), "cpu_p99": float(np.percentile(cpu_ms, 99))}
-
+    def _explain(self, which: list[int], rows: list[list[float]], x: np.ndarray, raws: list[float]) -> dict[int, tuple[Reason, ...]]:
+        """Reasons for what someone will read (elevated and high): each candidate is a feature
+        with data that is away from its typical legitimate value, or a rule that fired; its weight
+        is how far the model's log-odds fall when that feature (all of the rule's features) is set
+        to typical, rules recomputed. Only candidates that pushed the score up by REASON_MIN_LOGIT
+        are given, largest first, each feature spoken for once."""
+        if not which:
+            return {}
+        occluded: list[np.ndarray] = []
+        candidates: list[tuple[int, str, str]] = []  # (row, source, name)
+        n_features = len(FEATURE_NAMES)
+        for i in which:
+            v = rows[i]
+            for j, name in enumerate(FEATURE_NAMES):
+                typical = self._baseline[j]
+                if v[j] == typical or not rules_mod.has(v, name) or typical == NO_DATA or j not in self._read:
+                    continue
+                # As model_input([v with feature j typical]) computes it, rebuilding only what changes:
+                # column j, and the rules that read feature j.
+                row = x[i].copy()
+                row[j] = typical
+                if self._rules_reading[j]:
+                    w = list(v)
+                    w[j] = typical
+                    for k in self._rules_reading[j]:
+                        row[n_features + k] = 1.0 if rules_mod.RULES[k].test(w) else 0.0
+                occluded.append(row[None, :])
+                candidates.append((i, "feature", name))
+            changed = [self._typical(v, rule.uses) for k, rule in enumerate(rules_mod.RULES) if x[i, n_features + k] == 1.0]
+            candidates += [(i, "rule", rule.name) for k, rule in enumerate(rules_mod.RULES) if x[i, n_features + k] == 1.0]
+            if changed:
+                occluded.append(model_input(changed))  # all rules recomputed on the changed vectors
+        drops = self._forest.raw(np.vstack(occluded)) if occluded else []
+        by_row: dict[int, list[tuple[float, str, str]]] = {i: [] for i in which}
+        for (i, source, name), dropped in zip(candidates, drops, strict=True):
+            by_row[i].append((raws[i] - dropped, source, name))
+        rules_by_name = {r.name: r for r in rules_mod.RULES}
+        out: dict[int, tuple[Reason, ...]] = {}
+        for i, cands in by_row.items():
+            v = rows[i]
+            spoken: set[str] = set()
+            reasons: list[Reason] = []
+            for logit, source, name in sorted(cands, key=lambda c: (-c[0], c[1], c[2])):
+                if len(reasons) >= REASONS_MAX or logit < REASON_MIN_LOGIT:
+                    break
+                if source == "rule":
+                    rule = rules_by_name[name]
+                    if set(rule.uses) <= spoken:
+                        continue
+                    reasons.append(Reason("rule", name, rule.uses, logit, rule.reason(v)))
+                    spoken.update(rule.uses)
+                elif name not in spoken:
+                    reasons.append(Reason("feature", name, (name,), logit, rules_mod.describe(name, v)))
+                    spoken.add(name)
+            out[i] = tuple(reasons)
+        return out

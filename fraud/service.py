@@ -5,8 +5,11 @@ reviews, training from reviews, and exact re-scoring of a recorded assessment.
 or, for the cross-tenant roles, a storage key or a public id that exactly one tenant uses. It
 tells a transfer that exists but is not scored yet from one that does not exist.
 
-Built by the composition root (`keel.bootstrap.fraud_service`); it never constructs an
-Application or reads settings from the environment itself.
+Levels: a scorer uses the levels stored with its model version (chosen by policy when it was
+trained) unless KEEL_FRAUD_ELEVATED_THRESHOLD / KEEL_FRAUD_HIGH_THRESHOLD override them.
+
+Built by the composition root (keel/bootstrap.py); it never constructs an Application or reads
+settings from the environment itself.
 """
 from __future__ import annotations
 
@@ -19,9 +22,11 @@ from domain.errors import NotFound, ValidationFailed
 from domain.identity import transfer_key
 from domain.limits import check_tenant
 from fraud.app import Assessment, FraudApp, FraudConsumer
-from fraud.model import ModelStore, Scorer, ensure_model, train
+from fraud.features import FEATURE_NAMES
+from fraud.model import ModelError, ModelStore, Scorer
 from fraud.rules import RULES_VERSION
-
+from fraud.simulate import DEFAULT_TRAIN_SEED, SimConfig, simulate
+from fraud.training import DEFAULT_TRAIN_CUSTOMERS, DEFAULT_TRAIN_DAYS, average_precision, ensure_model, fit_period
 
 @dataclass(frozen=True)
 class Unscored:
@@ -30,6 +35,22 @@ class Unscored:
     transfer_key: UUID
     public_id: UUID
     tenant: str
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A training run: the new version, and whether it beat the current one on the most recent
+    labelled period (average precision of each; None where it could not be measured)."""
+
+    version: str
+    promoted: bool
+    current_version: str | None
+    new_figure: float | None
+    current_figure: float | None
+    holdout: str
+    why: str
+    reviewed_used: int
+    reviewed_skipped: int
 
 
 @dataclass(frozen=True)
@@ -53,10 +74,12 @@ class Rescored:
 
 
 class FraudService:
-    def __init__(self, *, ledger: Any, app: FraudApp, store: ModelStore, elevated: float, high: float) -> None:
+    def __init__(self, *, ledger: Any, app: FraudApp, store: ModelStore, elevated: float | None = None,
+                 high: float | None = None) -> None:
         self.ledger = ledger
         self.app = app
         self.store = store
+        # Overrides of the model's stored levels (KEEL_FRAUD_*_THRESHOLD); None: the model's own.
         self.elevated = elevated
         self.high = high
         self._scorers: dict[str, Scorer] = {}
@@ -78,9 +101,40 @@ class FraudService:
             self._current = self.scorer(ensure_model(self.store))
         return self._current
 
-    def train(self, *, seed: int, customers: int, days: int, use_reviews: bool = True) -> str:
+    def train(self, *, seed: int = DEFAULT_TRAIN_SEED, customers: int = DEFAULT_TRAIN_CUSTOMERS,
+              days: int = DEFAULT_TRAIN_DAYS, use_reviews: bool = True, config: SimConfig | None = None,
+              max_iter: int | None = None) -> Trained:
+        """Simulates a period, adds the analysts' reviews, fits a new version and keeps it; makes it
+        current only if it beats the current model on the most recent labelled period (the newest
+        slice of the period and the newest reviews, which neither model trained on). The old
+        version stays in the store: its assessments can still be rescored with it."""
         reviewed = self.app.reviewed_examples() if use_reviews else []
-        return self.store.save(train(seed=seed, customers=customers, days=days, reviewed=reviewed))
+        usable = [(v, label) for v, label in reviewed if len(v) == len(FEATURE_NAMES)]  # older feature sets cannot join
+        config = config or SimConfig(seed=seed, customers=customers, days=days)
+        kw = {} if max_iter is None else {"max_iter": max_iter}
+        artifact, holdout = fit_period(simulate(config), config, reviewed=usable, **kw)
+        version = self.store.save(artifact, make_current=False)
+        new_figure = average_precision(Scorer(artifact, version), holdout.x, holdout.y)
+        current = self.store.current()
+        current_figure = None
+        if current is None:
+            promoted, why = True, "there was no current model"
+        elif current == version:
+            promoted, why, current_figure = True, "the same model as the current one (same bytes)", new_figure
+        elif not self.store.compatible(current):
+            promoted, why = True, f"the current model {current} is of an older feature set and cannot score today's features"
+        else:
+            current_figure = average_precision(Scorer(self.store.load(current), current), holdout.x, holdout.y)
+            if new_figure is None or current_figure is None:
+                promoted, why = False, "the most recent labelled period has no fraud (or nothing else) to compare on"
+            else:
+                promoted = new_figure > current_figure
+                why = "it beats the current model" if promoted else "it does not beat the current model"
+        if promoted:
+            self.store.make_current(version)
+        return Trained(version=version, promoted=promoted, current_version=current, new_figure=new_figure,
+                       current_figure=current_figure, holdout=holdout.description, why=why,
+                       reviewed_used=len(usable), reviewed_skipped=len(reviewed) - len(usable))
 
     # ---- finding a transfer's assessment ----------------------------------------------------
 
@@ -124,8 +178,12 @@ class FraudService:
     def rescore(self, transfer_key: UUID) -> Rescored:
         """Recomputes the assessment of the transfer stored at `transfer_key` (see `find`)."""
         a: Assessment = self.app.assessment(transfer_key)
-        # The thresholds of the recorded level are today's settings; the score needs only the model.
-        d = self.scorer(a.model_version).score(a.features)
+        # The level needs the thresholds: the model's own unless overridden by today's settings.
+        try:
+            scorer = self.scorer(a.model_version)
+        except ModelError as e:
+            raise ModelError(f"cannot rescore with {a.model_version}: {e}") from None
+        d = scorer.score(a.features)
         return Rescored(
             transfer_key=a.transfer_key, public_id=a.public_id, tenant=a.tenant, model_version=a.model_version,
             recorded_score=a.score, recomputed_score=d.score,

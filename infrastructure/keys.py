@@ -13,7 +13,9 @@ import time
 from typing import Any
 
 import msgspec
-from psycopg.sql import SQL, Identifier
+
+from infrastructure.schema import API_KEYS
+from infrastructure.sql import Sql
 
 ROLES = ("banking", "auditor", "analyst", "admin")
 TOKEN_PREFIX = "keel_"
@@ -21,26 +23,6 @@ KEY_ID_HEX_CHARS = 16
 SECRET_BYTES = 32
 TENANT_MAX_CHARS = 64  # same bound as domain.account's tenant check
 TOKEN_MAX_CHARS = 200
-
-_PG_DDL = [
-    """CREATE TABLE IF NOT EXISTS {schema}.keel_api_keys (
-        key_id text PRIMARY KEY,
-        token_hash text NOT NULL,
-        role text NOT NULL,
-        tenant text,
-        created_at_ms bigint NOT NULL,
-        revoked boolean NOT NULL DEFAULT false)""",
-]
-
-_SQLITE_DDL = [
-    """CREATE TABLE IF NOT EXISTS keel_api_keys (
-        key_id TEXT PRIMARY KEY,
-        token_hash TEXT NOT NULL,
-        role TEXT NOT NULL,
-        tenant TEXT,
-        created_at_ms INTEGER NOT NULL,
-        revoked INTEGER NOT NULL DEFAULT 0)""",
-]
 
 
 class KeyError_(ValueError):
@@ -54,14 +36,6 @@ class ApiKey(msgspec.Struct, frozen=True):
     tenant: str | None
     created_at_ms: int
     revoked: bool
-
-
-def pg_ddl(schema: str) -> list[str]:
-    return [s.replace("{schema}", f'"{schema}"') for s in _PG_DDL]
-
-
-def sqlite_ddl() -> list[str]:
-    return list(_SQLITE_DDL)
 
 
 def hash_secret(secret: str) -> str:
@@ -106,65 +80,27 @@ def new_key(role: str, tenant: str | None) -> tuple[ApiKey, str]:
     return key, f"{TOKEN_PREFIX}{key_id}_{secret}"
 
 
-class PostgresKeyStore:
-    def __init__(self, datastore: Any) -> None:
-        self.datastore = datastore
-        schema = Identifier(datastore.schema)
-        self._get = SQL(
-            "SELECT key_id, token_hash, role, tenant, created_at_ms, revoked FROM {}.keel_api_keys WHERE key_id = %s"
-        ).format(schema)
-        self._insert = SQL(
-            "INSERT INTO {}.keel_api_keys (key_id, token_hash, role, tenant, created_at_ms, revoked)"
-            " VALUES (%s, %s, %s, %s, %s, %s)"
-        ).format(schema)
-        self._revoke = SQL("UPDATE {}.keel_api_keys SET revoked = true WHERE key_id = %s").format(schema)
+class SqlKeyStore:
+    """The API keys of this deployment, in `keel_api_keys` (infrastructure/schema.py)."""
+
+    def __init__(self, sql: Sql) -> None:
+        self.sql = sql
+        table = sql.table(API_KEYS)
+        self._get = f"SELECT key_id, token_hash, role, tenant, created_at_ms, revoked FROM {table} WHERE key_id = %s"
+        self._insert = (
+            f"INSERT INTO {table} (key_id, token_hash, role, tenant, created_at_ms, revoked) VALUES (%s, %s, %s, %s, %s, %s)"
+        )
+        self._revoke = f"UPDATE {table} SET revoked = %s WHERE key_id = %s"
 
     def get(self, key_id: str) -> ApiKey | None:
-        from psycopg.rows import tuple_row
-
-        with self.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.row_factory = tuple_row
-            curs.execute(self._get, (key_id,))
-            row = curs.fetchone()
+        row = self.sql.fetchone(self._get, (key_id,))
         return _key(row) if row else None
 
     def add(self, key: ApiKey) -> None:
-        with self.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(
-                self._insert, (key.key_id, key.token_hash, key.role, key.tenant, key.created_at_ms, key.revoked)
-            )
+        self.sql.execute(self._insert, (key.key_id, key.token_hash, key.role, key.tenant, key.created_at_ms, key.revoked))
 
     def revoke(self, key_id: str) -> bool:
-        with self.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(self._revoke, (key_id,))
-            return curs.rowcount == 1
-
-
-class SQLiteKeyStore:
-    def __init__(self, datastore: Any) -> None:
-        self.datastore = datastore
-
-    def get(self, key_id: str) -> ApiKey | None:
-        with self.datastore.transaction(commit=False) as c:
-            c.execute(
-                "SELECT key_id, token_hash, role, tenant, created_at_ms, revoked FROM keel_api_keys WHERE key_id = ?",
-                (key_id,),
-            )
-            row = c.fetchone()
-        return _key(tuple(row)) if row else None
-
-    def add(self, key: ApiKey) -> None:
-        with self.datastore.transaction(commit=True) as c:
-            c.execute(
-                "INSERT INTO keel_api_keys (key_id, token_hash, role, tenant, created_at_ms, revoked)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (key.key_id, key.token_hash, key.role, key.tenant, key.created_at_ms, int(key.revoked)),
-            )
-
-    def revoke(self, key_id: str) -> bool:
-        with self.datastore.transaction(commit=True) as c:
-            c.execute("UPDATE keel_api_keys SET revoked = 1 WHERE key_id = ?", (key_id,))
-            return c.sqlite_cursor.rowcount == 1  # the wrapper has no rowcount
+        return self.sql.execute(self._revoke, (True, key_id)) == 1
 
 
 def _key(row: Any) -> ApiKey:

@@ -37,7 +37,7 @@ from application.projections import (
 )
 from domain.errors import ValidationFailed
 from domain.limits import check_tenant
-from infrastructure.readmodels import LIVE, Database, Tables
+from infrastructure.readmodels import LIVE, Tables, ViewDatabase
 
 PAGE_MAX = 1000
 PAGE_DEFAULT = 100
@@ -203,7 +203,7 @@ class ReadSide:
 
     def __init__(
         self,
-        db: Database,
+        db: ViewDatabase,
         head: Callable[[], int | None],
         event_time_after: Callable[[int], datetime | None],
         last_position: Callable[[UUID], int],

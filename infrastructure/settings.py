@@ -74,8 +74,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # fraud scoring (fraud/): where signed models live, the signing key, level thresholds
     fraud_model_dir: str = "./var/fraud"
     fraud_model_key: str | None = None  # base64, >= 16 bytes; default: a 0600 key file in fraud_model_dir
-    fraud_elevated_threshold: float = 0.5
-    fraud_high_threshold: float = 0.8
+    # None: the levels stored with the model (chosen by policy when it was trained, fraud/training.py)
+    fraud_elevated_threshold: float | None = None
+    fraud_high_threshold: float | None = None
     fraud_poll_interval_ms: int = 20
 
     def __repr__(self) -> str:
@@ -175,7 +176,8 @@ def load_settings(environ: Mapping[str, str], **overrides: object) -> Settings:
         raise SettingsError("KEEL_RATE_LIMIT_PER_S must be >= 0 (0: off) and KEEL_RATE_LIMIT_BURST >= 1")
     if settings.database_password_file and settings.database_password is None:
         settings = msgspec.structs.replace(settings, database_password=_read_password(settings.database_password_file))
-    if not 0.0 < settings.fraud_elevated_threshold <= settings.fraud_high_threshold <= 1.0:
+    levels = [t for t in (settings.fraud_elevated_threshold, settings.fraud_high_threshold) if t is not None]
+    if not all(0.0 < t <= 1.0 for t in levels) or (len(levels) == 2 and levels[0] > levels[1]):
         raise SettingsError("fraud thresholds must satisfy 0 < KEEL_FRAUD_ELEVATED_THRESHOLD <= KEEL_FRAUD_HIGH_THRESHOLD <= 1")
     return settings
 

@@ -51,7 +51,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     container = build(_settings(args), start_writer=False)
     try:
-        return _print_report(container.extras["audit"].verify())
+        return _print_report(container.audit.verify())
     finally:
         container.close()
 
@@ -68,7 +68,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 2
     container = build(settings, start_writer=False)
     try:
-        count, cp = export_bundle(container.extras["audit"], signer, args.to)
+        count, cp = export_bundle(container.audit, signer, args.to)
     finally:
         container.close()
     print(f"wrote {count} events and a checkpoint at position {cp.position} to {args.to}", file=sys.stderr)
@@ -81,7 +81,7 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
 
     container = build(_settings(args), start_writer=False)
     try:
-        cp = container.extras["audit"].checkpoint()
+        cp = container.audit.checkpoint()
     except DomainError as e:
         print(f"keel: {e}", file=sys.stderr)
         return 2

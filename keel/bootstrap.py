@@ -6,17 +6,19 @@ an Application or reads the environment.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-import psycopg
-
-from application.group_commit import GroupCommitWriter
+from application.audit import Audit
+from application.group_commit import CommitHooks, GroupCommitWriter
 from application.ledger import Ledger
-from infrastructure.idempotency import PostgresIdempotencyStore, SQLiteIdempotencyStore
+from fraud.service import FraudService
+from infrastructure.readside import ReadSide
 from infrastructure.mapper import KeyRing, MsgspecMapper
-from infrastructure.persistence import extra_ddl, persistence_env
+from infrastructure.migrations import SchemaStatus
 from infrastructure.settings import Settings
+from infrastructure.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -30,143 +32,162 @@ def _configure_mapper(app: Any, settings: Settings) -> None:
     app.mapper.keyring = KeyRing.parse(spec) if spec else None
 
 
-def build_ledger(settings: Settings, *, create_table: bool = False) -> Ledger:
-    from infrastructure.audit_keys import load_holder_keks
-
-    env = persistence_env(settings, create_table=create_table)
-    # Also for migrate(): the embedded store makes its KEK file on first start, and a configured
-    # KEK that is missing or malformed fails here, before anything is opened.
-    keks = load_holder_keks(settings)  # None on PostgreSQL without one: the vault then refuses
-    ledger = Ledger(env=env)
-    _configure_mapper(ledger, settings)
-    if not create_table:  # migrate() builds a Ledger before the key table exists
-        from infrastructure.audit_store import Db, SqlAccountDirectory, SqlHolderVault
-
-        db = Db(ledger.recorder.datastore, postgres=settings.is_postgres)  # type: ignore[attr-defined]
-        ledger.holder_vault = SqlHolderVault(db, keks)
-        ledger.account_directory = SqlAccountDirectory(db)
-    if settings.is_postgres and not create_table:
-        from infrastructure.write_lease import PostgresWriteLease
-
-        ledger.write_lease = PostgresWriteLease(settings.postgres())
+def open_store(settings: Settings) -> Store:
+    """The store of this deployment (infrastructure/store.py): the one place that picks the
+    database, by the URL's scheme. Everything that differs by database comes from it."""
     if settings.is_postgres:
-        from infrastructure.bulk_load import PostgresAggregateLoader
+        from infrastructure.postgres import open_store as open_database
+    else:
+        from infrastructure.sqlite import open_store as open_database
+    return open_database(settings)
 
-        assert ledger.snapshots is not None, "the Ledger snapshots accounts (snapshotting_intervals)"
-        ledger.aggregate_loader = PostgresAggregateLoader(
-            ledger.recorder.datastore, ledger.recorder.events_table_name, ledger.snapshots.recorder.events_table_name  # type: ignore[attr-defined]
-        )
+
+def build_ledger(settings: Settings, store: Store | None = None) -> Ledger:
+    """The Ledger on the store's pool, with the store's adapters. Without a store it opens its
+    own; either way closing the Ledger closes the pool."""
+    store = store if store is not None else open_store(settings)
+    ledger = Ledger(env=dict(store.ledger_env))
+    _configure_mapper(ledger, settings)
+    ledger.holder_vault = store.holder_vault
+    ledger.account_directory = store.account_directory
+    ledger.write_lease = store.write_lease
+    ledger.aggregate_loader = store.aggregate_loader
+    assert store.aggregate_loader is None or ledger.snapshots is not None, "the bulk loader reads snapshots"
     return ledger
 
 
-def build_audit(settings: Settings, ledger: Ledger) -> Any:
-    """The auditor's service (application/audit.py) over the Ledger's store and the audit keys."""
+def build_audit(settings: Settings, ledger: Ledger, store: Store) -> Any:
+    """The auditor's service (application/audit.py) over the store's audit tables and the audit keys."""
     from application.audit import Audit
     from infrastructure.audit_keys import SignatureChecker, describe_public_key, load_signer, trusted_public_keys
-    from infrastructure.audit_store import Db, SqlAuditStore
 
-    db = Db(ledger.recorder.datastore, postgres=settings.is_postgres)  # type: ignore[attr-defined]
     signer = load_signer(settings)
     trusted = trusted_public_keys(settings)  # the signer's own first
     public = describe_public_key(trusted[0]) if trusted else None
-    return Audit(ledger, SqlAuditStore(db), ledger.holder_vault, SignatureChecker(*trusted), signer, public)
+    return Audit(ledger, store.audit, ledger.holder_vault, SignatureChecker(*trusted), signer, public)
 
 
-def migrate(settings: Settings) -> None:
-    """Creates every table once. Safe to run again; the only code that runs DDL."""
-    if settings.is_postgres:
-        pg = settings.postgres()
-        with psycopg.connect(
-            host=pg.host, port=pg.port, user=pg.user, password=pg.password or None, dbname=pg.dbname, autocommit=True
-        ) as conn:
-            conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{pg.schema}"')
-            for statement in extra_ddl(settings):
-                conn.execute(statement)
-        ledger = build_ledger(settings, create_table=True)
-        ledger.close()
-        build_fraud_app(settings, create_table=True).close()
-    else:
-        ledger = build_ledger(settings, create_table=True)
-        with ledger.recorder.datastore.transaction(commit=True) as c:  # type: ignore[attr-defined]
-            for statement in extra_ddl(settings):
-                c.execute(statement)
-        ledger.close()
-        build_fraud_app(settings, create_table=True).close()
+def migrate(settings: Settings) -> list[int]:
+    """`keel migrate`: the library's tables, then every numbered migration not yet applied, each
+    recorded (infrastructure/migrations/); returns the versions applied now. Running it again
+    does nothing. The only code that runs DDL."""
+    with open_store(settings) as store:
+        return _migrate(settings, store)
 
 
-@dataclass
+def _migrate(settings: Settings, store: Store) -> list[int]:
+    from infrastructure.audit_keys import data_key_spec
+
+    # As every command that opens the embedded store: its data key is made on first start.
+    data_key_spec(settings)
+    return store.migrate()
+
+
+def schema_status(settings: Settings) -> SchemaStatus:
+    """The store's schema version against this code's: `.problem` is the one line to refuse to
+    start on (None when `keel migrate` has brought the store to this version)."""
+    with open_store(settings) as store:
+        return store.schema_status()
+
+
+def prepare_store(settings: Settings) -> SchemaStatus:
+    """What a command does before `build()`: the embedded store is migrated (it needs no separate
+    step); a server store is only looked at (`keel migrate` alone changes it). Returns the
+    schema status: refuse to run when its `.problem` is set."""
+    with open_store(settings) as store:
+        if store.embedded:
+            _migrate(settings, store)
+        return store.schema_status()
+
+
+@dataclass(frozen=True)
 class Container:
+    """Everything a Keel process runs on, built whole by `build()` and handed down: the API gets
+    its services from it (api/app.py), the workers and the command line too. Nothing is built
+    lazily on the side."""
+
     settings: Settings
+    store: Store  # everything that differs by database (infrastructure/store.py)
     ledger: Ledger
     writer: GroupCommitWriter
-    idempotency: Any
-    extras: dict[str, Any] = field(default_factory=dict)
+    commit_hooks: CommitHooks
+    idempotency: Any  # application.ports.IdempotencyStore
+    claims: Any  # cross-process Idempotency-Key claims
+    keys: Any  # API key store
+    audit: Audit
+    read_side: ReadSide
+    fraud: FraudService
 
     def close(self) -> None:
         self.writer.stop()
+        self.fraud.close()
         self.ledger.close()
+        self.store.close()
 
 
 def build(settings: Settings, *, start_writer: bool = True) -> Container:
-    ledger = build_ledger(settings)
+    from fraud.model import ModelStore
+    from fraud.service import FraudService
+
+    store = open_store(settings)
+    ledger = build_ledger(settings, store)
+    hooks = CommitHooks()
     writer = GroupCommitWriter(
         ledger,
         window_s=settings.group_commit_window_ms / 1000,
         batch_max=settings.group_commit_batch_max,
         queue_max=settings.group_commit_queue_max,
+        on_commit=hooks,
+    )
+    fraud = FraudService(
+        ledger=ledger,
+        app=build_fraud_app(settings, store),
+        store=ModelStore(settings.fraud_model_dir, settings.fraud_model_key),
+        elevated=settings.fraud_elevated_threshold,
+        high=settings.fraud_high_threshold,
+    )
+    container = Container(
+        settings=settings,
+        store=store,
+        ledger=ledger,
+        writer=writer,
+        commit_hooks=hooks,
+        idempotency=store.idempotency,
+        claims=store.claims,
+        keys=store.keys,
+        audit=build_audit(settings, ledger, store),
+        read_side=_read_side(ledger, store),
+        fraud=fraud,
     )
     if start_writer:
         writer.start()
-    datastore = ledger.recorder.datastore  # type: ignore[attr-defined]
-    idempotency = PostgresIdempotencyStore(datastore) if settings.is_postgres else SQLiteIdempotencyStore(datastore)
-    container = Container(settings=settings, ledger=ledger, writer=writer, idempotency=idempotency)
-    container.extras["audit"] = build_audit(settings, ledger)
     return container
 
 
-def key_store(container: Container) -> Any:
-    """The API key store of this deployment (table `keel_api_keys`, created by migrate)."""
-    from infrastructure.keys import PostgresKeyStore, SQLiteKeyStore
+def _read_side(ledger: Ledger, store: Store) -> ReadSide:
+    from infrastructure.readmodels import LogReader
 
-    datastore = container.ledger.recorder.datastore  # type: ignore[attr-defined]
-    return PostgresKeyStore(datastore) if container.settings.is_postgres else SQLiteKeyStore(datastore)
+    def event_time_after(position: int) -> datetime | None:
+        notes = ledger.recorder.select_notifications(position, 1, inclusive_of_start=False)
+        return ledger.mapper.to_domain_event(notes[0]).timestamp if notes else None
 
-
-def idempotency_claims(container: Container) -> Any:
-    """Cross-process claims on Idempotency-Keys (table `keel_idempotency_claims`)."""
-    from infrastructure.idempotency_claims import PostgresClaims, SQLiteClaims
-
-    datastore = container.ledger.recorder.datastore  # type: ignore[attr-defined]
-    return PostgresClaims(datastore) if container.settings.is_postgres else SQLiteClaims(datastore)
+    db = store.read_models
+    last_position = LogReader(db, ledger.recorder, ledger.mapper).last_position
+    return ReadSide(db, ledger.recorder.max_notification_id, event_time_after, last_position)
 
 
 # ---- fraud scoring (fraud/) -------------------------------------------------------------------
 
 
-def build_fraud_app(settings: Settings, *, create_table: bool = False) -> Any:
+def build_fraud_app(settings: Settings, store: Store | None = None) -> Any:
+    """The fraud module's Application, on a pool of its own (its writes never queue behind the
+    ledger's); its tables are made by `keel migrate`."""
     from fraud.app import FraudApp
 
-    app = FraudApp(env=persistence_env(settings, create_table=create_table))
+    from infrastructure.transfer_ids import SqlTransferIds
+
+    store = store if store is not None else open_store(settings)
+    app = FraudApp(env=dict(store.env))
     _configure_mapper(app, settings)
-    if create_table:
-        app.create_indexes()
+    app.transfer_ids = SqlTransferIds(store.sql_over(app.recorder.datastore))  # type: ignore[attr-defined]
     return app
-
-
-def fraud_service(container: Container) -> Any:
-    """The container's FraudService, built on first use (the API and the worker share it)."""
-    from fraud.model import ModelStore
-    from fraud.service import FraudService
-
-    service = container.extras.get("fraud")
-    if service is None:
-        s = container.settings
-        service = FraudService(
-            ledger=container.ledger,
-            app=build_fraud_app(s),
-            store=ModelStore(s.fraud_model_dir, s.fraud_model_key),
-            elevated=s.fraud_elevated_threshold,
-            high=s.fraud_high_threshold,
-        )
-        container.extras["fraud"] = service
-    return service

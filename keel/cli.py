@@ -31,12 +31,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(_settings(args))
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from keel.bench import main as bench_main
-
-    return bench_main(args)
-
-
 def cmd_worker(args: argparse.Namespace) -> int:
     import signal
     import threading
@@ -66,14 +60,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from eventsourcing.persistence import PersistenceError
 
-    from keel.projections import replay_check, replay_rebuild
+    from infrastructure.replay import replay_check, replay_rebuild
+    from keel.bootstrap import build_ledger, open_store
 
     settings = _settings(args)
     try:
-        if args.rebuild:
-            replay_rebuild(settings)
-            return 0
-        return 1 if replay_check(settings) else 0
+        with open_store(settings) as store:
+            ledger = build_ledger(settings, store)
+            try:
+                if args.rebuild:
+                    replay_rebuild(ledger, store.read_models)
+                    return 0
+                return 1 if replay_check(ledger, store.read_models) else 0
+            finally:
+                ledger.close()
     except PersistenceError as e:
         print(f"keel: cannot replay: {e} (has `keel migrate` run on this database?)", file=sys.stderr)
         return 2
@@ -87,14 +87,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     from infrastructure.keys import KeyError_, new_key
-    from keel.bootstrap import build, key_store, migrate
+    from keel.bootstrap import build, prepare_store
 
     settings = _settings(args)
-    if not settings.is_postgres:
-        migrate(settings)  # the embedded default needs no separate step
+    problem = prepare_store(settings).problem  # the embedded store is migrated; a server store only checked
+    if problem:
+        print(f"keel: {problem}", file=sys.stderr)
+        return 2
     container = build(settings, start_writer=False)
     try:
-        store = key_store(container)
+        store = container.keys
         if args.keys == "create":
             try:
                 key, token = new_key(args.role, args.tenant)
@@ -112,18 +114,20 @@ def cmd_keys(args: argparse.Namespace) -> int:
         print(f"revoked {args.key_id}", file=sys.stderr)
         return 0
     finally:
-        container.ledger.close()
+        container.close()
 
 
 def cmd_rotate_holder_kek(args: argparse.Namespace) -> int:
     """New KEK first (KEK file, or printed for KEEL_HOLDER_KEK), then every holder key re-wrapped
     under it in one transaction. No event is rewritten: events hold only the sealed holder."""
     from infrastructure.audit_keys import UnknownHolderKek, load_holder_keks, rotate_holder_kek
-    from keel.bootstrap import build, migrate
+    from keel.bootstrap import build, prepare_store
 
     settings = _settings(args)
-    if not settings.is_postgres:
-        migrate(settings)  # the embedded default needs no separate step
+    problem = prepare_store(settings).problem  # the embedded store is migrated; a server store only checked
+    if problem:
+        print(f"keel: {problem}", file=sys.stderr)
+        return 2
     container = build(settings, start_writer=False)
     try:
         vault = container.ledger.holder_vault
@@ -184,10 +188,31 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from keel.fraud_cli import simulate_cmd
 
     return simulate_cmd(args, _settings(args))
-def cmd_chaos(args: argparse.Namespace) -> int:
-    from keel.chaos import main as chaos_main
 
-    return chaos_main(args.minutes, seed=args.seed, accounts=args.accounts, writers=args.writers)
+
+# ---- tool subcommands (issue #13) ------------------------------------------------------------
+# `keel bench`, `keel chaos` live in keel_tools (the optional extra [tools]); they are found through
+# the `keel.commands` entry points (pyproject.toml), never imported here by name.
+TOOLS_INSTALL = "pip install -e .[tools]"
+
+
+def add_tool_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:  # noqa: SLF001
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="keel.commands"):
+        try:
+            register = ep.load()
+        except ImportError as e:  # keel_tools or its extra is missing: the command says so, and why
+            hint = f"keel {ep.name}: cannot load the tools ({e}); they come with: {TOOLS_INSTALL}"
+            # Takes any arguments (prefix_chars no option uses), so `keel chaos --minutes 1` gets the hint too.
+            p = sub.add_parser(ep.name, help=f"(not installed: {TOOLS_INSTALL})", add_help=False, prefix_chars="\0")
+            p.add_argument("args", nargs=argparse.REMAINDER)
+            p.set_defaults(func=lambda _args, hint=hint: print(hint, file=sys.stderr) or 2)
+            continue
+        register(sub)
+
+
+# ---- end of tool subcommands -----------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -235,19 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="simulated activity with labelled fraud: to a file, the ledger or the API")
     add_simulate_arguments(p)
     p.set_defaults(func=cmd_simulate)
-    p = sub.add_parser("chaos", help="bank test with faults on a throwaway PostgreSQL cluster (see keel/chaos.py)")
-    p.add_argument("--minutes", type=float, default=5.0, help="how long to inject faults")
-    p.add_argument("--seed", type=int, help="random seed (printed at start) to replay a run's choices")
-    p.add_argument("--accounts", type=int, default=10)
-    p.add_argument("--writers", type=int, default=6, help="concurrent transferring clients")
-    p.set_defaults(func=cmd_chaos)
-
-    p = sub.add_parser("bench", help="benchmarks (see docs/benchmarks.md)")
-    bench_sub = p.add_subparsers(dest="bench", required=True)
-    from keel.bench import add_arguments
-
-    add_arguments(bench_sub)
-    p.set_defaults(func=cmd_bench)
+    add_tool_commands(sub)  # keel bench, keel chaos (issue #13: keel_tools, found through entry points)
 
     from keel.audit_cli import add_audit_parser, add_keys_commands
 

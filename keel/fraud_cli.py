@@ -1,4 +1,4 @@
-"""`keel fraud train|evaluate|rescore` and `keel simulate`: the fraud module's command line.
+"""`keel fraud train|evaluate|rescore|lag` and `keel simulate`: the fraud module's command line.
 
 Heavy imports (numpy, scikit-learn) happen inside the commands, so `keel --help` stays fast.
 """
@@ -26,25 +26,34 @@ def _bounded(low: int, high: int) -> Any:
     return parse
 
 
-def _period_args(p: argparse.ArgumentParser, seed: int) -> None:
+def _period_args(p: argparse.ArgumentParser, seed: int, customers: int | None = None, days: int | None = None) -> None:
     from fraud.simulate import DEFAULT_CUSTOMERS, DEFAULT_DAYS
 
     p.add_argument("--seed", type=int, default=seed)
-    p.add_argument("--customers", type=_bounded(10, CUSTOMERS_MAX), default=DEFAULT_CUSTOMERS)
-    p.add_argument("--days", type=_bounded(1, DAYS_MAX), default=DEFAULT_DAYS)
+    p.add_argument("--customers", type=_bounded(10, CUSTOMERS_MAX), default=customers or DEFAULT_CUSTOMERS)
+    p.add_argument("--days", type=_bounded(1, DAYS_MAX), default=days or DEFAULT_DAYS)
 
 
 def add_fraud_arguments(p: argparse.ArgumentParser) -> None:
     from fraud.simulate import DEFAULT_EVAL_SEED, DEFAULT_TRAIN_SEED
 
     sub = p.add_subparsers(dest="fraud_command", required=True)
-    t = sub.add_parser("train", help="simulate a period, add reviewed alerts, fit and save a new signed model version")
-    _period_args(t, DEFAULT_TRAIN_SEED)
+    from fraud.training import DEFAULT_TRAIN_CUSTOMERS, DEFAULT_TRAIN_DAYS
+
+    t = sub.add_parser("train", help="simulate a period, add reviewed alerts, fit a new signed model version; "
+                       "it becomes current only if it beats the current one on the most recent labelled period")
+    _period_args(t, DEFAULT_TRAIN_SEED, DEFAULT_TRAIN_CUSTOMERS, DEFAULT_TRAIN_DAYS)
     t.add_argument("--no-reviews", action="store_true", help="ignore analysts' reviewed alerts")
-    e = sub.add_parser("evaluate", help="ROC-AUC, PR-AUC, precision/recall at the alert threshold, latency, on a held-out period")
+    e = sub.add_parser("evaluate", help="ROC-AUC, average precision, precision/recall/FPR at each level, calibration, "
+                       "latency: on a labelled file (--dataset) or a held-out simulated period")
     _period_args(e, DEFAULT_EVAL_SEED)
+    e.add_argument("--dataset", help="a labelled JSON-lines file as `keel simulate --out` writes; "
+                   "replayed through the live consumer's features and scorer (instead of --seed/--customers/--days)")
     e.add_argument("--model", help="model version (default: current)")
-    e.add_argument("--json", action="store_true")
+    e.add_argument("--json", action="store_true", help="the whole report as JSON")
+    e.add_argument("--plot", metavar="FILE.svg", help="write the precision-recall curve, levels marked, as SVG")
+    e.add_argument("--latency-samples", type=_bounded(0, 100_000), default=2000,
+                   help="transfers timed one at a time (the last N of the stream)")
     lag = sub.add_parser("lag", help="commit -> assessment latency while the ledger writes at full speed (PostgreSQL)")
     lag.add_argument("--seconds", type=float, default=20.0)
     lag.add_argument("--clients", type=_bounded(1, 256), default=64, help="concurrent submitters, as keel bench ledger")
@@ -80,59 +89,117 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 def _train(args: argparse.Namespace, settings: Settings) -> int:
     import time
 
-    from keel.bootstrap import build, fraud_service, migrate
+    from keel.bootstrap import build, prepare_store
 
-    if not settings.is_postgres:  # PostgreSQL: only `keel migrate` runs DDL
-        migrate(settings)
+    problem = prepare_store(settings).problem  # the embedded store is migrated; a server store only checked
+    if problem:
+        print(f"keel: {problem}", file=sys.stderr)
+        return 2
     c = build(settings, start_writer=False)
     try:
-        svc = fraud_service(c)
+        svc = c.fraud
         t0 = time.perf_counter()
-        version = svc.train(seed=args.seed, customers=args.customers, days=args.days, use_reviews=not args.no_reviews)
-        manifest = svc.store.manifest(version)
-        print(f"trained {version} in {time.perf_counter() - t0:.1f} s "
-              f"({manifest['meta']['examples']} examples, {manifest['meta']['fraud_examples']} fraud, "
-              f"{manifest['meta']['reviewed_examples']} from reviews); now current")
-        print(f"model file: {svc.store.models / (version + '.pkl')}")
-        svc.close()
+        r = svc.train(seed=args.seed, customers=args.customers, days=args.days, use_reviews=not args.no_reviews)
+        manifest = svc.store.manifest(r.version)
+        meta = manifest["meta"]
+        print(f"trained {r.version} in {time.perf_counter() - t0:.1f} s: seed {args.seed}, {args.customers} customers, "
+              f"{args.days} days; {meta['examples']} training examples ({meta['fraud_examples']} fraud, "
+              f"{meta['reviews_in_training']} from reviews), validation {meta['validation_examples']} "
+              f"({meta['validation_fraud']} fraud)")
+        if r.reviewed_skipped:
+            print(f"  {r.reviewed_skipped} reviews were of an older feature set and could not be used")
+        levels = meta["levels"]
+        for name in ("high", "elevated"):
+            v = levels["validation"][name]
+            print(f"  level {name:8} >= {levels[name]:.4f}: on validation precision {v['precision']:.3f}, recall "
+                  f"{v['recall']:.3f}, {v['share_flagged']:.2%} of transfers{'' if v['met'] else ' (target not met: budget)'}")
+        print(f"  most recent labelled period: {r.holdout}")
+        print(f"  average precision there: new {_figure(r.new_figure)}, current {r.current_version or '-'} "
+              f"{_figure(r.current_figure)}")
+        print(f"  {'now current' if r.promoted else 'kept, not current'}: {r.why}")
+        print(f"model file: {svc.store.models / (r.version + '.pkl')}")
     finally:
         c.close()
     return 0
 
 
+def _figure(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
-    from fraud.model import ModelStore, Scorer, ensure_model, evaluate
+    from fraud.dataset import read_dataset
+    from fraud.evaluation import evaluate, evaluate_records, pr_curve_svg
+    from fraud.model import ModelError, ModelStore, Scorer
+    from fraud.training import ensure_model
 
     store = ModelStore(settings.fraud_model_dir, settings.fraud_model_key)
-    version = args.model or ensure_model(store)
-    scorer = Scorer(store.load(version), version, elevated=settings.fraud_elevated_threshold, high=settings.fraud_high_threshold)
-    r = evaluate(scorer, seed=args.seed, customers=args.customers, days=args.days)
+    try:
+        version = args.model or ensure_model(store)
+        scorer = Scorer(store.load(version), version, elevated=settings.fraud_elevated_threshold,
+                        high=settings.fraud_high_threshold)
+    except (ModelError, ValueError) as e:
+        print(f"keel: {e}", file=sys.stderr)
+        return 1
+    if args.dataset:
+        try:
+            records = read_dataset(args.dataset)
+        except (OSError, ValueError) as e:
+            print(f"keel: {e}", file=sys.stderr)
+            return 2
+        r = evaluate_records(scorer, records, latency_samples=args.latency_samples)
+        r["dataset"] = args.dataset
+    else:
+        r = evaluate(scorer, seed=args.seed, customers=args.customers, days=args.days, latency_samples=args.latency_samples)
+    if r["roc_auc"] is None:
+        print("keel: the dataset needs both fraud and legitimate transfers to be evaluated", file=sys.stderr)
+        return 2
+    if args.plot:
+        with open(args.plot, "w", encoding="utf-8") as f:
+            f.write(pr_curve_svg(r, f"{r['model_version']} on {r['dataset']}"))
     if args.json:
         print(json.dumps(r, indent=2))
         return 0
-    print(f"model {r['model_version']} on a held-out period: seed {r['seed']}, {r['customers']} customers, {r['days']} days")
-    print(f"  transfers {r['transfers']}, fraud {r['fraud']}")
-    print(f"  ROC-AUC {r['roc_auc']:.4f}   PR-AUC {r['pr_auc']:.4f}   (model alone ROC-AUC {r['model_only_roc_auc']:.4f})")
-    print(f"  at the alert threshold {r['alert_threshold']}: {r['alerts']} alerts, precision {r['precision']:.3f}, "
-          f"recall {r['recall']:.3f}, false-positive rate {r['false_positive_rate']:.5f}")
-    for pattern, v in r["per_pattern"].items():
-        recall = "n/a" if v["recall"] is None else f"{v['recall']:.3f}"
-        print(f"    {pattern:22} {v['transfers']:5} transfers   recall {recall}")
-    lat = r["latency_ms"]
-    print(f"  in-process scoring latency (features + score, one at a time, {lat['samples']} transfers): "
-          f"p50 {lat['p50']:.3f} ms, p99 {lat['p99']:.3f} ms, max {lat['max']:.3f} ms wall; "
-          f"thread CPU p50 {lat['cpu_p50']:.3f} ms, p99 {lat['cpu_p99']:.3f} ms")
+    _print_report(r, args.plot)
     return 0
+
+
+def _print_report(r: dict[str, Any], plot: str | None) -> None:
+    source = "settings (KEEL_FRAUD_*_THRESHOLD)" if r["levels_overridden"] else "stored with the model"
+    print(f"model {r['model_version']} on {r['dataset']}")
+    print(f"  transfers {r['transfers']}, fraud {r['fraud']}")
+    print(f"  ROC-AUC {r['roc_auc']:.4f}   average precision {r['average_precision']:.4f}   "
+          f"expected calibration error {r['expected_calibration_error']:.4f} "
+          f"(among scores >= 0.1: {_figure(r['expected_calibration_error_from_0_1'])})")
+    print(f"  levels ({source}):")
+    for name in ("high", "elevated"):
+        v = r["levels"][name]
+        print(f"    {name:8} score >= {v['threshold']:.4f}: {v['flagged']} flagged, precision {_figure(v['precision'])}, "
+              f"recall {_figure(v['recall'])}, false-positive rate {v['false_positive_rate']:.5f}")
+        for pattern, p in v.get("per_pattern", {}).items():
+            if p["transfers"]:
+                print(f"        {pattern:22} {p['transfers']:5} transfers   recall {_figure(p['recall'])}")
+    print("  reliability (score bin: transfers, mean score, fraud rate):")
+    for b in r["reliability"]:
+        print(f"    {b['from']:.1f}-{b['to']:.1f}: {b['transfers']:6}  {b['mean_score']:.4f}  {b['fraud_rate']:.4f}")
+    lat = r["latency_ms"]
+    if lat.get("samples"):
+        print(f"  in-process scoring latency (features + score + reasons, one at a time, {lat['samples']} transfers): "
+              f"p50 {lat['p50']:.3f} ms, p99 {lat['p99']:.3f} ms, max {lat['max']:.3f} ms wall; "
+              f"thread CPU p50 {lat['cpu_p50']:.3f} ms, p99 {lat['cpu_p99']:.3f} ms")
+    if plot:
+        print(f"  precision-recall curve: {plot}")
 
 
 def _rescore(args: argparse.Namespace, settings: Settings) -> int:
     from domain.errors import DomainError
+    from fraud.model import ModelError
     from fraud.service import Unscored
-    from keel.bootstrap import build, fraud_service
+    from keel.bootstrap import build
 
     c = build(settings, start_writer=False)
     try:
-        svc = fraud_service(c)
+        svc = c.fraud
         try:
             found = svc.find(args.transfer_id, args.tenant)
             if isinstance(found, Unscored):
@@ -143,6 +210,9 @@ def _rescore(args: argparse.Namespace, settings: Settings) -> int:
         except DomainError as e:
             hint = " (--tenant)" if e.details.get("field") == "tenant" else ""
             print(f"keel: {e.message}{hint}", file=sys.stderr)
+            return 1
+        except ModelError as e:  # e.g. an assessment of an older feature set (docs/fraud.md)
+            print(f"keel: {e}", file=sys.stderr)
             return 1
         finally:
             svc.close()
@@ -160,8 +230,9 @@ def _rescore(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def simulate_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from fraud.dataset import summary, write_dataset
     from fraud.drive import drive_api, drive_ledger
-    from fraud.simulate import SimConfig, simulate, summary, write_dataset
+    from fraud.simulate import SimConfig, simulate
 
     records = simulate(SimConfig(seed=args.seed, customers=args.customers, days=args.days))
     if args.limit:
@@ -177,10 +248,12 @@ def simulate_cmd(args: argparse.Namespace, settings: Settings) -> int:
         r = drive_api(records, args.api, args.token, rate_per_s=args.rate)
         print(f"api: {r.accounts} accounts, {r.transfers} transfers in {r.seconds:.1f} s; refused {r.refused}")
     if args.ledger:
-        from keel.bootstrap import build, migrate
+        from keel.bootstrap import build, prepare_store
 
-        if not settings.is_postgres:  # PostgreSQL: only `keel migrate` runs DDL
-            migrate(settings)
+        problem = prepare_store(settings).problem  # the embedded store is migrated; a server store only checked
+        if problem:
+            print(f"keel: {problem}", file=sys.stderr)
+            return 2
         c = build(settings)
         try:
             r = drive_ledger(records, c.writer)
@@ -211,11 +284,12 @@ def _lag(args: argparse.Namespace, settings: Settings) -> int:
 
     from application.commands import Deposit, MakeTransfer, OpenAccount
     from fraud.app import Assessment
-    from keel.bootstrap import build, build_fraud_app, migrate
+    from keel.bootstrap import build, build_fraud_app, migrate, open_store
 
-    if not settings.is_postgres:
-        print("keel: fraud lag needs PostgreSQL (KEEL_DATABASE_URL); use a scratch KEEL_DATABASE_SCHEMA", file=sys.stderr)
-        return 2
+    with open_store(settings) as store:
+        if store.embedded:
+            print("keel: fraud lag needs PostgreSQL (KEEL_DATABASE_URL); use a scratch KEEL_DATABASE_SCHEMA", file=sys.stderr)
+            return 2
     seconds = min(args.seconds, LAG_SECONDS_MAX)
     migrate(settings)
     c = build(settings)

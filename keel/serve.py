@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 # Started inside every API process on PostgreSQL; the other workers run as `keel worker NAME`.
 # Not expiry: it follows every transfer in the log, and N API processes did that N times over
 # (14 % of an API process's CPU under the batch endpoint) for one `keel worker expiry`'s work.
-IN_PROCESS_WORKERS_PG = ("idempotency_cleanup",)
+IN_PROCESS_WORKERS_SERVER = ("idempotency_cleanup",)
 GRACEFUL_SHUTDOWN_S = 20
 # Young-generation GC every 50,000 net allocations instead of 700: a request allocates a few
 # hundred objects, and with the default every few requests paid a collection (p99 of
@@ -38,12 +38,12 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def background_worker_names(settings: Settings) -> list[str]:
+def background_worker_names(embedded: bool) -> list[str]:
     from keel.workers import WORKERS
 
-    if settings.is_postgres:
-        return [n for n in IN_PROCESS_WORKERS_PG if n in WORKERS]
-    return list(WORKERS)  # embedded default: everything in this one process
+    if embedded:
+        return list(WORKERS)  # the embedded default: everything in this one process
+    return [n for n in IN_PROCESS_WORKERS_SERVER if n in WORKERS]
 
 
 def app_from_settings(settings: Settings, worker_names: Sequence[str] | None = None):  # noqa: ANN201
@@ -52,14 +52,14 @@ def app_from_settings(settings: Settings, worker_names: Sequence[str] | None = N
     from keel.workers import WORKERS
 
     container = build(settings)
-    names = background_worker_names(settings) if worker_names is None else list(worker_names)
+    names = background_worker_names(container.store.embedded) if worker_names is None else list(worker_names)
     workers = [WORKERS[n](container) for n in names]
 
     def start() -> None:
         for w in workers:
             w.start()
         tune_gc()
-        log.info("keel API ready (%s; workers: %s)", "postgresql" if settings.is_postgres else "sqlite", ", ".join(names) or "none")
+        log.info("keel API ready (%s; workers: %s)", container.store.label, ", ".join(names) or "none")
 
     def stop() -> None:
         for w in reversed(workers):
@@ -77,19 +77,31 @@ def app_factory():  # noqa: ANN201
 def serve(settings: Settings, *, host: str, port: int, workers: int) -> int:
     import uvicorn
 
-    from keel.bootstrap import migrate
+    from eventsourcing.persistence import InterfaceError, OperationalError
 
     from infrastructure.audit_keys import require_holder_kek
+    from keel.bootstrap import open_store, prepare_store
 
     if workers < 1:
         raise SettingsError("--workers must be at least 1")
     # Holder data is sealed under keys wrapped by a KEK kept outside the database. On PostgreSQL
     # none is made up here (a container's filesystem is no place for it): refuse to start.
     require_holder_kek(settings)
-    if not settings.is_postgres:
-        if workers > 1:
-            raise SettingsError("the embedded SQLite store takes one writer process: use --workers 1 or PostgreSQL")
-        migrate(settings)
+    with open_store(settings) as store:
+        embedded = store.embedded
+    if embedded and workers > 1:
+        raise SettingsError("the embedded SQLite store takes one writer process: use --workers 1 or PostgreSQL")
+    try:
+        problem = prepare_store(settings).problem  # migrates the embedded store; a server store must be migrated
+    except (OperationalError, InterfaceError) as e:
+        if embedded:
+            raise
+        # The server is restarting or unreachable: start anyway (requests answer 503 and /readyz
+        # says so until it answers); a supervisor restarting us in a loop would help no one.
+        log.warning("the database did not answer at start (%s); serving 503 until it does", type(e).__name__)
+        problem = None
+    if problem:
+        raise SettingsError(problem)
     common = {
         "host": host,
         "port": port,

@@ -8,50 +8,13 @@ tracking position in the same transaction, so a restart resumes without loss or 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
-from typing import Protocol
 
 from application.expiry import HoldExpiry
+from application.polling import PollingWorker, Worker
 from keel.bootstrap import Container
 
 log = logging.getLogger(__name__)
-
-
-class Worker(Protocol):
-    name: str
-
-    def start(self) -> None: ...
-
-    def stop(self) -> None: ...
-
-
-class PollingWorker:
-    """Calls `tick()` every `interval_s` on a daemon thread until stopped."""
-
-    def __init__(self, name: str, tick: Callable[[], object], interval_s: float) -> None:
-        self.name = name
-        self._tick = tick
-        self._interval_s = interval_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=f"keel-{self.name}", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._tick()
-            except Exception:  # keep going: the next tick retries from the same position
-                log.exception("worker %s tick failed", self.name)
-            self._stop.wait(self._interval_s)
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
 
 
 HOLD_EXPIRY_INTERVAL_S = 1.0
@@ -63,15 +26,16 @@ def hold_expiry_worker(c: Container) -> Worker:
 
 
 def projection_worker(c: Container) -> Worker:
-    """Read models (keel/projections.py): follows the log into the views, tracking in the same commit."""
-    from keel.projections import ProjectionWorker
+    """Read models (infrastructure/projection_worker.py): follows the log into the views,
+    tracking in the same commit."""
+    from infrastructure.projection_worker import ProjectionWorker
 
-    return ProjectionWorker(c)
+    return ProjectionWorker(c.ledger, c.store.read_models, c.store.open_log_waiter)
 
 
 def checkpoints_worker(c: Container) -> Worker:
     """Signs the chain head every KEEL_AUDIT_CHECKPOINT_INTERVAL_S, when it has moved."""
-    audit = c.extras["audit"]
+    audit = c.audit
     if audit.signer is None:
         log.warning("no audit signing key (keel keys audit-init): the checkpoints worker will not sign")
 
@@ -83,10 +47,7 @@ def checkpoints_worker(c: Container) -> Worker:
 
 
 def fraud_worker(c: Container) -> Worker:
-    from keel.bootstrap import fraud_service
-
-    service = fraud_service(c)
-    return PollingWorker("fraud", service.consumer.tick, c.settings.fraud_poll_interval_ms / 1000)
+    return PollingWorker("fraud", c.fraud.consumer.tick, c.settings.fraud_poll_interval_ms / 1000)
 
 
 # name -> factory. Other modules add their workers here (projections, fraud, checkpoints, ...).
@@ -106,9 +67,7 @@ IDEMPOTENCY_CLAIM_MAX_S = 3600  # claims of killed processes (live ones last sec
 def idempotency_cleanup_worker(c: Container) -> Worker:
     import time
 
-    from keel.bootstrap import idempotency_claims
-
-    claims = idempotency_claims(c)
+    claims = c.claims
 
     def tick() -> None:
         claims.delete_older_than(int((time.time() - IDEMPOTENCY_CLAIM_MAX_S) * 1000))

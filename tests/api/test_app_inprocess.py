@@ -10,7 +10,7 @@ from api.app import create_app
 from api.errors import STATUS_BY_CODE, domain_problem
 from infrastructure.keys import new_key, parse_token, secret_matches
 from infrastructure.settings import Settings
-from keel.bootstrap import build, key_store
+from keel.bootstrap import build
 from tests.conftest import fresh_sqlite_settings
 
 
@@ -55,8 +55,8 @@ def test_rate_limit_per_key(rate_limited: Settings) -> None:
     container = build(rate_limited)
     key_a, token_a = new_key("banking", "a")
     key_b, token_b = new_key("banking", "b")
-    key_store(container).add(key_a)
-    key_store(container).add(key_b)
+    container.keys.add(key_a)
+    container.keys.add(key_b)
     app = create_app(container, on_shutdown=[container.close])
     with TestClient(app) as client:
         statuses = [client.get("/v1/accounts", headers={"Authorization": f"Bearer {token_a}"}).status_code for _ in range(5)]
@@ -79,7 +79,7 @@ async def test_same_key_while_first_is_in_flight_is_409(tmp_path: object) -> Non
     settings = fresh_sqlite_settings(tmp_path)
     container = build(settings, start_writer=False)  # commands queue until the writer starts
     key, token = new_key("banking", "t")
-    key_store(container).add(key)
+    container.keys.add(key)
     app = create_app(container)
     headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": "k-1"}
     # httpx's ASGI transport runs requests concurrently on this loop (Litestar's test client
@@ -123,7 +123,7 @@ async def test_full_writer_queue_is_503_with_retry_after(tmp_path: object) -> No
     settings = fresh_sqlite_settings(tmp_path, group_commit_queue_max=1)
     container = build(settings, start_writer=False)
     key, token = new_key("banking", "t")
-    key_store(container).add(key)
+    container.keys.add(key)
     app = create_app(container)
     headers = {"Authorization": f"Bearer {token}"}
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:

@@ -135,9 +135,9 @@ def test_topology(compose: dict[str, Any]) -> None:
 
 def test_every_worker_runs_somewhere(compose: dict[str, Any]) -> None:
     """Each background worker is a compose service, or runs inside every `keel serve` on PostgreSQL."""
-    from keel.serve import IN_PROCESS_WORKERS_PG
+    from keel.serve import IN_PROCESS_WORKERS_SERVER
 
     services = [s.get("command") or [] for s in compose["services"].values()]
     run = {c[2] for c in services if c[:2] == ["keel", "worker"] and len(c) > 2}
-    missing = set(WORKERS) - run - set(IN_PROCESS_WORKERS_PG)
+    missing = set(WORKERS) - run - set(IN_PROCESS_WORKERS_SERVER)
     assert not missing, f"workers with no compose service: {sorted(missing)}"

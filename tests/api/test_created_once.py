@@ -15,7 +15,7 @@ import pytest
 from api.app import create_app
 from infrastructure.keys import new_key
 from infrastructure.settings import Settings
-from keel.bootstrap import build, key_store
+from keel.bootstrap import build
 
 PARALLEL = 30
 
@@ -25,7 +25,7 @@ PARALLEL = 30
 async def test_thirty_parallel_creates_of_one_id_give_one_201(settings: Settings, anyio_backend: str) -> None:
     container = build(settings)
     key, token = new_key("banking", "once")
-    key_store(container).add(key)
+    container.keys.add(key)
     app = create_app(container)
     headers = {"Authorization": f"Bearer {token}"}
     try:

@@ -18,7 +18,7 @@ from api.app import create_app
 from application.commands import Deposit, OpenAccount
 from infrastructure.keys import new_key
 from infrastructure.settings import Settings
-from keel.bootstrap import Container, build, key_store
+from keel.bootstrap import Container, build
 
 TENANT = "fast"
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -61,7 +61,7 @@ def env(request: pytest.FixtureRequest, tmp_path: Any, pg_session_schemas: list[
     tokens = {}
     for who, role, tenant in (("bank", "banking", TENANT), ("analyst", "analyst", None)):
         key, token = new_key(role, tenant)
-        key_store(container).add(key)
+        container.keys.add(key)
         tokens[who] = token
     with TestClient(create_app(container, on_shutdown=[container.close])) as client:
         e = Env(client, container, tokens)
@@ -156,7 +156,7 @@ def test_fast_path_is_rate_limited_logged_and_measured(tmp_path: Any) -> None:
 
     container = build(fresh_sqlite_settings(tmp_path, rate_limit_per_s=1))  # burst of 2
     key, token = new_key("banking", TENANT)
-    key_store(container).add(key)
+    container.keys.add(key)
     with TestClient(create_app(container, on_shutdown=[container.close])) as client:
         e = Env(client, container, {"bank": token})
         a, b = e.accounts(funded=10_000)
@@ -176,7 +176,7 @@ def test_fast_path_is_rate_limited_logged_and_measured(tmp_path: Any) -> None:
         assert re.search(r'keel_http_request_duration_seconds_count\{method="POST",route="[^"]*",status="4xx"\}', metrics)
         assert 'method="POST",route="/v1/transfers",status="5xx"' not in metrics
         client.app.state.access_log_buffer.flush()  # type: ignore[attr-defined]
-        entries = container.extras["audit"].access_log()
+        entries = container.audit.access_log()
         routes = [x.route for x in entries if x.key_id == key.key_id]
         assert routes.count("POST /v1/transfers") == 5
         assert [x.outcome for x in entries if x.key_id == "-"] == ["401"]

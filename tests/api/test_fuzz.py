@@ -11,7 +11,7 @@ from litestar.testing import TestClient
 
 from api.app import create_app
 from infrastructure.keys import new_key
-from keel.bootstrap import build, key_store
+from keel.bootstrap import build
 from tests.conftest import fresh_sqlite_settings
 
 ACCOUNT = str(uuid.uuid4())
@@ -49,7 +49,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClien
     settings = fresh_sqlite_settings(tmp_path_factory.mktemp("fuzz"), rate_limit_per_s=0)
     container = build(settings)
     key, token = new_key("banking", "fuzz")
-    key_store(container).add(key)
+    container.keys.add(key)
     with TestClient(create_app(container, on_shutdown=[container.close])) as c:
         yield c, {"Authorization": f"Bearer {token}"}
 

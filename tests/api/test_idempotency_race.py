@@ -49,7 +49,7 @@ def test_racing_commits_of_one_key_store_one_effect(settings: Settings) -> None:
         assert isinstance(out_2, ConcurrencyConflict)
 
         stored = second.idempotency.get(scope, key)
-        assert isinstance(stored, IdempotencyRecord) and stored.body == render_1.record.body  # type: ignore[union-attr]
+        assert isinstance(stored, IdempotencyRecord) and stored.answer == render_1.record.answer  # type: ignore[union-attr]
         assert first.ledger.get_account(a.id, "t").posted_minor == 990
         assert first.ledger.get_account(b.id, "t").posted_minor == 10
     finally:
@@ -72,11 +72,11 @@ def test_renderer_never_stores_a_retryable_conflict(settings: Settings) -> None:
 
 
 def test_claims_exclude_a_second_holder_until_released_or_stale(settings: Settings) -> None:
-    from keel.bootstrap import idempotency_claims
+    
 
     container = build(settings, start_writer=False)
     try:
-        claims = idempotency_claims(container)
+        claims = container.claims
         assert claims.claim("s", "k", 1_000, 0)
         assert not claims.claim("s", "k", 2_000, 500)  # held, and not stale
         assert claims.claim("s", "other", 2_000, 500)  # another key is free
@@ -92,7 +92,7 @@ def test_claims_exclude_a_second_holder_until_released_or_stale(settings: Settin
 def test_cleanup_worker_deletes_old_records_and_claims(settings: Settings) -> None:
     import time
 
-    from keel.bootstrap import idempotency_claims
+    
     from keel.workers import WORKERS
 
     container = build(settings)
@@ -102,7 +102,7 @@ def test_cleanup_worker_deletes_old_records_and_claims(settings: Settings) -> No
         class render_at:  # noqa: N801 - an OutcomeRecorder that stores a record of a given age
             def __init__(self, created_at_ms: int, key: str) -> None:
                 self.record = IdempotencyRecord(
-                    scope="s", key=key, request_hash="h", status_code=201, body=b"{}", created_at_ms=created_at_ms
+                    scope="s", key=key, request_hash="h", answer=b"\x00\xc9{}", created_at_ms=created_at_ms
                 )
 
             def recorded(self) -> bool:
@@ -113,7 +113,7 @@ def test_cleanup_worker_deletes_old_records_and_claims(settings: Settings) -> No
 
         for key, created in (("old", now_ms - 25 * 3600 * 1000), ("young", now_ms - 23 * 3600 * 1000)):
             container.writer.submit(OpenAccount(tenant="t", currency="EUR"), render_at(created, key)).result(30)
-        claims = idempotency_claims(container)
+        claims = container.claims
         assert claims.claim("s", "dead", 0, 0)
         assert claims.claim("s", "live", now_ms, 0)
 

@@ -18,9 +18,9 @@ def exported(ac: Container, tmp_path: Path) -> tuple[Path, object]:
     make_history(ac, transfers=12)
     signer = load_signer(ac.settings)
     assert signer is not None
-    ac.extras["audit"].checkpoint()
+    ac.audit.checkpoint()
     path = tmp_path / "bundle.jsonl"
-    count, cp = export_bundle(ac.extras["audit"], signer, str(path))
+    count, cp = export_bundle(ac.audit, signer, str(path))
     assert count == cp.position == ac.ledger.recorder.max_notification_id()
     return path, signer.public
 

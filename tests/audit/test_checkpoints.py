@@ -9,7 +9,7 @@ from tests.audit.conftest import make_history
 
 
 def test_empty_log_verifies_and_can_be_checkpointed(ac: Container) -> None:
-    audit = ac.extras["audit"]
+    audit = ac.audit
     cp = audit.checkpoint()
     assert (cp.position, cp.head_hash) == (0, GENESIS_HASH.hex())
     report = audit.verify()
@@ -18,7 +18,7 @@ def test_empty_log_verifies_and_can_be_checkpointed(ac: Container) -> None:
 
 def test_worker_signs_only_when_the_head_moved(ac: Container) -> None:
     worker = WORKERS["checkpoints"](ac)
-    audit = ac.extras["audit"]
+    audit = ac.audit
     worker._tick()  # noqa: SLF001 - one tick, without the timer
     worker._tick()  # noqa: SLF001
     assert len(audit.checkpoints()) == 1
@@ -51,21 +51,21 @@ def test_verifying_processes_need_only_public_keys_and_retired_keys_stay_trusted
     from tests.audit.conftest import signing_key_b64
 
     make_history(ac, transfers=1)
-    ac.extras["audit"].checkpoint()
+    ac.audit.checkpoint()
     old_public = public_raw(load_signer(ac.settings).public).hex()
 
     verifier = build(msgspec.structs.replace(ac.settings, audit_signing_key=None, audit_public_keys=old_public))
     try:
-        assert verifier.extras["audit"].signer is None
-        report = verifier.extras["audit"].verify()
+        assert verifier.audit.signer is None
+        report = verifier.audit.verify()
         assert report.ok and report.checkpoints_checked == 1
-        assert verifier.extras["audit"].public_key["public_key_hex"] == old_public
+        assert verifier.audit.public_key["public_key_hex"] == old_public
     finally:
         verifier.close()
 
     untrusting = build(msgspec.structs.replace(ac.settings, audit_signing_key=None))
     try:
-        report = untrusting.extras["audit"].verify()
+        report = untrusting.audit.verify()
         assert not report.ok and "unknown key" in report.reason
     finally:
         untrusting.close()
@@ -73,8 +73,8 @@ def test_verifying_processes_need_only_public_keys_and_retired_keys_stay_trusted
     rotated = build(msgspec.structs.replace(ac.settings, audit_signing_key=signing_key_b64(), audit_public_keys=old_public))
     try:
         make_history(rotated, transfers=1)
-        rotated.extras["audit"].checkpoint()
-        report = rotated.extras["audit"].verify()
+        rotated.audit.checkpoint()
+        report = rotated.audit.verify()
         assert report.ok and report.checkpoints_checked == 2
     finally:
         rotated.close()

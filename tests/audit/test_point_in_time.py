@@ -40,7 +40,7 @@ op = st.one_of(
 @given(ops=st.lists(op, min_size=1, max_size=25))
 def test_balance_at_every_version_equals_what_was_reported(shared_container: Container, ops: list) -> None:
     c = shared_container
-    audit = c.extras["audit"]
+    audit = c.audit
     ids = [c.writer.execute(OpenAccount(tenant=T, currency="USD", overdraft_limit_minor=100)).id for _ in range(2)]
     reported: dict[tuple[uuid.UUID, int], tuple[int, int, int, int]] = {}
     holds: list[uuid.UUID] = []
@@ -90,7 +90,7 @@ def test_balance_across_snapshots_and_by_time(ac: Container) -> None:
         assert not isinstance(f.result(timeout=30), DomainError)
     a = account_key(T, public)
     ac.ledger.take_snapshot(a, version=150)  # explicitly as well as by interval (those fall at batch ends)
-    audit = ac.extras["audit"]
+    audit = ac.audit
     for version in (1, 2, 99, 100, 101, 200, 201, 231):
         deposits = version - 1
         assert audit.balance_at_version(a, version).posted_minor == deposits * (deposits + 1) // 2
@@ -111,7 +111,7 @@ def test_instant_parsing_is_strict() -> None:
 
 def test_global_log_page_has_hashes_and_no_plaintext_holder(ac: Container) -> None:
     make_history(ac, transfers=3)
-    audit = ac.extras["audit"]
+    audit = ac.audit
     page1 = audit.events(after=0, limit=4)
     page2 = audit.events(after=page1[-1].position, limit=1000)
     entries = page1 + page2
@@ -131,7 +131,7 @@ def test_global_log_page_has_hashes_and_no_plaintext_holder(ac: Container) -> No
 def test_account_events_carry_their_log_positions_and_hashes(ac: Container) -> None:
     public, _ = make_history(ac, transfers=2)
     a = account_key(T, public)
-    audit = ac.extras["audit"]
+    audit = ac.audit
     by_position = {e.position: e for e in audit.events(0, 1000)}
     history = audit.account_events(a)
     assert history and all(e.position in by_position for e in history)

@@ -70,7 +70,7 @@ def test_holder_is_sealed_at_rest_and_erasure_shreds_it(ac: Container, raw: Raw)
     assert ac.ledger.holder_vault.reveal(sealed) == ERASED
     row = raw.q("SELECT wrapped_key, kek_id, erased_at FROM keel_holder_keys WHERE key_id = ?", (str(key),))[0]
     assert row[0] is None and row[1] is None and row[2]  # the wrapped key is gone, under every KEK
-    audit = ac.extras["audit"]
+    audit = ac.audit
     opened = [e for e in audit.events(0, 1000) if e.aggregate_id == key and e.event_type == "Account.Opened"]
     assert opened[0].payload["holder"] == ERASED
     assert [e.event_type for e in audit.account_events(key)][-1] == "Account.HolderErased"
@@ -82,9 +82,9 @@ def test_holder_is_sealed_at_rest_and_erasure_shreds_it(ac: Container, raw: Raw)
         again = fresh.ledger.get_account(a, T)
         assert (again.posted_minor, again.available_minor, again.holder) == (before.posted_minor, before.available_minor, ERASED)
         assert fresh.ledger.get_account(b, T).posted_minor == b_posted
-        pit = fresh.extras["audit"].balance_at_version(key, before.version)
+        pit = fresh.audit.balance_at_version(key, before.version)
         assert pit.posted_minor == before.posted_minor
-        report = fresh.extras["audit"].verify()
+        report = fresh.audit.verify()
         assert report.ok, report
         fresh.writer.execute(Deposit(tenant=T, account_id=a, amount_minor=5, currency="USD"))
         assert fresh.ledger.get_account(a, T).posted_minor == before.posted_minor + 5
@@ -118,16 +118,16 @@ def test_rotation_keeps_old_events_readable_and_the_chain_valid(store_kind: str,
         states = [bytes(r[0]) for r in raw.q(f"SELECT state FROM ledger_events ORDER BY {raw.pos}")]
         assert all(s.startswith(b"K1") for s in states)
         assert states[0][3:5] == b"k1" and states[-1][3:5] == b"k2"
-        assert all("unreadable" not in e.payload for e in c2.extras["audit"].events(0, 1000))
-        assert c2.extras["audit"].verify().ok
+        assert all("unreadable" not in e.payload for e in c2.audit.events(0, 1000))
+        assert c2.audit.verify().ok
     finally:
         raw.close()
         c2.close()
     # Without the old key the old events cannot be read: rotation must keep it.
     c3 = build(msgspec.structs.replace(s1, data_key=k2))
     try:
-        assert any("unreadable" in e.payload for e in c3.extras["audit"].events(0, 1000))
-        assert c3.extras["audit"].verify().ok  # the chain never needs a data key
+        assert any("unreadable" in e.payload for e in c3.audit.events(0, 1000))
+        assert c3.audit.verify().ok  # the chain never needs a data key
     finally:
         c3.close()
 
@@ -152,7 +152,7 @@ def test_rotate_data_key_file_prepends_and_new_events_use_it(tmp_path: Path, pg_
     try:
         c.writer.execute(Deposit(tenant=T, account_id=a, amount_minor=3, currency="USD"))
         assert c.ledger.get_account(a, T).holder == HOLDER
-        assert c.extras["audit"].verify().ok
+        assert c.audit.verify().ok
     finally:
         c.close()
     where, value = rotate_data_key(msgspec.structs.replace(s, data_key_file=None, data_key="old:" + base64.b64encode(os.urandom(16)).decode()))
@@ -160,7 +160,7 @@ def test_rotate_data_key_file_prepends_and_new_events_use_it(tmp_path: Path, pg_
 
 
 def test_access_log_is_append_only_and_queryable(ac: Container, raw: Raw) -> None:
-    audit = ac.extras["audit"]
+    audit = ac.audit
     audit.record_access("key1", "auditor", "GET /v1/audit/events", "after=0", "200")
     audit.record_access("key2", "admin", "DELETE /v1/accounts/{id}/holder", "acc-1", "204")
     audit.record_access("key1", "auditor", "GET /v1/audit/verify", "-", "200")

@@ -12,7 +12,7 @@ from litestar.testing import TestClient
 
 from api.app import create_app
 from infrastructure.keys import new_key
-from keel.bootstrap import Container, build, key_store
+from keel.bootstrap import Container, build
 from tests.audit.conftest import make_settings
 
 
@@ -22,7 +22,7 @@ def client(store_kind: str, tmp_path: Any, pg_session_schemas: list) -> Iterator
     headers = {}
     for role, tenant in (("banking", "t1"), ("auditor", None), ("admin", None)):
         key, token = new_key(role, tenant)
-        key_store(container).add(key)
+        container.keys.add(key)
         headers[role] = {"Authorization": f"Bearer {token}", "key_id": key.key_id}
     with TestClient(create_app(container, on_shutdown=[container.close])) as c:
         yield c, {r: {"Authorization": h["Authorization"]} for r, h in headers.items()}, container
@@ -68,7 +68,7 @@ def test_audit_routes_end_to_end(client: tuple[TestClient, dict, Container]) -> 
 
     cp_none = c.get("/v1/audit/checkpoints", headers=h["auditor"]).json()
     assert cp_none["items"] == []
-    container.extras["audit"].checkpoint()
+    container.audit.checkpoint()
     cps = c.get("/v1/audit/checkpoints", headers=h["auditor"]).json()["items"]
     key = c.get("/v1/audit/public-key", headers=h["auditor"]).json()
     assert key["algorithm"] == "Ed25519" and cps[0]["key_id"] == key["key_id"]

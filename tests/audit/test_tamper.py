@@ -21,7 +21,7 @@ def positions(raw: Raw) -> list[int]:
 
 def test_untouched_store_verifies_and_checkpoints_match(ac: Container, raw: Raw) -> None:
     make_history(ac)
-    audit = ac.extras["audit"]
+    audit = ac.audit
     cp = audit.checkpoint()
     ac.writer.execute(OpenAccount(tenant=T, currency="EUR"))
     report = audit.verify()
@@ -52,7 +52,7 @@ def test_update_of_one_state_byte_is_found(ac: Container, raw: Raw) -> None:
     edited = bytearray(state)
     edited[len(edited) // 2] ^= 0x01
     raw.q(f"UPDATE ledger_events SET state = ? WHERE {raw.pos} = ?", (bytes(edited), target))
-    report = ac.extras["audit"].verify()
+    report = ac.audit.verify()
     assert not report.ok and report.first_bad_position == target
     assert "hash mismatch" in report.reason
     assert report.events_checked == 4
@@ -62,7 +62,7 @@ def test_deleted_row_is_found(ac: Container, raw: Raw) -> None:
     make_history(ac)
     ps = positions(raw)
     raw.q(f"DELETE FROM ledger_events WHERE {raw.pos} = ?", (ps[6],))
-    report = ac.extras["audit"].verify()
+    report = ac.audit.verify()
     assert (report.ok, report.first_bad_position) == (False, ps[6])
     assert "missing" in report.reason
 
@@ -72,17 +72,17 @@ def test_deleted_row_and_its_hash_is_found_at_the_next_position(ac: Container, r
     ps = positions(raw)
     raw.q(f"DELETE FROM ledger_events WHERE {raw.pos} = ?", (ps[6],))
     raw.q("DELETE FROM ledger_chain WHERE notification_id = ?", (ps[6],))
-    report = ac.extras["audit"].verify()
+    report = ac.audit.verify()
     assert (report.ok, report.first_bad_position) == (False, ps[7])
 
 
 def test_truncating_the_tail_is_found_by_the_signed_checkpoint(ac: Container, raw: Raw) -> None:
     make_history(ac)
-    ac.extras["audit"].checkpoint()
+    ac.audit.checkpoint()
     ps = positions(raw)
     raw.q(f"DELETE FROM ledger_events WHERE {raw.pos} >= ?", (ps[-2],))
     raw.q("DELETE FROM ledger_chain WHERE notification_id >= ?", (ps[-2],))
-    report = ac.extras["audit"].verify()
+    report = ac.audit.verify()
     assert not report.ok and "truncated" in report.reason
     assert report.first_bad_position == ps[-2]
 
@@ -98,7 +98,7 @@ def test_swapped_rows_are_found_at_the_first(ac: Container, raw: Raw) -> None:
     raw.q(f"UPDATE ledger_events SET originator_version = -1 WHERE {raw.pos} = ?", (p1,))
     raw.q(f"UPDATE ledger_events SET {sets} WHERE {raw.pos} = ?", (*r1, p2))
     raw.q(f"UPDATE ledger_events SET {sets} WHERE {raw.pos} = ?", (*r2, p1))
-    report = ac.extras["audit"].verify()
+    report = ac.audit.verify()
     assert (report.ok, report.first_bad_position) == (False, p1)
 
 
@@ -112,19 +112,19 @@ def test_appended_forged_row_is_found(ac: Container, raw: Raw) -> None:
         (forged_id if raw.pg else forged_id.hex, 1, topic, state),
     )
     forged = positions(raw)[-1]
-    report = ac.extras["audit"].verify()
+    report = ac.audit.verify()
     assert (report.ok, report.first_bad_position) == (False, forged)
     assert "not in the chain" in report.reason
     # With a made-up hash as well, it is still found.
     raw.q("INSERT INTO ledger_chain (notification_id, hash) VALUES (?, ?)", (forged, hashlib.sha256(b"x").digest()))
-    report = ac.extras["audit"].verify()
+    report = ac.audit.verify()
     assert (report.ok, report.first_bad_position) == (False, forged)
 
 
 def test_rewritten_history_with_recomputed_hashes_is_found_by_the_checkpoint(ac: Container, raw: Raw) -> None:
     """An attacker who edits a row and recomputes every later hash still cannot re-sign."""
     make_history(ac)
-    audit = ac.extras["audit"]
+    audit = ac.audit
     cp = audit.checkpoint()
     ps = positions(raw)
     target = ps[3]
@@ -143,15 +143,15 @@ def test_rewritten_history_with_recomputed_hashes_is_found_by_the_checkpoint(ac:
 
 def test_checkpoint_table_is_append_only_and_forged_signature_fails(ac: Container, raw: Raw) -> None:
     make_history(ac, transfers=2)
-    ac.extras["audit"].checkpoint()
+    ac.audit.checkpoint()
     with pytest.raises(Exception, match="append-only"):
         raw.q("UPDATE ledger_checkpoints SET position = 1")
-    head = ac.extras["audit"].store.head()
+    head = ac.audit.store.head()
     raw.q(
         "INSERT INTO ledger_checkpoints (position, head_hash, signed_at, key_id, signature) VALUES (?, ?, ?, ?, ?)",
-        (head[0], head[1].hex(), "2030-01-01T00:00:00+00:00", ac.extras["audit"].signer.key_id, "00" * 64),
+        (head[0], head[1].hex(), "2030-01-01T00:00:00+00:00", ac.audit.signer.key_id, "00" * 64),
     )
-    report = ac.extras["audit"].verify()
+    report = ac.audit.verify()
     assert not report.ok and "signature" in report.reason
 
 
@@ -179,7 +179,7 @@ def test_concurrent_writers_on_postgres_leave_no_event_outside_the_chain(pg_sett
         for t in threads:
             t.join()
         assert not errors
-        report = containers[0].extras["audit"].verify()
+        report = containers[0].audit.verify()
         assert report.ok, report
         assert report.events_checked == containers[0].ledger.recorder.max_notification_id() - _gaps(pg_settings)
     finally:

@@ -91,12 +91,12 @@ def test_money_flow_and_conservation(api: Api) -> None:
 
 def _tenant_of(api: Api) -> str:
     from infrastructure.keys import parse_token
-    from keel.bootstrap import build, key_store
+    from keel.bootstrap import build
 
     key_id, _ = parse_token(api.tokens["bank_a"])  # type: ignore[misc]
     container = build(api.settings, start_writer=False)
     try:
-        return key_store(container).get(key_id).tenant  # type: ignore[union-attr,return-value]
+        return container.keys.get(key_id).tenant  # type: ignore[union-attr,return-value]
     finally:
         container.ledger.close()
 

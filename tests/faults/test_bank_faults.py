@@ -1,12 +1,13 @@
 """The bank test with faults (SPEC §9), CI-sized: ~2 minutes, at least 10 faults, 0 anomalies.
 
-`keel chaos --minutes N` runs the same harness (keel/chaos.py) for longer. Both need the
+`keel chaos --minutes N` runs the same harness (keel_tools/chaos.py) for longer. Both need the
 PostgreSQL server binaries (initdb, pg_ctl) because the harness crashes its own cluster;
 without them the test is skipped with the reason, except under CI=true, where it fails.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 import uuid
@@ -15,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from keel import chaos
+from keel_tools import chaos, chaos_cluster
 from tests.conftest import IN_CI
 
 CI_FAULT_SECONDS = 85.0
@@ -26,7 +27,7 @@ REQUEST_DEADLINE_S = 30.0  # a request during an outage must answer by then, not
 
 def _require_pg_binaries() -> None:
     try:
-        chaos._pg_bindir()  # noqa: SLF001
+        chaos_cluster._pg_bindir()  # noqa: SLF001
     except RuntimeError as e:
         if IN_CI:
             pytest.fail(f"{e} — CI=true requires them", pytrace=False)
@@ -67,7 +68,7 @@ def test_store_outage_is_503_with_retry_after_then_recovers() -> None:
     _require_pg_binaries()
     root = Path(tempfile.mkdtemp(prefix="keel-outage-"))
     os.chmod(root, 0o755)
-    cluster = chaos.Cluster(root, api_count=1)
+    cluster = chaos_cluster.Cluster(root, api_count=1)
     try:
         headers = {"Authorization": f"Bearer {cluster.token}"}
         with httpx.Client(base_url=cluster.urls[0], headers=headers, timeout=REQUEST_DEADLINE_S) as c:
@@ -108,3 +109,4 @@ def test_store_outage_is_503_with_retry_after_then_recovers() -> None:
             assert c.get(f"/v1/accounts/{b}").json()["posted"] == 7
     finally:
         cluster.close()
+        shutil.rmtree(root, ignore_errors=True)  # the logs; cluster.close() removes only the database

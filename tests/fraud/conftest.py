@@ -1,5 +1,5 @@
 """Fixtures for the fraud tests: one model per session — the shipped default (verified by its
-pinned hash, no training), or with another scikit-learn a small seeded one (~3 s)."""
+pinned hash, no training), or with another scikit-learn a small seeded one (~5 s)."""
 from __future__ import annotations
 
 import shutil
@@ -7,9 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from fraud.model import ModelStore, shipped_model, train
+from fraud.model import ModelStore, shipped_model
+from fraud.simulate import SimConfig
+from fraud.training import train
 
-SMALL = {"seed": 3, "customers": 200, "days": 14, "max_iter": 80}
+# Fraud-rich, so a small period still has enough fraud in its validation slice.
+RICH = {"takeovers": 400.0, "mule_rings": 100.0, "structurers": 200.0, "card_tests": 100.0, "dormant_drains": 200.0}
+SMALL = {"config": SimConfig(seed=3, customers=200, days=14, **RICH), "max_iter": 80}
 
 
 @pytest.fixture(scope="session")

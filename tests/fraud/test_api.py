@@ -86,7 +86,7 @@ def test_takeover_drain_through_the_api_outranks_every_ordinary_payment(api: Api
     scores = [_assessment(bank, t)["score"] for t in ordinary]
     assert drained["score"] > max(scores), (drained, max(scores))
     assert drained["level"] in ("elevated", "high") and drained["reasons"] and drained["model_version"].startswith("m-")
-    assert set(drained["features"]) >= {"share_of_available", "new_counterparty", "velocity_1h"}
+    assert set(drained["features"]) >= {"share_of_available", "new_payee", "velocity_1h"}
     # Shown as the tenant knows it: its public id; the storage key is not part of a banking answer.
     tenant = drained["tenant"]
     assert drained["transfer_id"] == drain and tenant.startswith("tenant-a-") and "key" not in drained
@@ -219,8 +219,9 @@ def test_the_openapi_document_matches_the_routes(api: Api) -> None:
 
 
 def test_keel_simulate_drives_the_api_in_its_request_shapes(api: Api) -> None:
+    from fraud.dataset import SimTransfer
     from fraud.drive import drive_api
-    from fraud.simulate import SimConfig, SimTransfer, simulate
+    from fraud.simulate import SimConfig, simulate
 
     records = simulate(SimConfig(seed=31, customers=12, days=2, takeovers=2000.0))
     result = drive_api(records, api.server.base_url, api.tokens["bank_a"], rate_per_s=1000)

@@ -1,4 +1,5 @@
-"""The incremental features equal a brute-force recomputation over the whole history.
+"""The incremental features equal a brute-force recomputation over the whole history; time is
+read through one accessor and never from the wall clock; the refusal slot is plumbed.
 
 The brute force below is written independently of fraud/features.py: for every transfer it
 rescans all earlier events (no deques, no running sums), straight from the definitions.
@@ -14,7 +15,8 @@ from hypothesis import strategies as st
 
 from domain.account import CUSTOMER, SETTLEMENT, Account
 from domain.transfer import DEPOSIT, TRANSFER, WITHDRAWAL, Transfer
-from fraud.features import FEATURE_NAMES, FeatureExtractor
+from fraud import features as features_mod
+from fraud.features import FEATURE_NAMES, INDEX, NO_DATA, NULLABLE, FeatureExtractor
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 SETTLE = UUID(int=1)
@@ -41,7 +43,7 @@ ops = st.lists(
         st.integers(0, 4), st.integers(0, 4),
         st.one_of(st.integers(1, 600), st.integers(850_000, 1_000_100), st.integers(1, 5_000_000)),
         st.booleans(),
-        st.sampled_from([0, 0, 1, 5, 30, 59, 61, 600, 3599, 3601, 40_000, 86_399, 86_401, 400_000]),
+        st.sampled_from([0, 0, 1, 5, 30, 59, 61, 600, 3599, 3601, 40_000, 86_399, 86_401, 400_000, 604_799, 604_801]),
     ),
     min_size=1, max_size=60,
 )
@@ -75,7 +77,8 @@ def history(draw_ops: list, overdrafts: list[int]) -> list:
 
 
 def brute_force(events: list, k: int) -> dict[str, float]:
-    """Features of the transfer events[k], from events[:k] by rescanning them."""
+    """Features of the transfer events[k], from events[:k] by rescanning them (docs/fraud.md)."""
+    no = -1.0  # NO_DATA
     e = events[k]
     now = e.timestamp.timestamp()
     prior = events[:k]
@@ -83,20 +86,14 @@ def brute_force(events: list, k: int) -> dict[str, float]:
     opened_at = {x.originator_id: x.timestamp.timestamp() for x in prior if isinstance(x, Account.Opened)}
     overdraft = {x.originator_id: x.overdraft_limit_minor for x in prior if isinstance(x, Account.Opened)}
     transfers = [x for x in prior if isinstance(x, Transfer.Initiated)]
+    ts = lambda x: x.timestamp.timestamp()  # noqa: E731
     tracked = lambda a: kinds.get(a) != SETTLEMENT  # noqa: E731
+    within = lambda x, w: ts(x) > now - w  # noqa: E731
     actor = e.credit_account_id if e.kind == DEPOSIT else e.debit_account_id
     out_dir = e.kind != DEPOSIT
-    side = [(x.timestamp.timestamp(), x.amount_minor) for x in transfers
-            if (x.debit_account_id == actor if out_dir else x.credit_account_id == actor)]
-    amounts = [a for _, a in side]
+    side = [x for x in transfers if (x.debit_account_id == actor if out_dir else x.credit_account_id == actor)]
+    amounts = [x.amount_minor for x in side]
     n = len(amounts)
-    mean = sum(amounts) / n if n else 0.0
-    z = 0.0
-    if n >= 2:
-        std = max(1.0, math.sqrt(sum((a - mean) ** 2 for a in amounts) / n))
-        z = max(-100.0, min(100.0, (e.amount_minor - mean) / std))
-    in_window = lambda ts, w: ts > now - w  # noqa: E731
-    day = [(ts, a) for ts, a in side if in_window(ts, 86400)]
     # balances of the actor before this transfer
     posted = pending = 0
     holds = {}
@@ -117,44 +114,69 @@ def brute_force(events: list, k: int) -> dict[str, float]:
     available = posted - pending + overdraft.get(actor, 0)
     payee = e.credit_account_id if e.kind not in (DEPOSIT, WITHDRAWAL) and tracked(e.credit_account_id) else None
     ins = [x for x in transfers if x.credit_account_id == actor]
-    involved = [x.timestamp.timestamp() for x in transfers if actor in (x.debit_account_id, x.credit_account_id)]
+    involved = [ts(x) for x in transfers if actor in (x.debit_account_id, x.credit_account_id)]
+    amount = e.amount_minor
 
     def fan_in(acct: UUID) -> int:
         return len({x.debit_account_id for x in transfers if x.credit_account_id == acct and tracked(x.debit_account_id)
-                    and in_window(x.timestamp.timestamp(), 86400)})
+                    and within(x, 86400)})
 
     if out_dir:
-        share = 10.0 if available <= 0 else min(10.0, e.amount_minor / available)
-        inflow = min(10_000.0, sum(x.amount_minor for x in ins if in_window(x.timestamp.timestamp(), 86400)) / e.amount_minor)
-        since = math.log1p(now - ins[-1].timestamp.timestamp() if ins else 1e9)
-        new_cp = 1.0 if payee is not None and payee not in {x.credit_account_id for x in transfers if x.debit_account_id == actor} else 0.0
+        share = 10.0 if available <= 0 else min(10.0, amount / available)
+        sent = sum(x.amount_minor for x in side if within(x, 86400))
+        share_24h = 10.0 if available + sent <= 0 else min(10.0, (sent + amount) / (available + sent))
+        since_inflow = math.log1p(now - ts(ins[-1])) if ins else no
     else:
-        share = inflow = since = new_cp = 0.0
+        share = share_24h = since_inflow = no
+    if payee is not None:
+        paid = [x.amount_minor for x in transfers if x.debit_account_id == actor and x.credit_account_id == payee]
+        first_paid = min((ts(x) for x in transfers if x.debit_account_id == actor and x.credit_account_id == payee), default=None)
+        received = [x.amount_minor for x in transfers if x.credit_account_id == payee]
+        new_payee = 0.0 if paid else 1.0
+        since_first = math.log1p(now - first_paid) if first_paid is not None else no
+        to_paid_max = min(10_000.0, amount / max(paid)) if paid else no
+        payee_age = math.log1p((now - opened_at[payee]) / 86400)
+        payee_n = math.log1p(len(received))
+        payee_mean = min(10_000.0, amount / (sum(received) / len(received))) if received else no
+        payee_fan_in = float(fan_in(payee)) if received else no
+    else:
+        new_payee = since_first = to_paid_max = payee_age = payee_n = payee_mean = payee_fan_in = no
+    band = lambda a: 850_000 <= a < 1_000_000  # noqa: E731
+    hour = [x for x in side if within(x, 3600)]
     return {
         "is_deposit": float(e.kind == DEPOSIT),
         "is_withdrawal": float(e.kind == WITHDRAWAL),
-        "log_amount": math.log10(e.amount_minor),
-        "amount_z": z,
-        "amount_to_mean": min(10_000.0, e.amount_minor / mean) if n and mean > 0 else 0.0,
-        "history_log": math.log1p(n),
-        "velocity_1m": sum(1 for ts, _ in side if in_window(ts, 60)),
-        "velocity_1h": sum(1 for ts, _ in side if in_window(ts, 3600)),
-        "velocity_24h": len(day),
-        "small_1h": sum(1 for ts, a in side if in_window(ts, 3600) and a < 500),
-        "new_counterparty": new_cp,
+        "log_amount": math.log10(amount),
         "share_of_available": share,
+        "share_out_24h": share_24h,
+        "amount_to_mean": min(10_000.0, amount / (sum(amounts) / n)) if n else no,
+        "amount_to_max": min(10_000.0, amount / max(amounts)) if n else no,
+        "amount_to_payee_mean": payee_mean,
+        "amount_to_payee_paid_max": to_paid_max,
+        "history_log": math.log1p(n),
+        "age_log_days": math.log1p((now - opened_at[actor]) / 86400),
+        "idle_log_days": math.log1p((now - max(involved + [opened_at[actor]])) / 86400),
+        "since_inflow_log_s": since_inflow,
+        "inflow_24h_log": math.log10(1 + sum(x.amount_minor for x in ins if within(x, 86400))),
+        "new_payee": new_payee,
+        "since_first_paid_log_s": since_first,
+        "payee_age_log_days": payee_age,
+        "payee_received_log_n": payee_n,
+        "payee_fan_in_24h": payee_fan_in,
+        "velocity_1m": sum(1 for x in side if within(x, 60)),
+        "velocity_1h": len(hour),
+        "velocity_24h": sum(1 for x in side if within(x, 86400)),
+        "since_last_log_s": math.log1p(now - ts(side[-1])) if side else no,
+        "small_1h": sum(1 for x in hour if x.amount_minor < 500),
+        "fan_out_1h": len({x.credit_account_id for x in hour if tracked(x.credit_account_id)}) if out_dir else 0.0,
         "fan_in_24h": fan_in(actor),
         "fan_out_24h": len({x.credit_account_id for x in transfers if x.debit_account_id == actor and tracked(x.credit_account_id)
-                            and in_window(x.timestamp.timestamp(), 86400)}),
-        "payee_fan_in_24h": fan_in(payee) if payee is not None else 0.0,
-        "payee_age_log_days": math.log1p((now - opened_at[payee]) / 86400) if payee is not None else -1.0,
-        "age_log_days": math.log1p((now - opened_at[actor]) / 86400),
+                            and within(x, 86400)}),
         "hour_of_day": (now % 86400) / 3600,
-        "inflow_24h_to_amount": inflow,
-        "since_inflow_log_s": since,
-        "idle_log_days": math.log1p((now - max(involved + [opened_at[actor]])) / 86400),
-        "near_threshold": float(850_000 <= e.amount_minor < 1_000_000),
-        "near_threshold_24h": sum(1 for _, a in day if 850_000 <= a < 1_000_000),
+        "near_threshold": float(e.kind == DEPOSIT and band(amount)),
+        "near_threshold_7d": float(sum(1 for x in ins if x.kind == DEPOSIT and band(x.amount_minor) and within(x, 7 * 86400))
+                                   if e.kind == DEPOSIT else 0),
+        "refused_1h": 0.0,
     }
 
 
@@ -187,7 +209,8 @@ def test_two_tenants_with_the_same_public_ids_keep_apart() -> None:
     """The same simulated activity in two tenants (same public ids for every account and transfer)
     interleaved in one log: each tenant's vectors equal those of a log holding that tenant alone,
     because features are keyed by storage key (domain/identity.py), never by public id."""
-    from fraud.simulate import SimConfig, ledger_events, simulate
+    from fraud.dataset import ledger_events
+    from fraud.simulate import SimConfig, simulate
 
     records = simulate(SimConfig(seed=41, customers=25, days=3, takeovers=800.0, mule_rings=200.0))
     alone = {t: [(o.public_id, o.features) for o in map(FeatureExtractor().observe, ledger_events(records, tenant=t)) if o]
@@ -201,3 +224,57 @@ def test_two_tenants_with_the_same_public_ids_keep_apart() -> None:
         if o is not None:
             mixed[o.tenant].append((o.public_id, o.features))
     assert mixed == alone
+
+
+def test_time_is_read_through_one_accessor_and_never_from_the_wall_clock(monkeypatch) -> None:  # noqa: ANN001
+    """Every time feature uses `event_time_s` (today the recording time; later `occurred_at`):
+    shifting what it returns by 3 h 20 min shifts the hour of day and nothing else."""
+    import inspect
+
+    source = inspect.getsource(features_mod)
+    # The one read of an event's time: `event.timestamp.timestamp()` inside event_time_s.
+    assert source.count(".timestamp") == 2 and source.count("event.timestamp.timestamp()") == 1 and "def event_time_s" in source
+    for clock in ("time.time", "perf_counter", "monotonic", "datetime.now", "utcnow", "date.today", "import time"):
+        assert clock not in source, clock
+    ops_ = [("transfer", i % 5, (i + 2) % 5, 400 + 37 * i, False, 45 * i) for i in range(80)]
+    ops_ += [("deposit", 1, 0, 900_000, False, 3000), ("withdrawal", 2, 0, 700, False, 90)]
+    events = history(ops_, [0, 0, 0, 0, 0])
+    plain = [o.features for o in map(FeatureExtractor().observe, events) if o]
+    shift_s = 12_000.0
+    monkeypatch.setattr(features_mod, "event_time_s", lambda e: e.timestamp.timestamp() + shift_s)
+    shifted = [o.features for o in map(FeatureExtractor().observe, events) if o]
+    hour = INDEX["hour_of_day"]
+    for a, b in zip(plain, shifted, strict=True):
+        assert math.isclose((a[hour] + shift_s / 3600) % 24, b[hour], abs_tol=1e-9)
+        assert a[:hour] + a[hour + 1 :] == b[:hour] + b[hour + 1 :]
+
+
+def test_no_history_is_no_data_never_a_normal_looking_zero() -> None:
+    """A first payment from a fresh account to a fresh payee: every history-based feature says
+    NO_DATA (the model reads NaN), not 0."""
+    events = history([("transfer", 0, 1, 1_000, False, 10)], [5_000, 0, 0, 0, 0])
+    got = [o for o in map(FeatureExtractor().observe, events) if o][0].features
+    for name in ("amount_to_mean", "amount_to_max", "amount_to_payee_mean", "amount_to_payee_paid_max",
+                 "since_inflow_log_s", "since_first_paid_log_s", "since_last_log_s", "payee_fan_in_24h"):
+        assert name in NULLABLE and got[INDEX[name]] == NO_DATA, name
+    assert got[INDEX["history_log"]] == 0.0 and got[INDEX["new_payee"]] == 1.0 and got[INDEX["payee_received_log_n"]] == 0.0
+    assert got[INDEX["payee_fan_in_24h"]] == NO_DATA  # a payee that never received: no fan-in, not "0 accounts"
+    # Only features that are never negative may use the sentinel.
+    assert all(got[INDEX[n]] >= 0 or got[INDEX[n]] == NO_DATA for n in FEATURE_NAMES if n in NULLABLE)
+
+
+def test_refused_attempts_feed_refused_1h() -> None:
+    """The slot for refusals (issue #15): plumbed, counted over one hour of event time, 0 until fed."""
+    events = history([("transfer", 0, 1, 1_000, False, 10), ("transfer", 0, 1, 1_000, False, 10)], [5_000, 0, 0, 0, 0])
+    ex = FeatureExtractor()
+    observed = []
+    for event in events:
+        if isinstance(event, Transfer.Initiated) and not observed:
+            at = event.timestamp.timestamp()
+            for back_s in (3_700, 1_800, 5):  # one of them more than an hour before
+                ex.refused(event.debit_account_id, at - back_s)
+        o = ex.observe(event)
+        if o:
+            observed.append(o.features[INDEX["refused_1h"]])
+    assert observed == [2.0, 2.0]
+    assert all(o.features[INDEX["refused_1h"]] == 0.0 for o in map(FeatureExtractor().observe, events) if o)

@@ -14,15 +14,20 @@ from application.commands import Deposit, MakeTransfer, OpenAccount
 from domain.errors import NotFound, ValidationFailed
 from domain.identity import transfer_key
 from fraud.app import ALERT_PAGE_MAX, LEDGER_TOPICS, AlertAlreadyReviewed
+from fraud.dataset import SIM_TENANT, SimTransfer
 from fraud.drive import drive_ledger
-from fraud.features import FeatureExtractor
-from fraud.model import HIGH, ModelError, ModelStore, train
+from fraud.evaluation import replay
+from fraud.features import FEATURE_NAMES, FeatureExtractor
+from fraud.model import HIGH, ModelError, ModelStore
 from fraud.service import Unscored
-from fraud.simulate import SIM_TENANT, SimConfig, SimTransfer, simulate
+from fraud.simulate import SimConfig, simulate
+from fraud.training import train
 from infrastructure.settings import Settings
-from keel.bootstrap import build, fraud_service
+from keel.bootstrap import build
 
-RICH = {"takeovers": 400.0, "mule_rings": 100.0, "structurers": 200.0, "card_tests": 100.0, "dormant_drains": 200.0}
+from tests.fraud.conftest import RICH
+
+TINY = SimConfig(seed=9, customers=60, days=6, **RICH)  # enough fraud in each slice to fit, in ~2 s
 
 
 @pytest.fixture
@@ -30,8 +35,6 @@ def container(settings: Settings, model_dir: Path):  # noqa: ANN201
     s = msgspec.structs.replace(settings, fraud_model_dir=str(model_dir))
     c = build(s)
     yield c
-    if "fraud" in c.extras:
-        c.extras["fraud"].close()
     c.close()
 
 
@@ -40,7 +43,7 @@ def test_each_transfer_is_assessed_once_and_rescoring_matches_exactly(container)
     transfers = [r for r in records if isinstance(r, SimTransfer)]
     result = drive_ledger(records, container.writer)
     assert result.transfers == len(transfers) and not result.refused
-    svc = fraud_service(container)
+    svc = container.fraud
     assert svc.consumer.tick() == len(transfers)
     assert svc.consumer.tick() == 0  # nothing new: nothing scored again
     levels = {}
@@ -48,7 +51,7 @@ def test_each_transfer_is_assessed_once_and_rescoring_matches_exactly(container)
         # The simulator's ids are public ids; the assessment is kept under the storage key.
         key = transfer_key(SIM_TENANT, r.transfer_id)
         a = svc.app.assessment(key)
-        assert 0.0 <= a.score <= 1.0 and a.tenant == SIM_TENANT and len(a.features) == 23
+        assert 0.0 <= a.score <= 1.0 and a.tenant == SIM_TENANT and len(a.features) == len(FEATURE_NAMES)
         assert a.transfer_key == key and a.public_id == r.transfer_id
         assert svc.find(r.transfer_id, SIM_TENANT) == a
         levels[r.transfer_id] = a.level
@@ -84,11 +87,15 @@ def test_each_transfer_is_assessed_once_and_rescoring_matches_exactly(container)
     reviewed = svc.app.alerts("reviewed").items
     assert [v.id for v in reviewed] == [first.id] and reviewed[0].label == "fraud"
     assert svc.app.reviewed_examples() == [(svc.app.assessment(first.transfer_key).features, 1)]
-    # The review is a label of the next training run, which becomes the current model.
+    # The review is a label of the next training run. The new version is kept; it becomes current
+    # only if it beats the current model on the most recent labelled period (both figures given).
     before = svc.store.current()
-    version = svc.train(seed=5, customers=40, days=3)
-    assert svc.store.manifest(version)["meta"]["reviewed_examples"] == 1
-    assert svc.store.current() == version != before
+    run = svc.train(config=SimConfig(seed=5, customers=120, days=8, **RICH), max_iter=40)
+    assert svc.store.manifest(run.version)["meta"]["reviewed_examples"] == 1 and run.reviewed_used == 1
+    assert run.current_version == before and run.new_figure is not None and run.current_figure is not None
+    assert run.promoted == (run.new_figure > run.current_figure)
+    assert svc.store.current() == (run.version if run.promoted else before) and run.version != before
+    svc.store.load(run.version)  # kept either way, for rescoring what it scored
     with pytest.raises(NotFound):
         svc.app.assessment(uuid4())
     with pytest.raises(NotFound):
@@ -102,11 +109,11 @@ def test_a_restarted_consumer_rebuilds_the_same_features(settings: Settings, mod
     c = build(s)
     try:
         drive_ledger(records[:half], c.writer)
-        fraud_service(c).consumer.tick()
-        fraud_service(c).close()
-        c.extras.clear()  # the "crash": all in-memory feature state is gone
+        c.fraud.consumer.tick()
         drive_ledger(records[half:], c.writer)
-        svc = fraud_service(c)
+        # The "crash": a new process, all in-memory feature state gone, resumes from tracking.
+        restarted = build(s, start_writer=False)
+        svc = restarted.fraud
         svc.consumer.tick()
         # One uninterrupted pass over the ledger's log must give the very same vectors.
         ex = FeatureExtractor()
@@ -115,9 +122,25 @@ def test_a_restarted_consumer_rebuilds_the_same_features(settings: Settings, mod
         assert len(expected) == sum(isinstance(r, SimTransfer) for r in records)
         for key, features in expected.items():
             assert svc.app.assessment(key).features == features
-        svc.close()
+        restarted.close()
     finally:
         c.close()
+
+
+def test_replaying_the_log_offline_gives_what_the_consumer_recorded(container) -> None:  # noqa: ANN001
+    """`keel fraud evaluate --dataset` scores with `replay`; on the ledger's own log it must give
+    exactly what the live consumer recorded: features, score, level and reasons."""
+    records = simulate(SimConfig(seed=13, customers=40, days=4, **RICH))
+    drive_ledger(records, container.writer)
+    svc = container.fraud
+    svc.consumer.tick()
+    notes = container.ledger.recorder.select_notifications(start=0, limit=100_000, topics=LEDGER_TOPICS, inclusive_of_start=False)
+    scored = replay(map(container.ledger.mapper.to_domain_event, notes), svc.current_scorer())
+    assert len(scored) == sum(isinstance(r, SimTransfer) for r in records)
+    for o, d in scored:
+        a = svc.app.assessment(o.transfer_key)
+        assert (a.features, a.score, a.level, tuple(a.reasons), tuple(a.rules)) == (list(o.features), d.score, d.level,
+                                                                                   d.reasons, d.rules)
 
 
 def _ordinary_day(w, tenant: str, n: int = 12) -> tuple[list, list]:  # noqa: ANN001
@@ -143,12 +166,13 @@ def test_takeover_drain_outranks_every_ordinary_payment_via_the_ledger_writer(co
     available = container.ledger.get_account(victim, "bank").available_minor
     drain = w.execute(MakeTransfer(tenant="bank", debit_account_id=victim, credit_account_id=mule,
                                    amount_minor=available * 96 // 100, currency="EUR"))
-    svc = fraud_service(container)
+    svc = container.fraud
     svc.consumer.tick()
     drain_score = svc.app.assessment(drain.key).score
     worst_ordinary = max(svc.app.assessment(t.key).score for t in ordinary)
     assert drain_score > worst_ordinary, (drain_score, worst_ordinary, svc.app.assessment(drain.key).reasons)
-    assert any("never paid before" in r for r in svc.app.assessment(drain.key).reasons)
+    reasons = svc.app.assessment(drain.key).reasons
+    assert any("never paid before" in r for r in reasons) and any("96% of the available balance" in r for r in reasons), reasons
 
 
 def test_the_store_refuses_models_it_did_not_write(model_dir: Path) -> None:
@@ -164,7 +188,7 @@ def test_the_store_refuses_models_it_did_not_write(model_dir: Path) -> None:
         store.load(version)
     # A correctly hashed file signed with someone else's key is refused too.
     other = ModelStore(model_dir / "elsewhere")
-    forged = other.save(train(seed=5, customers=30, days=2, max_iter=5))
+    forged = other.save(train(config=TINY, max_iter=5))
     for suffix in (".pkl", ".json"):
         (store.models / f"{forged}{suffix}").write_bytes((other.models / f"{forged}{suffix}").read_bytes())
     with pytest.raises(ModelError, match="signature"):
@@ -172,8 +196,8 @@ def test_the_store_refuses_models_it_did_not_write(model_dir: Path) -> None:
 
 
 def test_training_is_reproducible() -> None:
-    a = train(seed=9, customers=40, days=3, max_iter=10)
-    b = train(seed=9, customers=40, days=3, max_iter=10)
+    a = train(config=TINY, max_iter=10)
+    b = train(config=TINY, max_iter=10)
     # Same seed, same bytes: the version (a content hash) names the model, not the run.
     assert pickle.dumps(a, protocol=5) == pickle.dumps(b, protocol=5)
 
@@ -181,11 +205,11 @@ def test_training_is_reproducible() -> None:
 def test_the_shipped_default_model_is_verified_then_signed_into_the_local_store(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
     import sklearn
 
-    from fraud import model
+    from fraud import model, training
 
     store = ModelStore(tmp_path / "fresh")
     if sklearn.__version__ == model.SHIPPED_MODEL_SKLEARN:
-        version = model.ensure_model(store)
+        version = training.ensure_model(store)
         assert version == f"m-{model.SHIPPED_MODEL_SHA256[:16]}"  # the same bytes, now signed with our key
         store.load(version)
         tampered = tmp_path / "default_model.pkl"
@@ -194,7 +218,7 @@ def test_the_shipped_default_model_is_verified_then_signed_into_the_local_store(
         tampered.write_bytes(bytes(blob))
         monkeypatch.setattr(model, "SHIPPED_MODEL", tampered)
         with pytest.raises(ModelError, match="hash"):
-            model.ensure_model(ModelStore(tmp_path / "other"))
+            training.ensure_model(ModelStore(tmp_path / "other"))
     else:  # another scikit-learn: the shipped pickle is not used at all
         assert model.shipped_model() is None
 
@@ -203,12 +227,13 @@ def test_small_and_large_batches_give_the_same_raw_score_bit_for_bit(model_dir: 
     """A recorded score must never depend on the batch it was computed in (exact re-scoring)."""
     import numpy as np
 
-    from fraud.model import Forest
-    from fraud.model import training_set as features_of
+    from fraud.model import Forest, model_input
+    from fraud.training import training_set as features_of
 
     store = ModelStore(model_dir)
     forest = Forest(store.load(store.current()).classifier)  # type: ignore[arg-type]
     x, _, _, _ = features_of(simulate(SimConfig(seed=21, customers=60, days=4, **RICH)))
+    x = model_input(x)  # missing values (NaN) included: they take their own branch
     x = np.vstack([x, x + np.random.default_rng(0).normal(0, 1, x.shape)])
     small = [r for i in range(0, len(x), 50) for r in forest.raw_small(x[i : i + 50])]
     assert small == forest.raw_large(x)
@@ -227,7 +252,7 @@ def test_find_resolves_ids_as_the_caller_can_name_them_and_tells_unscored_from_m
         w.execute(Deposit(tenant=tenant, account_id=accounts[tenant], amount_minor=10_000, currency="EUR", transfer_id=shared))
     w.execute(Deposit(tenant="t1", account_id=accounts["t1"], amount_minor=500, currency="EUR", transfer_id=only_t1))
     k1, k2, ku = transfer_key("t1", shared), transfer_key("t2", shared), transfer_key("t1", only_t1)
-    svc = fraud_service(container)
+    svc = container.fraud
 
     def missing(transfer_id, tenant):  # noqa: ANN001, ANN202
         with pytest.raises(NotFound) as e:
@@ -270,7 +295,7 @@ def test_keel_fraud_rescore_names_transfers_as_find_does_and_shows_public_ids(co
     for tenant in ("t1", "t2"):
         acct = w.execute(OpenAccount(tenant=tenant, currency="EUR")).id
         w.execute(Deposit(tenant=tenant, account_id=acct, amount_minor=10_000, currency="EUR", transfer_id=shared))
-    fraud_service(container).consumer.tick()
+    container.fraud.consumer.tick()
 
     def rescore(*argv: str) -> tuple[int, str, str]:
         code = run(build_parser().parse_args(["fraud", "rescore", *argv]), container.settings)

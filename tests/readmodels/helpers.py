@@ -24,7 +24,7 @@ from application.projections import ACCOUNT_COLUMNS, ENTRY_COLUMNS, FLOW_COLUMNS
 from domain.account import Account
 from domain.errors import DomainError
 from domain.transfer import Transfer
-from infrastructure.readmodels import COLUMNS, KEYS, VIEW_TABLES, Database, Tables
+from infrastructure.readmodels import COLUMNS, KEYS, VIEW_TABLES, Tables, ViewDatabase
 
 TENANT = "t1"
 TENANT2 = "t2"
@@ -248,7 +248,7 @@ def literal_fold(events: list[tuple[int, Any]]) -> dict[str, list[tuple[Any, ...
     }
 
 
-def dump_views(db: Database, prefix: str = "rm_") -> dict[str, list[tuple[Any, ...]]]:
+def dump_views(db: ViewDatabase, prefix: str = "rm_") -> dict[str, list[tuple[Any, ...]]]:
     t = Tables(db, prefix)
     out = {}
     for table in VIEW_TABLES:

@@ -22,7 +22,7 @@ from domain.identity import settlement_public_id
 from infrastructure.readside import encode_cursor
 from infrastructure.settings import Settings
 from keel.bootstrap import Container, build
-from keel.projections import ProjectionWorker
+from infrastructure.projection_worker import ProjectionWorker
 from tests.e2e.server import auth, make_token
 
 
@@ -37,7 +37,7 @@ def client(settings: Settings) -> Iterator[tuple[TestClient, dict[str, dict[str,
         settings, rate_limit_per_s=0, holder_kek=settings.holder_kek or (PG_HOLDER_KEK if settings.is_postgres else None)
     )
     container = build(settings)
-    worker = ProjectionWorker(container)
+    worker = ProjectionWorker(container.ledger, container.store.read_models, container.store.open_log_waiter)
     tokens = {
         "bank": auth(make_token(settings, "banking", "tenant-a")),
         "bank_b": auth(make_token(settings, "banking", "tenant-b")),

@@ -17,11 +17,12 @@ from hypothesis import strategies as st
 
 import pytest
 
-from application.projections import ACCOUNT_COLUMNS, TRANSFER_COLUMNS, ViewFollower
-from infrastructure.readmodels import Database, SqlViewStore
+from application.projections import ACCOUNT_COLUMNS, TRANSFER_COLUMNS
+from application.view_follower import ViewFollower
+from infrastructure.readmodels import SqlViewStore
 from infrastructure.settings import Settings, load_settings
-from keel.bootstrap import build_ledger, migrate
-from keel.projections import log_reader
+from keel.bootstrap import build_ledger, migrate, open_store
+from infrastructure.projection_worker import log_reader
 from tests.conftest import fresh_pg_settings
 from tests.readmodels.helpers import dump_views, literal_fold, log_events, run_history
 
@@ -70,10 +71,11 @@ def test_views_equal_the_literal_fold_of_the_log_postgres(pg_session_schemas: li
 
 
 def check_history(s: Settings, ops: list, batch_max: int, one_statement_rows_max: int | None) -> None:
-    ledger = build_ledger(s)
+    store_ = open_store(s)
+    ledger = build_ledger(s, store_)
     try:
         run_history(ledger, SEED + ops)
-        db = Database(s, ledger.recorder.datastore)
+        db = store_.read_models
         store = SqlViewStore(db, one_statement_rows_max=one_statement_rows_max)
         follower = ViewFollower(log_reader(ledger, db), store, batch_max=batch_max)
         follower.catch_up()
@@ -122,3 +124,4 @@ def check_history(s: Settings, ops: list, batch_max: int, one_statement_rows_max
         assert all(v == 0 for v in per_currency.values())
     finally:
         ledger.close()
+        store_.close()

@@ -15,10 +15,11 @@ import pytest
 from application.commands import Deposit, MakeTransfer, OpenAccount
 from domain.errors import ValidationFailed
 from domain.identity import account_key, settlement_public_id
-from infrastructure.readmodels import Database
+from infrastructure.readmodels import ViewDatabase
 from infrastructure.settings import Settings
 from keel.bootstrap import Container, build
-from keel.projections import ProjectionWorker, read_side, replay_check, replay_rebuild
+from infrastructure.projection_worker import ProjectionWorker, log_reader
+from infrastructure.replay import replay_check, replay_rebuild, scratch_catch_up
 from tests.readmodels.helpers import TENANT, TENANT2, dump_views, literal_fold, log_events, random_ops, run_history
 
 
@@ -31,38 +32,36 @@ def c(settings: Settings) -> Iterator[Container]:
 
 def caught_up(c: Container, timeout_s: float = 20.0) -> int:
     head = c.ledger.recorder.max_notification_id() or 0
-    rs = read_side(c)
+    rs = c.read_side
     deadline = time.monotonic() + timeout_s
     while not rs.wait_for_position(head):
         assert time.monotonic() < deadline, f"projection stuck at {rs.position()} of {head}"
     return head
 
 
-def db_of(c: Container) -> Database:
-    return Database(c.settings, c.ledger.recorder.datastore)
+def db_of(c: Container) -> ViewDatabase:
+    return c.store.read_models
 
 
 def test_worker_follows_log_and_replay_detects_tampering(c: Container) -> None:
-    worker = ProjectionWorker(c, batch_max=37)
+    worker = ProjectionWorker(c.ledger, c.store.read_models, c.store.open_log_waiter, batch_max=37)
     worker.start()
     try:
         run_history(c.ledger, random_ops(random.Random(3), 300))
         caught_up(c)
         assert dump_views(db_of(c)) == literal_fold(log_events(c.ledger))
         out = io.StringIO()
-        assert replay_check(c.settings, out=out) == 0, out.getvalue()
+        assert replay_check(c.ledger, c.store.read_models, out=out) == 0, out.getvalue()
 
         # Tamper with one history row: the check names the table and exits non-zero.
         with db_of(c).transaction(commit=True) as cur:
             cur.execute(
-                db_of(c).sql(
-                    f"UPDATE {db_of(c).qualify('rm_entries')} SET amount_minor = amount_minor + 1"
-                    f" WHERE position = (SELECT MAX(position) FROM {db_of(c).qualify('rm_entries')}) AND direction = %s"
-                ),
+                f"UPDATE {db_of(c).table('rm_entries')} SET amount_minor = amount_minor + 1"
+                f" WHERE position = (SELECT MAX(position) FROM {db_of(c).table('rm_entries')}) AND direction = %s",
                 ("credit",),
             )
         out = io.StringIO()
-        assert replay_check(c.settings, out=out) > 0
+        assert replay_check(c.ledger, c.store.read_models, out=out) > 0
         assert "entries: 1 row(s) live only" in out.getvalue()
 
         # The public ids shown to clients are compared too (each view, one row each).
@@ -72,24 +71,24 @@ def test_worker_follows_log_and_replay_detects_tampering(c: Container) -> None:
             for table, column, key in (("rm_accounts", "public_id", "account_id"),
                                        ("rm_transfers", "debit_public_id", "transfer_id"),
                                        ("rm_entries", "counterparty_public_id", "transfer_id")):  # fmt: skip
-                cur.execute(db.sql(f"UPDATE {db.qualify(table)} SET {column} = %s WHERE {key} = (SELECT MIN({key}) FROM {db.qualify(table)})"), (forged,))
+                cur.execute((f"UPDATE {db.table(table)} SET {column} = %s WHERE {key} = (SELECT MIN({key}) FROM {db.table(table)})"), (forged,))
         out = io.StringIO()
-        assert replay_check(c.settings, out=out) > 0
+        assert replay_check(c.ledger, c.store.read_models, out=out) > 0
         for table in ("accounts", "transfers", "entries"):
             assert f"{table}: " in out.getvalue() and forged in out.getvalue(), out.getvalue()
 
         # Rebuild while the worker runs; the worker resumes from the swapped-in position.
-        replay_rebuild(c.settings, out=io.StringIO())
+        replay_rebuild(c.ledger, c.store.read_models, out=io.StringIO())
         run_history(c.ledger, random_ops(random.Random(4), 100))
         caught_up(c)
         assert dump_views(db_of(c)) == literal_fold(log_events(c.ledger))
-        assert replay_check(c.settings, out=io.StringIO()) == 0
+        assert replay_check(c.ledger, c.store.read_models, out=io.StringIO()) == 0
     finally:
         worker.stop()
 
 
 def test_read_side_queries(c: Container) -> None:
-    worker = ProjectionWorker(c)
+    worker = ProjectionWorker(c.ledger, c.store.read_models, c.store.open_log_waiter)
     worker.start()
     try:
         ids = [c.writer.execute(OpenAccount(tenant=TENANT, currency="USD")).id for _ in range(4)]
@@ -106,7 +105,7 @@ def test_read_side_queries(c: Container) -> None:
             a, b = rng.sample(ids, 2)
             c.writer.execute(MakeTransfer(tenant=TENANT, debit_account_id=a, credit_account_id=b, amount_minor=rng.randint(1, 500), currency="USD"))
         caught_up(c)
-        rs = read_side(c)
+        rs = c.read_side
 
         # One account's history: newest first, pages neither overlap nor skip.
         legs, cursor = [], None
@@ -239,8 +238,8 @@ def test_history_waits_only_for_the_accounts_own_writes(c: Container) -> None:
     b_id = c.writer.execute(OpenAccount(tenant=TENANT, currency="USD")).id
     a, b = account_key(TENANT, a_id), account_key(TENANT, b_id)
     c.writer.execute(Deposit(tenant=TENANT, account_id=a_id, amount_minor=100, currency="USD"))
-    rs = read_side(c)
-    worker = ProjectionWorker(c)
+    rs = c.read_side
+    worker = ProjectionWorker(c.ledger, c.store.read_models, c.store.open_log_waiter)
     worker.start()
     try:
         caught_up(c)
@@ -258,17 +257,16 @@ def test_history_waits_only_for_the_accounts_own_writes(c: Container) -> None:
 
 
 def test_wait_for_position_is_bounded(c: Container) -> None:
-    rs = read_side(c)
+    rs = c.read_side
     started = time.monotonic()
     assert rs.wait_for_position(10**9, timeout_s=60) is False
     assert time.monotonic() - started < 2.5
 
 
 def test_second_runner_and_swap_with_catch_up_never_double_apply(c: Container) -> None:
-    from application.projections import ViewFollower
+    from application.view_follower import ViewFollower
     from infrastructure.readmodels import SqlViewStore, create_scratch, drop_scratch, replace_live
-    from keel.projections import log_reader, scratch_catch_up
-
+    
     run_history(c.ledger, random_ops(random.Random(8), 200))
     db = db_of(c)
     a = ViewFollower(log_reader(c.ledger, db), SqlViewStore(db), batch_max=50)
@@ -300,9 +298,8 @@ def test_encrypted_log_and_replay_cli_exit_status(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from application.projections import ViewFollower
+    from application.view_follower import ViewFollower
     from infrastructure.readmodels import SqlViewStore
-    from keel.projections import log_reader
     from tests.conftest import fresh_sqlite_settings
 
     key = "k1:" + base64.b64encode(os.urandom(32)).decode()

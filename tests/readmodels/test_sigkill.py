@@ -16,10 +16,10 @@ import pytest
 
 from application.commands import Deposit, MakeTransfer, OpenAccount, PostTransfer
 from domain.errors import DomainError
-from infrastructure.readmodels import Database, SqlViewStore
+from infrastructure.readmodels import SqlViewStore
 from infrastructure.settings import Settings
 from keel.bootstrap import build
-from keel.projections import replay_check
+from infrastructure.replay import replay_check
 from tests.conftest import PG_DSN
 from tests.readmodels.helpers import TENANT, dump_views, literal_fold, log_events
 
@@ -37,7 +37,7 @@ def _spawn(settings: Settings, log_path: Path) -> subprocess.Popen:
 @pytest.mark.postgres
 def test_sigkill_worker_repeatedly_views_equal_fresh_replay(pg_settings: Settings, tmp_path: Path) -> None:
     c = build(pg_settings)
-    store = SqlViewStore(Database(pg_settings, c.ledger.recorder.datastore))
+    store = SqlViewStore(c.store.read_models)
     log_path = tmp_path / "worker.log"
     stop = threading.Event()
     try:
@@ -92,7 +92,7 @@ def test_sigkill_worker_repeatedly_views_equal_fresh_replay(pg_settings: Setting
 
         assert dump_views(store.db) == literal_fold(log_events(c.ledger))
         out = io.StringIO()
-        assert replay_check(pg_settings, out=out) == 0, out.getvalue()
+        assert replay_check(c.ledger, c.store.read_models, out=out) == 0, out.getvalue()
     finally:
         stop.set()
         c.close()

@@ -17,7 +17,7 @@ from litestar.testing import TestClient
 from api.app import create_app
 from infrastructure.keys import new_key
 from infrastructure.settings import Settings
-from keel.bootstrap import build, key_store
+from keel.bootstrap import build
 from tests.conftest import PG_DSN
 
 HOLDER = {"name": "Zelda Unique-Name", "email": "zelda.unique@example.org"}
@@ -27,18 +27,18 @@ def _stored_rows(settings: Settings) -> list[bytes]:
     """Every stored idempotent response body, read from the database directly."""
     if settings.is_postgres:
         with psycopg.connect(PG_DSN) as conn:
-            rows = conn.execute(f'SELECT body FROM "{settings.database_schema}".keel_idempotency').fetchall()
+            rows = conn.execute(f'SELECT answer FROM "{settings.database_schema}".keel_idempotency').fetchall()
     else:
         import sqlite3
 
         with sqlite3.connect(settings.sqlite_path) as conn:
-            rows = conn.execute("SELECT body FROM keel_idempotency").fetchall()
+            rows = conn.execute("SELECT answer FROM keel_idempotency").fetchall()
     return [bytes(r[0]) for r in rows]
 
 
 def test_a_replay_after_erasure_shows_the_holder_erased(settings: Settings) -> None:
     container = build(settings)
-    store = key_store(container)
+    store = container.keys
     bank, bank_token = new_key("banking", "erase-t")
     admin, admin_token = new_key("admin", None)
     store.add(bank)
@@ -76,7 +76,7 @@ def test_a_declared_body_over_the_limit_is_refused_before_it_is_read(settings: S
 
     container = build(settings)
     key, token = new_key("banking", "big-t")
-    key_store(container).add(key)
+    container.keys.add(key)
     app = create_app(container, on_shutdown=[container.close])
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import Api, start_sqlite_api
-from keel.procs import ServerProcess
+from keel_tools.procs import ServerProcess
 
 FORBIDDEN_TEXT = ("Traceback", "SELECT", "INSERT", "psycopg", "sqlite3", 'File "')
 

@@ -30,7 +30,7 @@ from api.app import create_app
 from domain.identity import is_system_id, reversal_public_id, settlement_public_id
 from infrastructure.keys import new_key
 from infrastructure.settings import Settings
-from keel.bootstrap import Container, build, key_store
+from keel.bootstrap import Container, build
 from tests.conftest import fresh_pg_settings, fresh_sqlite_settings
 
 CURRENCIES = ("EUR", "USD")
@@ -129,7 +129,7 @@ class HostileTenant(RuleBasedStateMachine):
         tokens = []
         for tenant in (self.tenant_a, self.tenant_b):
             key, token = new_key("banking", tenant)
-            key_store(self.container).add(key)
+            self.container.keys.add(key)
             tokens.append(token)
         self.client_a, self.client_b = _Client(self.client, tokens[0]), _Client(self.client, tokens[1])
         self.a = Model()

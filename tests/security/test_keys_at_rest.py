@@ -220,7 +220,7 @@ def test_rotation_rewraps_every_key_then_the_old_kek_can_go(
     try:
         assert c.ledger.get_account(a.id, T).holder == HOLDERS[0]
         assert c.ledger.get_account(b.id, T).holder == ERASED  # erased stays erased
-        assert c.extras["audit"].verify().ok
+        assert c.audit.verify().ok
     finally:
         c.close()
 

@@ -6,8 +6,8 @@ import asyncio
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from keel import loadgen
-from keel.bench_http import markdown, svg
+from keel_tools import loadgen
+from keel_tools.bench_http import markdown, svg
 
 
 async def _server(delay_s: float) -> tuple[asyncio.AbstractServer, int, list[int]]:

@@ -3,7 +3,7 @@
 Requests are *scheduled* at a constant rate and latency is measured from each request's
 scheduled time, not from when a connection became free, so a slow server cannot hide its queue
 (no coordinated omission). Raw HTTP/1.1 over asyncio streams with keep-alive: cheap enough to
-share two cores with the server it measures. Run as `python -m keel.loadgen SPEC.json`; prints
+share two cores with the server it measures. Run as `python -m keel_tools.loadgen SPEC.json`; prints
 one JSON object.
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Starts a scratch schema (fsync and synchronous_commit must be on), opens and funds the accounts,
 starts `keel serve` with the chosen worker count, and drives it with wrk (closed loop, Lua
-scripts generated here) for scenarios 1-4 and with keel.loadgen (open loop) for scenario 5.
+scripts generated here) for scenarios 1-4 and with keel_tools.loadgen (open loop) for scenario 5.
 The load generators' own CPU time is measured (wait4 rusage) and reported, because on a 2-core
 machine they compete with the service. pgbench's TPC-B-like TPS (8 clients) is measured in the
 same run. Writes JSON, appends a Markdown table to docs/benchmarks.md and draws an SVG.
@@ -32,8 +32,8 @@ from application.group_commit import GroupCommitWriter
 from domain.errors import DomainError
 from infrastructure.audit_keys import new_holder_kek
 from infrastructure.settings import load_settings
-from keel.bench import DEFAULT_PG, _server_settings, pgbench_tps
 from keel.bootstrap import build_ledger, migrate
+from keel_tools.pgbench import DEFAULT_PG, pgbench_tps, server_settings
 
 TENANT = "bench"
 SCENARIOS = ("uniform", "hot", "batch", "mixed", "open")
@@ -240,7 +240,7 @@ def _open_loop(port: int, token: str, accounts: list[str], rate: float, seconds:
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(spec, f)
     try:
-        text, cpu = _run_measured([sys.executable, "-m", "keel.loadgen", f.name])
+        text, cpu = _run_measured([sys.executable, "-m", "keel_tools.loadgen", f.name])
     finally:
         os.unlink(f.name)
     r = json.loads(text.strip().splitlines()[-1])
@@ -298,7 +298,7 @@ def bench_http(args: argparse.Namespace) -> dict[str, Any]:
     if unknown:
         raise SystemExit(f"unknown scenarios: {', '.join(sorted(unknown))}")
     scenarios = sorted(set(scenarios), key=RUN_ORDER.index)
-    server = _server_settings(args.pg)
+    server = server_settings(args.pg)
     if server["fsync"] != "on" or server["synchronous_commit"] != "on":
         raise SystemExit(f"refusing to benchmark without durability: {server}")
     schema = f"benchhttp_{uuid.uuid4().hex[:8]}"

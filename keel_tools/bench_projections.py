@@ -1,6 +1,6 @@
 """Projection lag while the ledger writes at full speed, then rebuild speed, on PostgreSQL.
 
-    .venv/bin/python scripts/bench_projections.py --seconds 15 [--report docs/benchmarks.md]
+    .venv/bin/python -m keel_tools.bench_projections --seconds 15 [--report docs/benchmarks.md]
 
 1. A scratch schema; 10,000 funded accounts; `keel worker projections` as its own process.
 2. Account set-up, then `keel bench ledger`'s group-commit driver (64 clients, uniform
@@ -27,13 +27,11 @@ from typing import Any
 
 import psycopg
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from infrastructure.settings import load_settings  # noqa: E402
-from keel.bench import DEFAULT_PG, _drive, _open_accounts  # noqa: E402
-from keel.bootstrap import build_ledger, migrate  # noqa: E402
-from keel.projections import replay_check, replay_rebuild  # noqa: E402
+from infrastructure.replay import replay_check, replay_rebuild
+from infrastructure.settings import load_settings
+from keel.bootstrap import build_ledger, migrate, open_store
+from keel_tools.bench_ledger import _drive, _open_accounts
+from keel_tools.pgbench import DEFAULT_PG
 
 SAMPLE_INTERVAL_S = 0.005
 
@@ -80,13 +78,14 @@ def main() -> int:
     schema = f"bench_rm_{uuid.uuid4().hex[:8]}"
     settings = load_settings({}, database_url=args.pg, database_schema=schema, pg_pool_size=4)
     migrate(settings)
-    ledger = build_ledger(settings)
+    store = open_store(settings)
+    ledger = build_ledger(settings, store)
     worker = None
     worker_log = Path(f"/tmp/{schema}-worker.log")
     try:
         env = dict(os.environ, KEEL_DATABASE_URL=args.pg, KEEL_DATABASE_SCHEMA=schema, KEEL_LOG_LEVEL="INFO")
         with open(worker_log, "wb") as out:
-            worker = subprocess.Popen([sys.executable, "-m", "keel.cli", "worker", "projections"], env=env, cwd=ROOT, stderr=out)
+            worker = subprocess.Popen([sys.executable, "-m", "keel.cli", "worker", "projections"], env=env, stderr=out)
         conn = psycopg.connect(args.pg, autocommit=True)
         head_sql = f'SELECT MAX(notification_id) FROM "{schema}".ledger_events'
         pos_sql = f"SELECT position FROM \"{schema}\".rm_tracking WHERE name = 'views'"
@@ -111,7 +110,7 @@ def main() -> int:
         worker.wait(30)
         worker = None
         summary = next(
-            (line.split("keel.projections: ", 1)[1] for line in worker_log.read_text().splitlines() if "projection lag over" in line),
+            (line[line.index("projection lag over"):] for line in worker_log.read_text().splitlines() if "projection lag over" in line),
             "no lag summary in the worker log",
         )
         m = re.search(r"over (\d+) events: p50 ([0-9.]+) ms, p99 ([0-9.]+) ms, max ([0-9.]+) ms", summary)
@@ -123,10 +122,10 @@ def main() -> int:
               f"p50 {c50:.1f} ms, p99 {c99:.1f} ms, max {cmax:.1f} ms")  # fmt: skip
 
         t0 = time.monotonic()
-        rate = replay_rebuild(settings)
+        rate = replay_rebuild(ledger, store.read_models)
         rebuild_s = time.monotonic() - t0
         t0 = time.monotonic()
-        differences = replay_check(settings)
+        differences = replay_check(ledger, store.read_models)
         check_s = time.monotonic() - t0
         print(f"rebuild: {total_events:,} events in {rebuild_s:.1f}s end to end ({rate:,.0f} events/s replaying); "
               f"check: {check_s:.1f}s, {differences} difference(s)")  # fmt: skip
@@ -134,7 +133,7 @@ def main() -> int:
             with open(args.report, "a") as f:
                 f.write(
                     f"\n### Read models — {datetime.now(tz=timezone.utc).isoformat(timespec='seconds')}\n\n"
-                    f"`python scripts/bench_projections.py --seconds {args.seconds:g}` — {os.cpu_count()} CPUs, "
+                    f"`python -m keel_tools.bench_projections --seconds {args.seconds:g}` — {os.cpu_count()} CPUs, "
                     f"`keel worker projections` as its own process, {args.accounts:,} accounts, {args.clients} submitters.\n\n"
                     "| measure | value |\n|---|---:|\n"
                     f"| ledger writes during the lag run | {run.tps:,.0f} transfers/s |\n"
@@ -150,6 +149,7 @@ def main() -> int:
         if worker is not None:
             worker.kill()
         ledger.close()
+        store.close()
         with psycopg.connect(args.pg, autocommit=True) as c:
             c.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 

@@ -3,7 +3,7 @@
 Creates a banking key and N funded accounts through the API's own store and routes, writes a
 Lua script that posts transfers between random pairs, and prints the wrk command. Usage:
 
-    KEEL_DATABASE_URL=... .venv/bin/python scripts/wrk_transfers.py http://127.0.0.1:8000 1000
+    KEEL_DATABASE_URL=... .venv/bin/python -m keel_tools.wrk_transfers http://127.0.0.1:8000 1000
 """
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ import httpx
 
 from infrastructure.keys import new_key
 from infrastructure.settings import load_settings
-from keel.bootstrap import build, key_store
+from keel.bootstrap import build
 
 
 def main(base_url: str, accounts: int) -> None:
     container = build(load_settings(os.environ), start_writer=False)
     key, token = new_key("banking", "wrk")
-    key_store(container).add(key)
-    container.ledger.close()
+    container.keys.add(key)
+    container.close()
     ids = []
     with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as c:
         for _ in range(accounts):

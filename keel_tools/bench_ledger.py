@@ -10,16 +10,12 @@ import argparse
 import json
 import os
 import random
-import re
-import shutil
-import subprocess
 import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import urlparse
 
 import psycopg
 
@@ -28,8 +24,8 @@ from application.group_commit import GroupCommitWriter
 from domain.errors import DomainError
 from infrastructure.settings import load_settings
 from keel.bootstrap import build_ledger, migrate
+from keel_tools.pgbench import DEFAULT_PG, pgbench_tps, server_settings
 
-DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
 TENANT = "bench"
 
 
@@ -42,9 +38,6 @@ def add_arguments(sub: Any) -> None:
     p.add_argument("--pgbench-clients", type=int, default=8)
     p.add_argument("--json", help="write the results to this JSON file")
     p.add_argument("--report", help="append a Markdown table to this file (e.g. docs/benchmarks.md)")
-    from keel.bench_http import add_arguments as add_http
-
-    add_http(sub)
 
 
 @dataclass
@@ -127,42 +120,10 @@ def _batch_endpoint(ledger: Any, ids: list[uuid.UUID], seconds: float) -> Run:
     return Run(name="batch command (1,000 per command)", transfers=done, rejected=0, seconds=elapsed, commits=commits)
 
 
-def pgbench_tps(dsn: str, clients: int, seconds: float) -> float:
-    """pgbench's built-in TPC-B-like TPS with `clients` clients, in a scratch database."""
-    exe = shutil.which("pgbench")
-    if exe is None:
-        raise RuntimeError("pgbench is not installed (Debian: postgresql-client)")
-    u = urlparse(dsn)
-    scratch = f"keel_pgbench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{scratch}"')
-    env = dict(os.environ, PGHOST=u.hostname or "127.0.0.1", PGPORT=str(u.port or 5432), PGUSER=u.username or "postgres")
-    if u.password:
-        env["PGPASSWORD"] = u.password
-    try:
-        subprocess.run([exe, "-i", "-q", "-s", "10", scratch], env=env, check=True, capture_output=True)
-        out = subprocess.run(
-            [exe, "-n", "-c", str(clients), "-j", "2", "-T", str(int(max(1, seconds))), scratch],
-            env=env, check=True, capture_output=True, text=True,
-        ).stdout  # fmt: skip
-    finally:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
-    m = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", out) or re.search(r"tps = ([0-9.]+)", out)
-    if not m:
-        raise RuntimeError(f"could not read pgbench output: {out[-500:]}")
-    return float(m.group(1))
-
-
-def _server_settings(dsn: str) -> dict[str, str]:
-    with psycopg.connect(dsn) as conn:
-        return {k: conn.execute(f"SHOW {k}").fetchone()[0] for k in ("fsync", "synchronous_commit", "server_version")}
-
-
 def bench_ledger(args: argparse.Namespace) -> dict[str, Any]:
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     settings = load_settings({}, database_url=args.pg, database_schema=schema, pg_pool_size=4)
-    server = _server_settings(args.pg)
+    server = server_settings(args.pg)
     if server["fsync"] != "on" or server["synchronous_commit"] != "on":
         raise SystemExit(f"refusing to benchmark without durability: {server}")
     migrate(settings)
@@ -217,14 +178,7 @@ def _markdown(result: dict[str, Any], command: str) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.bench == "http":
-        from keel.bench_http import main as http_main
-
-        return http_main(args)
-    if args.bench == "ledger":
-        result = bench_ledger(args)
-    else:  # pragma: no cover - argparse restricts choices
-        raise SystemExit(f"unknown benchmark {args.bench}")
+    result = bench_ledger(args)
     print(json.dumps(result, indent=2))
     if args.json:
         with open(args.json, "w") as f:

@@ -18,7 +18,7 @@ import httpx
 
 from infrastructure.keys import new_key
 from infrastructure.settings import Settings
-from keel.bootstrap import build, key_store
+from keel.bootstrap import build
 
 STARTUP_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
@@ -88,10 +88,10 @@ def make_token(settings: Settings, role: str, tenant: str | None = None) -> str:
     container = build(settings, start_writer=False)
     try:
         key, token = new_key(role, tenant)
-        key_store(container).add(key)
+        container.keys.add(key)
         return token
     finally:
-        container.ledger.close()
+        container.close()
 
 
 def auth(token: str) -> dict[str, str]:

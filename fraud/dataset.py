@@ -1,0 +1,123 @@
+"""The simulator's labelled records as data: the record types, the domain events the ledger would
+record for them (`ledger_events`), their labels, and the JSON-lines dataset file format.
+
+It never generates activity (fraud/simulate.py does) and never decides a score: labels are joined
+to features only by transfer id, after the features were computed from the events alone.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import msgspec
+
+from domain.account import CUSTOMER, SETTLEMENT, Account
+from domain.identity import account_key, settlement_key, settlement_public_id, transfer_key
+from domain.transfer import Transfer
+
+SIM_TENANT = "sim"  # the tenant simulated activity is recorded in (ledger_events, keel simulate --ledger)
+
+
+class SimOpen(msgspec.Struct, frozen=True, tag="open"):
+    at: datetime
+    account_id: UUID
+    role: str
+
+
+class SimTransfer(msgspec.Struct, frozen=True, tag="transfer"):
+    at: datetime
+    transfer_id: UUID
+    kind: str  # transfer | deposit | withdrawal (as the ledger records it)
+    debit_account_id: UUID
+    credit_account_id: UUID
+    amount_minor: int
+    label: int  # 1 = fraud
+    pattern: str  # "" for legitimate activity
+
+
+Record = SimOpen | SimTransfer
+
+
+def labels(records: Iterable[Record]) -> dict[UUID, tuple[int, str]]:
+    """(label, pattern) by *public* transfer id; the log keys a transfer by its storage key,
+    `transfer_key(tenant, public id)` (see fraud.training.training_set)."""
+    return {r.transfer_id: (r.label, r.pattern) for r in records if isinstance(r, SimTransfer)}
+
+
+def ledger_events(records: Iterable[Record], tenant: str = SIM_TENANT, currency: str = "EUR") -> Iterator[Any]:
+    """The domain events the ledger would record for `records`, stamped with simulated time.
+
+    Only the events the feature extractor reads are produced (Account.Opened, Transfer.Initiated);
+    the balance events of the accounts carry nothing those two do not.
+    """
+    settlement = settlement_key(tenant, currency)
+    first = True
+    for r in records:
+        if first:
+            first = False
+            yield Account.Opened(
+                originator_id=settlement, originator_version=1, timestamp=r.at, originator_topic="",
+                tenant=tenant, public_id=settlement_public_id(currency), currency=currency, kind=SETTLEMENT, overdraft_limit_minor=0, holder=None, metadata={},
+            )
+        if isinstance(r, SimOpen):
+            yield Account.Opened(
+                originator_id=account_key(tenant, r.account_id), originator_version=1, timestamp=r.at, originator_topic="",
+                tenant=tenant, public_id=r.account_id, currency=currency, kind=CUSTOMER, overdraft_limit_minor=0, holder=None, metadata={},
+            )
+        else:
+            yield Transfer.Initiated(
+                originator_id=transfer_key(tenant, r.transfer_id), originator_version=1, timestamp=r.at,
+                originator_topic="", tenant=tenant, public_id=r.transfer_id, kind=r.kind,
+                debit_account_id=account_key(tenant, r.debit_account_id), credit_account_id=account_key(tenant, r.credit_account_id),
+                debit_public_id=r.debit_account_id, credit_public_id=r.credit_account_id,
+                amount_minor=r.amount_minor, currency=currency, reference=None, metadata={}, pending=False,
+                timeout_s=None, reverses_id=None, reverses_public_id=None,
+            )
+
+
+# ---- files ------------------------------------------------------------------------------------
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Record)
+DATASET_LINE_MAX_BYTES = 4096
+
+
+def write_dataset(records: Iterable[Record], path: str) -> int:
+    """Writes one JSON record per line; returns the number of records."""
+    n = 0
+    with open(path, "wb") as f:
+        for r in records:
+            f.write(_encoder.encode(r) + b"\n")
+            n += 1
+    return n
+
+
+def read_dataset(path: str) -> list[Record]:
+    """The records of a file `write_dataset` wrote (`keel simulate --out`), in file order."""
+    out: list[Record] = []
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            if len(line) > DATASET_LINE_MAX_BYTES:
+                raise ValueError(f"{path}:{number}: line longer than {DATASET_LINE_MAX_BYTES} bytes")
+            try:
+                out.append(_decoder.decode(line))
+            except msgspec.ValidationError as e:
+                raise ValueError(f"{path}:{number}: {e}") from None
+    return out
+
+
+def summary(records: list[Record]) -> dict[str, int]:
+    out: dict[str, int] = {"accounts": 0, "transfers": 0, "fraud": 0}
+    for r in records:
+        if isinstance(r, SimOpen):
+            out["accounts"] += 1
+        else:
+            out["transfers"] += 1
+            if r.label:
+                out["fraud"] += 1
+                out[r.pattern] = out.get(r.pattern, 0) + 1
+    return out
