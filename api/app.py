@@ -29,14 +29,18 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
 from api import routes_analytics, routes_audit, routes_banking, routes_fraud, routes_history, routes_ops
+from api import routes_events, routes_oauth, routes_webhooks
+from api.event_stream import FeedHub
+from api.jwt_auth import JwtAuthenticator
 from api.access_log import close_access_log
 from api.auth import KeyAuthMiddleware, KeyCache, RateLimitMiddleware, TokenBucket, is_public_path
 from api.errors import EXCEPTION_HANDLERS
 from api.fastpath import install as install_fast_path
+from api.fastpath_reads import install as install_read_fast_path
 from api.idempotency import WritePath
 from api.metrics import FraudScoringMetrics, LedgerAndFraudCollector, Metrics, ProjectionLagCollector
 from api.observe import ObserveMiddleware
-from api.openapi import StrictStructSchemaPlugin, document_problems
+from api.openapi import StrictStructSchemaPlugin, docs_assets_router, docs_render_plugin, document_problems, finish_document
 from api.services import Services
 
 log = logging.getLogger(__name__)
@@ -50,6 +54,9 @@ ROUTERS = [
     routes_analytics.router,
     routes_audit.router,
     routes_fraud.router,
+    routes_events.router,
+    routes_webhooks.router,
+    routes_oauth.router,
 ]
 
 
@@ -84,8 +91,12 @@ def create_app(
             "writes": writes,
             "audit": services.audit,
             "metrics": metrics,
+            "ledger": services.ledger,  # the read fast path (api/fastpath_reads.py)
+            "read_side": services.read_side,
+            "jwt": JwtAuthenticator(services.tokens),  # OAuth access tokens beside API keys (api/jwt_auth.py)
         }
     )
+    feed_hub = FeedHub(services.feed, settings.sse_streams_per_key)  # SSE: one per process (api/event_stream.py)
     dependencies = {
         "services": _provide(services),
         "ledger": _provide(services.ledger),
@@ -95,9 +106,11 @@ def create_app(
         "read_side": _provide(services.read_side),
         "fraud": _provide(services.fraud),
         "metrics": _provide(metrics),
+        "feed": _provide(services.feed),
+        "feed_hub": _provide(feed_hub),
     }
     app = Litestar(
-        route_handlers=list(ROUTERS),
+        route_handlers=[*ROUTERS, docs_assets_router()],
         dependencies=dependencies,
         state=state,
         middleware=[
@@ -109,7 +122,7 @@ def create_app(
         request_max_body_size=REQUEST_BODY_MAX_BYTES,
         plugins=[StrictStructSchemaPlugin()],
         on_startup=list(on_startup),
-        on_shutdown=[close_access_log, *on_shutdown],  # hooks run in order: flush before the store closes
+        on_shutdown=[feed_hub.close, close_access_log, *on_shutdown],  # hooks run in order: flush before the store closes
         openapi_config=OpenAPIConfig(
             title="Keel",
             version="1.0.0",
@@ -121,12 +134,17 @@ def create_app(
             ),
             security=[{"bearer": []}],
             path="/schema",
-            create_examples=True,  # success bodies; problem examples are written per route
+            # No generated filler: the examples are the ones written on the wire types and routes.
+            create_examples=False,
+            render_plugins=[docs_render_plugin()],  # /schema: Swagger UI served from the package, offline
         ),
         debug=debug,
+        logging_config=None,  # the process's own logging (keel/logs.py): one format for every record
     )
     document_problems(app, is_public_path)
-    install_fast_path(app, REQUEST_BODY_MAX_BYTES)  # POST /v1/transfers without Litestar's overhead
+    install_read_fast_path(app)  # GET an account and its history without Litestar's overhead
+    install_fast_path(app, REQUEST_BODY_MAX_BYTES)  # POST /v1/transfers, the same way (outermost)
+    finish_document(app)  # after the last route: without Litestar's own 400, which the API never answers
     return app
 
 

@@ -44,7 +44,8 @@ from infrastructure.keys import ApiKey, parse_token, secret_matches
 KEY_CACHE_TTL_S = 5.0
 KEY_REFRESH_GRACE_S = 2.0
 KEY_CACHE_MAX = 10_000
-PUBLIC_PATHS = {"/healthz", "/readyz", "/metrics"}
+# /oauth/token authenticates its clients itself (RFC 6749 §2.3.1); the JWKS is public by design.
+PUBLIC_PATHS = {"/healthz", "/readyz", "/metrics", "/oauth/token", "/.well-known/jwks.json"}
 PUBLIC_PREFIXES = ("/schema",)
 
 
@@ -181,7 +182,12 @@ class KeyAuthMiddleware(AbstractAuthenticationMiddleware):
             raise NotAuthorizedException("missing bearer token (Authorization: Bearer <token>)")
         parsed = parse_token(token)
         if parsed is None:
-            raise NotAuthorizedException("invalid API key")
+            # Not an API key: an OAuth access token (api/jwt_auth.py), when OAuth is configured.
+            jwt = connection.app.state.get("jwt")
+            principal = await jwt.principal(token) if jwt is not None and token.count(".") == 2 else None
+            if principal is None:
+                raise NotAuthorizedException("invalid API key or access token")
+            return AuthenticationResult(user=principal, auth=principal.key_id)
         key_id, secret = parsed
         cache: KeyCache = connection.app.state.api_keys
         found, key = cache.cached(key_id)

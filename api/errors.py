@@ -12,7 +12,8 @@ One table (`STATUS_BY_CODE`) maps each DomainError code to an HTTP status. The r
   `balance_overflow`, `idempotency_key_reused`);
 - 503 with `Retry-After` when the service could not do it now (`concurrency_conflict` after
   the bounded retries, `overloaded`, `shutting_down`, `unavailable` — also when the database
-  cannot be reached) — safe to retry with the same Idempotency-Key;
+  cannot be reached) — safe to retry with the same Idempotency-Key; `not_migrated` when the
+  database answers but `keel migrate` has not made its tables;
 - 401 `unauthorized`, 403 `forbidden`, 413 `payload_too_large`, 429 `rate_limited`,
   500 `internal_error` (a bug: logged, never detailed).
 
@@ -21,6 +22,7 @@ This module must never put a stack trace, SQL, a token or stored event text in a
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import msgspec
@@ -29,6 +31,7 @@ from litestar.exceptions import HTTPException, NotAuthorizedException, Permissio
 
 from eventsourcing.persistence import InterfaceError as StoreInterfaceError
 from eventsourcing.persistence import OperationalError as StoreOperationalError
+from eventsourcing.persistence import PersistenceError as StorePersistenceError
 
 from application.group_commit import Overloaded, WriterStopped
 from domain.errors import DomainError
@@ -60,11 +63,13 @@ STATUS_BY_CODE: dict[str, int] = {
     "exceeds_held_amount": 422,
     "settlement_account_restricted": 422,
     "balance_overflow": 422,
+    "event_time_out_of_range": 422,
     "idempotency_key_reused": 422,
     "concurrency_conflict": 503,
     "overloaded": 503,
     "shutting_down": 503,
     "unavailable": 503,
+    "not_migrated": 503,
     "unauthorized": 401,
     "forbidden": 403,
     "method_not_allowed": 405,
@@ -75,7 +80,7 @@ STATUS_BY_CODE: dict[str, int] = {
 
 TITLES: dict[str, str] = {
     "not_found": "Not found",
-    "validation_error": "Invalid request",
+    "validation_error": "Validation error",
     "insufficient_funds": "Insufficient funds",
     "unauthorized": "Missing or invalid API key",
     "forbidden": "This API key's role may not use this route",
@@ -101,12 +106,66 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+# ---- one shape for every validation problem: `errors: [{field, message}]` ----------------------
+# `field` is the JSON path of the field as the client sent it (`amount`, `transfers[3].amount`,
+# `holder.name`), a query or path parameter's name, or "" for the body as a whole.
+ERRORS_MAX = 20
+ERROR_MESSAGE_MAX_CHARS = 200
+_AT_PATH = re.compile(r"^(?P<message>.*?) - at `\$(?P<path>[^`]*)`$", re.S)
+_NAMED_FIELD = re.compile(r"^Object (?:missing required|contains unknown) field `(?P<name>[^`]+)`")
+_FRIENDLIER = {
+    "Expected `int`, got `float`": "must be an integer (minor units), not a float such as 2500.0",
+    "Expected `int | null`, got `float`": "must be an integer (minor units), not a float such as 2500.0",
+    "Expected `int`, got `str`": "must be a JSON integer, not a string",
+}
+
+
+def field_error(message: str, key: str | None = None) -> dict[str, str]:
+    """{field, message} from a msgspec or Litestar message (`... - at `$.a.b``) and its key."""
+    path = "" if key in (None, "", "data", "$", "body") else str(key)
+    at = _AT_PATH.match(message)
+    if at:
+        message, path = at["message"], at["path"].lstrip(".")
+    named = _NAMED_FIELD.match(message)
+    if named:
+        path = f"{path}.{named['name']}" if path else named["name"]
+        message = "is required" if "missing" in message else "is not a field of this request"
+    elif path.rsplit(".", 1)[-1] == "currency" and message.startswith("Invalid enum value"):
+        message = f"{message[len('Invalid enum value '):]} is not an ISO 4217 currency code"
+    elif "matching regex '^[0-9a-fA-F]{8}-" in message:
+        message = "must be a UUID"
+    message = _FRIENDLIER.get(message, message)
+    return {"field": path, "message": message[:ERROR_MESSAGE_MAX_CHARS]}
+
+
+def validation_errors(detail: str, details: dict[str, Any]) -> list[dict[str, str]]:
+    given = details.get("errors")
+    if isinstance(given, list) and given:
+        return [
+            field_error(str(e.get("message", "")), e.get("field", e.get("key")))
+            for e in given[:ERRORS_MAX]
+            if isinstance(e, dict)
+        ]
+    if details.get("field") is not None:
+        return [{"field": str(details["field"]), "message": detail[:ERROR_MESSAGE_MAX_CHARS]}]
+    return [field_error(detail)]
+
+
+def _validation_detail(detail: str, errors: list[dict[str, str]]) -> str:
+    if _AT_PATH.match(detail) or detail.startswith("Validation failed for") or not detail:
+        return "; ".join(f"{e['field']}: {e['message']}" if e["field"] else e["message"] for e in errors)
+    return detail
+
+
 def problem_body(code: str, detail: str, details: dict[str, Any] | None = None) -> tuple[int, bytes]:
     status = STATUS_BY_CODE.get(code, 422)
     body: dict[str, Any] = {}
     for k, v in (details or {}).items():
-        if k not in ("type", "title", "status", "detail", "code"):
+        if k not in ("type", "title", "status", "detail", "code", "errors"):
             body[k] = v if isinstance(v, (int, str, bool, type(None))) else str(v)
+    if code == "validation_error":
+        body["errors"] = validation_errors(detail, details or {})
+        detail = _validation_detail(detail, body["errors"])
     body.update(
         {
             "type": f"urn:keel:problem:{code}",
@@ -146,12 +205,25 @@ def write_problem(exc: BaseException) -> tuple[int, bytes, dict[str, str]] | Non
         return problem_parts("overloaded", "the service is busy; retry shortly")
     if isinstance(exc, WriterStopped):
         return problem_parts("shutting_down", "the service is restarting; retry shortly")
+    if isinstance(exc, StorePersistenceError) and schema_missing(exc):
+        # Reachable, but `keel migrate` has not made (all) the tables: an operator's task, never a 500.
+        log.error("the store's schema is not migrated (run `keel migrate`): %s", type(exc).__name__)
+        return problem_parts("not_migrated", NOT_MIGRATED_DETAIL)
     if isinstance(exc, (StoreOperationalError, StoreInterfaceError)):
         # The database is down, restarting or out of connections (eventsourcing wraps psycopg's
         # and sqlite3's connection errors in these). Nothing was written by this request: retryable.
         log.warning("event store unreachable: %s", type(exc).__name__)
         return problem_parts("unavailable", "the event store is unavailable; retry shortly")
     return None
+
+
+NOT_MIGRATED_DETAIL = "the service's database is not migrated (an operator must run `keel migrate`)"
+_MISSING_TABLE = re.compile(r'no such table|relation "[^"]+" does not exist')
+
+
+def schema_missing(exc: BaseException) -> bool:
+    """A store error that says a table is missing (SQLite's and PostgreSQL's wording)."""
+    return bool(_MISSING_TABLE.search(str(exc)))
 
 
 def domain_problem(error: DomainError) -> tuple[int, bytes]:
@@ -172,20 +244,8 @@ def _on_problem(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
 def _on_validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response[bytes]:
     # Litestar's message names the field and the expected type (from msgspec); never the body.
     detail = str(exc.detail) if exc.detail else "invalid request"
-    errors = exc.extra if isinstance(exc.extra, list) else None
-    details: dict[str, Any] = {}
-    if errors:
-        details["errors"] = [
-            {k: str(v)[:200] for k, v in e.items() if k in ("message", "key", "source")}
-            for e in errors[:20]
-            if isinstance(e, dict)
-        ]
-    status, body = problem_body("validation_error", detail, None)
-    if details:
-        decoded = msgspec.json.decode(body)
-        decoded["errors"] = details["errors"]
-        body = msgspec.json.encode(decoded)
-    return Response(content=body, status_code=status, media_type=PROBLEM_MEDIA_TYPE)
+    errors = exc.extra if isinstance(exc.extra, list) else []
+    return problem_response("validation_error", detail, {"errors": [e for e in errors if isinstance(e, dict)]})
 
 
 def _on_http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
@@ -252,5 +312,6 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     RecursionError: _on_undecodable,
     StoreOperationalError: _on_problem,
     StoreInterfaceError: _on_problem,
+    StorePersistenceError: _on_problem,  # e.g. a missing table: 503 not_migrated (else 500)
     Exception: _on_any,
 }

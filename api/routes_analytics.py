@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import io
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import anyio
@@ -113,7 +113,8 @@ class TransferRow(msgspec.Struct, frozen=True):
     reference: str | None
     reverses_id: UUID | None
     reversed_by_id: UUID | None
-    timestamp: str
+    timestamp: str  # when it was recorded
+    occurred_at: str  # when it happened: the client's event time, else the same as timestamp
     position: int
 
 
@@ -174,7 +175,9 @@ def csv_cell(value: Any) -> Any:
 
 
 
-@get("/balances", summary="Balances per currency and kind, and every account's balance (paginated)")
+@get("/balances", summary="Balances per currency and kind, and every account's balance (paginated)",
+     description="From the `accounts` read model (never holder data): totals per currency and kind, then the "
+     "accounts in id order, `limit` per page; filter with `currency`. Pass `next_cursor` as `cursor`.")
 async def balances(
     request: Request, read_side: NamedDependency[ReadSide],
     currency: Currency = None,
@@ -185,7 +188,9 @@ async def balances(
     return msgspec.convert(out, BalancesOut)
 
 
-@get("/volumes", summary="Posted volume and count per hour or day and currency")
+@get("/volumes", summary="Posted volume and count per hour or day and currency",
+     description="Sums of posted amounts (minor units) and postings per `interval` bucket (UTC), optionally "
+     "for one `currency` and between `from` and `to` (RFC 3339).")
 async def volumes(
     request: Request, read_side: NamedDependency[ReadSide],
     currency: Currency = None,
@@ -218,6 +223,12 @@ async def transactions(
     to: To = None,
     cursor: Cursor = None,
     limit: Annotated[int | None, QueryParameter(name="limit", ge=1, le=CSV_ROWS_MAX)] = None,
+    time: Annotated[
+        Literal["recorded", "occurred"],
+        QueryParameter(name="time", description="Which time `from` and `to` bound: when the transfer was recorded "
+                       "(`timestamp`, the default) or when it happened (`occurred_at`: the client's event time for "
+                       "imported or backfilled history, else the same as `timestamp`)."),
+    ] = "recorded",
 ) -> Response[Any]:
     wants_csv = CSV_MEDIA_TYPE in (request.headers.get("accept") or "")
     maximum = CSV_ROWS_MAX if wants_csv else PAGE_MAX
@@ -226,6 +237,7 @@ async def transactions(
             account=str(account) if account else None, tenant=tenant, min_amount=min_amount, max_amount=max_amount,
             from_us=parse_time(from_, "from"), to_us_=parse_time(to, "to"), cursor=cursor,
             limit=limit if limit is not None else (maximum if wants_csv else PAGE_DEFAULT), maximum=maximum,
+            time=time,
         )
     )  # fmt: skip
     if wants_csv:
@@ -242,7 +254,8 @@ async def transactions(
     return Response(TransactionsOut(items=msgspec.convert(page.items, list[TransferRow]), next_cursor=page.next_cursor))
 
 
-@get("/top-accounts", summary="Accounts with the largest posted inflow or outflow over whole UTC days")
+@get("/top-accounts", summary="Accounts with the largest posted inflow or outflow over whole UTC days",
+     description="Ranks accounts `by` inflow or outflow over the UTC days from `from` to `to`, at most `limit`.")
 async def top_accounts(
     request: Request, read_side: NamedDependency[ReadSide],
     by: Annotated[str, QueryParameter(name="by", pattern="^(inflow|outflow)$")] = "inflow",
@@ -255,7 +268,9 @@ async def top_accounts(
     return TopAccountsOut(by=by, items=msgspec.convert(items, list[TopAccount]))
 
 
-@get("/projections", summary="Each projection's position, the log head, and the lag")
+@get("/projections", summary="Each projection's position, the log head, and the lag",
+     description="For every projection: the last log position applied, the log head, and the lag in events "
+     "and milliseconds.")
 async def projections(request: Request, read_side: NamedDependency[ReadSide]) -> ProjectionsOut:
     return msgspec.convert(await anyio.to_thread.run_sync(read_side.projections), ProjectionsOut)
 

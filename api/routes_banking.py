@@ -221,6 +221,7 @@ async def open_account(
             overdraft_limit_minor=data.overdraft_limit,
             holder=msgspec.to_builtins(data.holder) if data.holder else None,
             metadata=data.metadata,
+            occurred_at=data.occurred_at,
         )
 
     return await run_write(writes, request, build, _account_presenter(True), finish=reveal_holder)  # type: ignore[return-value]
@@ -303,6 +304,7 @@ async def _settlement_movement(
         lambda default_id: command_type(
             tenant=tenant, account_id=data.account_id, amount_minor=data.amount, currency=data.currency,
             transfer_id=data.id or default_id, reference=data.reference, metadata=data.metadata,
+            occurred_at=data.occurred_at,
         ),  # fmt: skip
         _transfer_presenter(True),
     )
@@ -347,6 +349,7 @@ def _make_transfer(tenant: str, t: TransferCreate, transfer_id: UUID | None) -> 
         metadata=t.metadata,
         pending=t.pending,
         timeout_s=t.timeout_seconds,
+        occurred_at=t.occurred_at,
     )
 
 
@@ -462,9 +465,9 @@ async def void_transfer(request: Request, writes: NamedDependency[WritePath], tr
 @post(
     "/transfers/{transfer_id:str}/reverse",
     summary="Reverse a posted transfer with a new compensating transfer",
-    description="Returns the reversal (201). Reversing again returns the same reversal (200). " + IDEMPOTENCY_DOC,
-    status_code=201,
-    responses={**MOVE_PROBLEMS, 200: ResponseSpec(data_container=TransferOut, description="Already reversed: the same reversal.")},
+    description="Returns the reversal (201). Reversing it again is 409 `already_reversed`, whose body names the "
+    "reversal (`reversal_id`); the same request with the same Idempotency-Key replays the 201. " + IDEMPOTENCY_DOC,
+    status_code=201, responses=MOVE_PROBLEMS,
 )
 async def reverse_transfer(request: Request, writes: NamedDependency[WritePath], transfer_id: TransferIdParam) -> Response[TransferOut]:
     tenant = banking_tenant(request)

@@ -25,7 +25,7 @@ from litestar import Request, Response, Router, get, post
 from litestar.exceptions import PermissionDeniedException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
-from litestar.params import PathParameter, QueryParameter
+from litestar.params import Body, PathParameter, QueryParameter
 
 from fraud.service import FraudService
 from api.auth import principal_of, require_roles
@@ -255,7 +255,12 @@ async def list_alerts(
     guards=[require_roles("analyst")],
     status_code=200,
 )
-async def review_alert(request: Request, fraud: NamedDependency[FraudService], alert_id: AlertIdParam) -> AlertOut:
+async def review_alert(
+    request: Request, fraud: NamedDependency[FraudService], alert_id: AlertIdParam,
+    data: Annotated[ReviewIn, Body(description="The analyst's verdict: `label` fraud or legit, and an optional note",
+                                   examples=[Example(summary="confirmed fraud", value={"label": "fraud",
+                                                     "note": "customer confirmed the card was stolen"})])],
+) -> AlertOut:  # `data` documents the body; it is decoded strictly below (strict_body)
     principal = principal_of(request)
     if principal.role != "analyst":
         raise PermissionDeniedException("this route needs the role analyst")

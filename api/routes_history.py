@@ -43,7 +43,8 @@ class HistoryItem(msgspec.Struct, frozen=True):
     kind: str  # transfer | deposit | withdrawal | reversal
     status: str  # pending | posted | voided | expired
     reference: str | None
-    timestamp: str
+    timestamp: str  # when it was recorded (the order of the history)
+    occurred_at: str  # when it happened: the client's event time, else the same as timestamp
     position: int
 
 
@@ -63,14 +64,14 @@ def _history(
 ) -> tuple[Page, bool]:
     key = account_key(tenant, public_id)
     fresh = rs.wait_for_aggregate(key, WAIT_MAX_S)
-    owner = rs.account_tenant(str(key))
+    owner, page = rs.account_history(str(key), cursor, limit)
     if owner is None:
         # Not in the view (yet): the ledger decides between 404 and an empty history.
         ledger.get_account(public_id, tenant)
         return Page([], None), fresh
     if owner != tenant:  # cannot happen (the key is the tenant's); answered like a missing one
         raise NotFound("account not found")
-    return rs.account_transactions(str(key), cursor, limit), fresh
+    return page, fresh
 
 
 @get(

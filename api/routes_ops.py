@@ -8,7 +8,7 @@ from litestar.di import NamedDependency
 from litestar import Response, Router, get
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api.errors import problem_response
+from api.errors import problem_response, schema_missing
 from api.metrics import Metrics
 from api.services import Services
 
@@ -23,17 +23,20 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-def _store_reachable(services: NamedDependency[Services]) -> None:
-    # One read of the event store and one of a table `keel migrate` creates: a reachable but
-    # unmigrated database is not ready either.
+def _not_ready_because(services: NamedDependency[Services]) -> str | None:
+    # One read of the event store, then the schema's version: a reachable but unmigrated (or
+    # partly migrated) database is not ready either, and says so.
     services.ledger.recorder.max_notification_id()  # type: ignore[attr-defined]
-    services.keys.get(READINESS_PROBE_KEY_ID)
+    services.keys.get(READINESS_PROBE_KEY_ID)  # a table `keel migrate` makes (a dropped one is caught too)
+    return services.store.schema_status().problem
 
 
 @get(
     "/readyz",
-    summary="Readiness: the event store answers",
-    description="200 when a query of the event store succeeds within 5 s, else 503 problem. No key needed.",
+    summary="Readiness: the event store answers and is migrated",
+    description="200 `{\"status\": \"ready\"}` when a query of the event store succeeds within 5 s and its schema is "
+    "at this version. Otherwise 503 problem: `unavailable` (not reachable) or `not_migrated` (reachable, but "
+    "`keel migrate` has not run: the detail says which version it is at). No key needed.",
 )
 async def readyz(services: NamedDependency[Any]) -> Response:  # api.services.Services (a Protocol: not checkable)
     import anyio
@@ -41,10 +44,14 @@ async def readyz(services: NamedDependency[Any]) -> Response:  # api.services.Se
     try:
         with anyio.fail_after(READY_TIMEOUT_S):
             # Abandon the thread on timeout: a store that hangs must not hang the probe too.
-            await anyio.to_thread.run_sync(_store_reachable, services, abandon_on_cancel=True)
+            problem = await anyio.to_thread.run_sync(_not_ready_because, services, abandon_on_cancel=True)
     except Exception as e:  # noqa: BLE001 - any failure means "not ready"
         log.warning("readiness check failed: %s", type(e).__name__)
+        if schema_missing(e):
+            return problem_response("not_migrated", "not migrated: the store has no Keel schema: run `keel migrate`")
         return problem_response("unavailable", "the event store is not reachable")
+    if problem:
+        return problem_response("not_migrated", f"not migrated: {problem}")
     return Response({"status": "ready"})
 
 

@@ -7,6 +7,7 @@ Rules that need state (balances, metadata size, ...) are checked by the domain. 
 """
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, TypeVar
 from uuid import UUID
 
@@ -15,6 +16,7 @@ from litestar.params import PathParameter
 from litestar import Request
 from msgspec import Meta
 
+from api.currencies import CurrencyCode
 from api.errors import ApiError
 from application.commands import AccountState, TransferState
 from domain.limits import HOLD_TIMEOUT_MAX_S, REFERENCE_MAX_CHARS
@@ -36,7 +38,10 @@ Amount = Annotated[
         examples=[2500],
     ),
 ]
-Currency = Annotated[str, Meta(pattern="^[A-Z]{3}$", description="ISO 4217 code, upper case.", examples=["EUR"])]
+Currency = Annotated[
+    CurrencyCode,
+    Meta(description="An ISO 4217 currency code, upper case (api/currencies.py); any other is 422.", examples=["EUR"]),
+]
 Reference = Annotated[str, Meta(max_length=REFERENCE_MAX_CHARS, description="Free text shown to the customer.")]
 Metadata = Annotated[
     dict[str, Any], Meta(description="Any JSON object up to 4 KiB, stored with the object and returned as given.")
@@ -57,12 +62,26 @@ class Holder(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     email: HolderText | None = None
 
 
+OccurredAt = Annotated[
+    datetime,
+    Meta(
+        tz=True,
+        description="When it happened (RFC 3339 with an offset), for history imported or backfilled; default: "
+        "when it is recorded. At most 5 minutes ahead of the server's clock, not before the accounts were "
+        "opened, and at most 1 hour before the latest event time already on either account (422 `event_time_out_of_range` otherwise). "
+        "Balances and ordering always follow recording order; histories and analytics show both times.",
+        examples=["2026-11-03T14:05:00Z"],
+    ),
+]
+
+
 class AccountCreate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     currency: Currency
     id: UUID | None = None
     overdraft_limit: OverdraftLimit = 0
     holder: Holder | None = None
     metadata: Metadata | None = None
+    occurred_at: OccurredAt | None = None
 
 
 class TransferCreate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -75,6 +94,7 @@ class TransferCreate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     metadata: Metadata | None = None
     pending: bool = False
     timeout_seconds: TimeoutSeconds | None = None
+    occurred_at: OccurredAt | None = None
 
 
 class MoneyMovement(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -86,6 +106,7 @@ class MoneyMovement(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     id: UUID | None = None
     reference: Reference | None = None
     metadata: Metadata | None = None
+    occurred_at: OccurredAt | None = None
 
 
 class BatchCreate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -126,11 +147,13 @@ class TransferOut(msgspec.Struct, frozen=True):
     currency: str
     reference: str | None
     metadata: dict[str, Any]
-    pending: bool
+    pending: bool  # true only while the hold is pending (status "pending")
+    two_phase: bool  # created with `"pending": true` (a hold), whatever its status now
     timeout_seconds: int | None
     reverses_id: UUID | None
     reversed_by_id: UUID | None
     created_at: str
+    occurred_at: str  # when it happened: as the client said, else when it was recorded
 
 
 class ProblemOut(msgspec.Struct, frozen=True):
@@ -224,9 +247,11 @@ def transfer_out(t: TransferState) -> TransferOut:
         currency=t.currency,
         reference=t.reference,
         metadata=t.metadata,
-        pending=t.pending,
+        pending=t.status == "pending",
+        two_phase=t.pending,
         timeout_seconds=t.timeout_s,
         reverses_id=t.reverses_id,
         reversed_by_id=t.reversed_by_id,
         created_at=t.created_at,
+        occurred_at=t.occurred_at or t.created_at,
     )

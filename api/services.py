@@ -11,8 +11,12 @@ from application.audit import Audit
 from application.group_commit import CommitHooks, GroupCommitWriter
 from application.ledger import Ledger
 from fraud.service import FraudService
+from infrastructure.feed import FeedStore
+from infrastructure.oauth import TokenService
 from infrastructure.readside import ReadSide
+from infrastructure.webhooks import SqlWebhookStore, UrlGuard
 from infrastructure.settings import Settings
+from infrastructure.store import Store
 
 
 class Services(Protocol):
@@ -23,6 +27,11 @@ class Services(Protocol):
     idempotency: Any  # application.ports.IdempotencyStore
     claims: Any  # cross-process Idempotency-Key claims
     keys: Any  # API key store: get(key_id) -> ApiKey | None
+    store: Store  # schema_status() for /readyz (infrastructure/store.py)
     audit: Audit
     read_side: ReadSide
     fraud: FraudService
+    feed: FeedStore  # the tenant-indexed event feed (GET /v1/events, the SSE hub)
+    webhooks: SqlWebhookStore
+    url_guard: UrlGuard  # the SSRF check of webhook URLs
+    tokens: TokenService  # OAuth 2.0 client credentials and JWT access tokens

@@ -8,6 +8,7 @@ Results carry public ids for the caller and the storage `key` for the operator.
 """
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -24,6 +25,7 @@ class OpenAccount(msgspec.Struct, frozen=True):
     overdraft_limit_minor: int = 0
     holder: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
+    occurred_at: datetime | None = None  # event time (an import of history); None: now
 
 
 class MakeTransfer(msgspec.Struct, frozen=True):
@@ -37,6 +39,7 @@ class MakeTransfer(msgspec.Struct, frozen=True):
     metadata: dict[str, Any] | None = None
     pending: bool = False
     timeout_s: int | None = None
+    occurred_at: datetime | None = None  # event time (an import of history); None: now
 
     def terms(self, kind: str = TRANSFER) -> TransferTerms:
         return TransferTerms(
@@ -49,6 +52,7 @@ class MakeTransfer(msgspec.Struct, frozen=True):
             metadata=self.metadata or {},
             pending=self.pending,
             timeout_s=self.timeout_s,
+            occurred_at=self.occurred_at,
         )
 
 
@@ -60,6 +64,7 @@ class Deposit(msgspec.Struct, frozen=True):
     transfer_id: UUID | None = None
     reference: str | None = None
     metadata: dict[str, Any] | None = None
+    occurred_at: datetime | None = None  # event time; None: now
 
 
 class Withdraw(msgspec.Struct, frozen=True):
@@ -70,6 +75,7 @@ class Withdraw(msgspec.Struct, frozen=True):
     transfer_id: UUID | None = None
     reference: str | None = None
     metadata: dict[str, Any] | None = None
+    occurred_at: datetime | None = None  # event time; None: now
 
 
 class TransferBatch(msgspec.Struct, frozen=True):
@@ -179,9 +185,10 @@ class TransferState(msgspec.Struct, frozen=True):
     posted_amount_minor: int
     reverses_id: UUID | None
     reversed_by_id: UUID | None
-    created_at: str
+    created_at: str  # when it was recorded
     version: int
     created: bool = False  # this command made it (else the id named an existing one)
+    occurred_at: str | None = None  # when it happened, when the client said (else when recorded)
 
 
 class BatchResult(msgspec.Struct, frozen=True):

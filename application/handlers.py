@@ -34,13 +34,24 @@ from application.privacy import HolderVault
 from application.results import account_state, transfer_state
 from application.unit_of_work import UnitOfWork
 from domain.account import Account
-from domain.errors import DomainError, ExistsWithDifferentFields, TransferExpired, ValidationFailed
+from domain.errors import (
+    AccountClosed,
+    AccountFrozen,
+    DomainError,
+    ExistsWithDifferentFields,
+    InsufficientFunds,
+    TransferExpired,
+    ValidationFailed,
+)
 from domain.identity import account_key, reversal_public_id, settlement_currency, settlement_public_id, transfer_key
-from domain.limits import BATCH_ITEMS_MAX, check_metadata, check_tenant
+from domain.limits import BATCH_ITEMS_MAX, check_event_time, check_metadata, check_tenant
 from domain.money import check_currency
 from domain.transfer import DEPOSIT, REVERSAL, WITHDRAWAL, Transfer, TransferTerms
 
 Handler = Callable[[UnitOfWork, Any, "HolderVault | None"], Any]
+# Refusals of a movement out of an account that are recorded on it (Account.DebitRefused) for the
+# fraud module: failed attempts are a takeover's signature (issue #15).
+REFUSALS_RECORDED = (InsufficientFunds, AccountFrozen, AccountClosed)
 
 
 # ---- accounts ----------------------------------------------------------------------------------
@@ -65,6 +76,8 @@ def open_account(uow: UnitOfWork, c: OpenAccount, vault: HolderVault | None) -> 
         ):
             return account_state(found, vault)
         raise ExistsWithDifferentFields("an account with this id exists with different fields", account_id=str(public_id))
+    if c.occurred_at is not None:
+        check_event_time(c.occurred_at, uow.now)
     account = Account.open(
         account_id=key,
         public_id=public_id,
@@ -73,6 +86,7 @@ def open_account(uow: UnitOfWork, c: OpenAccount, vault: HolderVault | None) -> 
         overdraft_limit_minor=c.overdraft_limit_minor,
         holder=_seal_holder(vault, key, c.holder),
         metadata=metadata,
+        occurred_at=c.occurred_at,
     )
     uow.add(account)
     return account_state(account, vault, created=True)
@@ -121,7 +135,18 @@ def _move(uow: UnitOfWork, tenant: str, public_id: UUID, terms: TransferTerms, d
           reverses: Transfer | None = None) -> Transfer:  # fmt: skip
     """Records a new transfer and its two legs (`terms` validated by the caller)."""
     terms.check_currencies(debit.currency, credit.currency)
-    debit.check_can_debit(terms.amount_minor)
+    occurred_at = terms.occurred_at
+    if occurred_at is not None:
+        check_event_time(occurred_at, uow.now)
+        for account in (debit, credit):
+            if not account.is_settlement:  # money outside the ledger: no history of its own to order
+                account.check_event_time(occurred_at)
+    try:
+        debit.check_can_debit(terms.amount_minor)
+    except REFUSALS_RECORDED as e:
+        key, reason = transfer_key(tenant, public_id), e.code
+        e.after_rollback = lambda: debit.record_refused_debit(key, terms.amount_minor, reason, occurred_at)
+        raise
     credit.check_can_credit(terms.amount_minor)
     transfer = Transfer.initiate(
         transfer_id=transfer_key(tenant, public_id),
@@ -135,11 +160,11 @@ def _move(uow: UnitOfWork, tenant: str, public_id: UUID, terms: TransferTerms, d
     )
     uow.add(transfer)
     if terms.pending:
-        debit.hold_debit(transfer.id, terms.amount_minor)
-        credit.hold_credit(transfer.id, terms.amount_minor)
+        debit.hold_debit(transfer.id, terms.amount_minor, occurred_at)
+        credit.hold_credit(transfer.id, terms.amount_minor, occurred_at)
     else:
-        debit.debit(transfer.id, terms.amount_minor)
-        credit.credit(transfer.id, terms.amount_minor)
+        debit.debit(transfer.id, terms.amount_minor, occurred_at)
+        credit.credit(transfer.id, terms.amount_minor, occurred_at)
     return transfer
 
 
@@ -185,7 +210,7 @@ def _against_settlement(uow: UnitOfWork, c: Deposit | Withdraw, kind: str) -> Tr
     debit_id, credit_id = (settlement_id, c.account_id) if kind == DEPOSIT else (c.account_id, settlement_id)
     terms = TransferTerms(
         kind=kind, debit_account_id=debit_id, credit_account_id=credit_id, amount_minor=c.amount_minor,
-        currency=c.currency, reference=c.reference, metadata=check_metadata(c.metadata),
+        currency=c.currency, reference=c.reference, metadata=check_metadata(c.metadata), occurred_at=c.occurred_at,
     )  # fmt: skip
     repeated = _repeat(uow, c.tenant, c.transfer_id, terms)
     if repeated is not None:
@@ -264,8 +289,9 @@ def reverse(uow: UnitOfWork, c: ReverseTransfer, vault: HolderVault | None) -> T
     original = _transfer_of(uow, c.tenant, c.transfer_id)
     public_id = c.reversal_id or reversal_public_id(original.public_id)
     key = transfer_key(c.tenant, public_id)
-    if original.reversed_by_id is not None and original.reversed_by_id == key:
-        # The same reverse again: answer with the reversal that was made.
+    if c.reversal_id is not None and original.reversed_by_id == key:
+        # The same command again (its reversal id given, e.g. derived from an Idempotency-Key):
+        # answer with the reversal it made. A second reverse without one is 409 already_reversed.
         return transfer_state(uow.transfer(key, c.tenant))
     original.check_can_reverse()
     if uow.existing(key) is not None:

@@ -75,12 +75,13 @@ ACCOUNT_COLUMNS = (
 ENTRY_COLUMNS = (
     "account_id", "position", "transfer_id", "counterparty_id", "direction", "amount_minor",
     "currency", "kind", "status", "reference", "at_us", "tenant",
-    "account_public_id", "transfer_public_id", "counterparty_public_id",
+    "account_public_id", "transfer_public_id", "counterparty_public_id", "occurred_at_us",
 )  # fmt: skip
 TRANSFER_COLUMNS = (
     "transfer_id", "position", "tenant", "kind", "debit_account_id", "credit_account_id", "amount_minor",
     "posted_amount_minor", "currency", "status", "reference", "reverses_id", "reversed_by_id", "at_us",
     "public_id", "debit_public_id", "credit_public_id", "reverses_public_id", "reversed_by_public_id",
+    "occurred_at_us",
 )  # fmt: skip
 VOLUME_COLUMNS = ("period", "bucket_s", "currency", "amount_minor", "count")
 FLOW_COLUMNS = ("account_id", "day_s", "inflow_minor", "outflow_minor", "inflow_count", "outflow_count")
@@ -180,12 +181,12 @@ def _opened(ch: Changes, position: int, e: AccountOpened, _: dict[str, str]) -> 
 
 def _debited(ch: Changes, position: int, e: AccountDebited, _: dict[str, str]) -> None:
     _balance(ch, e.originator_id, -e.amount_minor, 0, 0)
-    _flow(ch, e.originator_id, e.timestamp, 0, e.amount_minor)
+    _flow(ch, e.originator_id, e.occurred_at or e.timestamp, 0, e.amount_minor)
 
 
 def _credited(ch: Changes, position: int, e: AccountCredited, _: dict[str, str]) -> None:
     _balance(ch, e.originator_id, e.amount_minor, 0, 0)
-    _flow(ch, e.originator_id, e.timestamp, e.amount_minor, 0)
+    _flow(ch, e.originator_id, e.occurred_at or e.timestamp, e.amount_minor, 0)
 
 
 def _debit_held(ch: Changes, position: int, e: AccountDebitHeld, _: dict[str, str]) -> None:
@@ -239,21 +240,23 @@ def _initiated(ch: Changes, position: int, e: TransferInitiated, _: dict[str, st
     tid = e.originator_id
     status = "pending" if e.pending else POSTED
     at_us = to_us(e.timestamp)
+    occurred = e.occurred_at or e.timestamp  # event time: analytics bucket by it (README, "History and event time")
+    occurred_us = to_us(occurred)
     debit, credit = e.debit_account_id, e.credit_account_id
     pub, debit_pub, credit_pub = e.public_id, e.debit_public_id, e.credit_public_id
     ch.new_transfers[tid] = [
         tid, position, e.tenant, e.kind, debit, credit, e.amount_minor,
         0 if e.pending else e.amount_minor, e.currency, status, e.reference,
-        e.reverses_id, None, at_us, pub, debit_pub, credit_pub, e.reverses_public_id, None,
+        e.reverses_id, None, at_us, pub, debit_pub, credit_pub, e.reverses_public_id, None, occurred_us,
     ]  # fmt: skip
     ch.new_entries[tid] = [
         [debit, position, tid, credit, DEBIT, e.amount_minor, e.currency, e.kind, status, e.reference, at_us, e.tenant,
-         debit_pub, pub, credit_pub],
+         debit_pub, pub, credit_pub, occurred_us],
         [credit, position, tid, debit, CREDIT, e.amount_minor, e.currency, e.kind, status, e.reference, at_us, e.tenant,
-         credit_pub, pub, debit_pub],
+         credit_pub, pub, debit_pub, occurred_us],
     ]  # fmt: skip
     if not e.pending:
-        _volume(ch, e.timestamp, e.currency, e.amount_minor)
+        _volume(ch, occurred, e.currency, e.amount_minor)
 
 
 def _transfer_change(ch: Changes, transfer_id: str, **columns: Any) -> None:

@@ -2,6 +2,8 @@
 storage key for operators, and holder data revealed only here (sealed form kept beside it)."""
 from __future__ import annotations
 
+from datetime import timezone
+
 from typing import Any
 
 from application.commands import AccountState, TransferState
@@ -57,4 +59,5 @@ def transfer_state(t: Transfer, *, created: bool = False) -> TransferState:
         created_at=t.created_on.isoformat(),
         version=t.version,
         created=created,
+        occurred_at=t.occurred_at.astimezone(timezone.utc).isoformat() if t.occurred_at is not None else None,
     )

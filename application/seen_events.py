@@ -36,10 +36,12 @@ class AccountOpened(SeenEvent):
 
 class AccountDebited(SeenEvent):
     amount_minor: int
+    occurred_at: datetime | None = None  # event time, when the client gave one
 
 
 class AccountCredited(SeenEvent):
     amount_minor: int
+    occurred_at: datetime | None = None
 
 
 class AccountDebitHeld(SeenEvent):
@@ -86,6 +88,7 @@ class TransferInitiated(SeenEvent):
     pending: bool
     reverses_id: str | None
     reverses_public_id: str | None
+    occurred_at: datetime | None = None  # event time, when the client gave one
 
 
 class TransferHoldPosted(SeenEvent):

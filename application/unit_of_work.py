@@ -59,6 +59,7 @@ class UnitOfWork:
         self._saved: dict[UUID, dict[str, Any] | None] | None = None
         self._from_cache: set[UUID] = set()  # aggregates this batch took from the cache
         self.rejected_on_cached = False  # a command was rejected after reading one of them
+        self._absent_unverified = False  # `existing` answered "new" without reading the store
 
     # ---- savepoints ------------------------------------------------------------------------
 
@@ -87,12 +88,25 @@ class UnitOfWork:
         """Runs `handler(self, command, *args)` under a savepoint: its result, or the error that
         undid it."""
         self._saved = {}
+        self._absent_unverified = False
         try:
             result = handler(self, command, *args)
         except DomainError as e:
+            if self._absent_unverified and not self.check_existing:
+                # The command took its id to be new without reading the store, then was refused:
+                # it may be a repeat whose original the store holds (answered with the original,
+                # not with today's refusal). Read the store and run it again.
+                self._rollback()
+                self.check_existing = True
+                try:
+                    return self.run(handler, command, *args)
+                finally:
+                    self.check_existing = False
             if not self._from_cache.isdisjoint(self._saved):
                 self.rejected_on_cached = True
             self._rollback()
+            if e.after_rollback is not None:  # the refusal itself, as a fact (outside the savepoint)
+                e.after_rollback()
             return e
         except STORE_FAILURES:
             self._rollback()
@@ -148,6 +162,7 @@ class UnitOfWork:
             self._touch(agg)
             return agg
         if not self.check_existing:
+            self._absent_unverified = True
             return None
         return self._load(key)
 

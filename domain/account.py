@@ -11,13 +11,15 @@ Every command checks its rule and raises a DomainError before it triggers an eve
 """
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, ClassVar
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate
 
 from domain.errors import (
     AccountClosed,
+    EventTimeOutOfRange,
     AccountFrozen,
     AccountNotEmpty,
     BalanceOverflow,
@@ -36,10 +38,20 @@ CLOSED = "closed"
 CUSTOMER = "customer"
 SETTLEMENT = "settlement"
 
+# How far a movement's event time may go back behind the latest one on its account.
+EVENT_TIME_REORDER_TOLERANCE = timedelta(hours=1)
+RECENT_REFUSALS_KEPT = 8  # refused transfer ids an account remembers, so a retried attempt counts once
+
 
 class Account(Aggregate):
     """Stored under its storage key (`id`, domain/identity.py); `public_id` is the id its tenant
     knows it by."""
+
+    # Attributes that are not named like an Opened field, with their types, for snapshots (which
+    # store state as JSON): infrastructure/mapper.py restores them typed.
+    snapshot_types: ClassVar[dict[str, Any]] = {
+        "opened_at": datetime, "last_occurred_at": datetime, "recent_refusals": tuple[UUID, ...],
+    }
 
     class Opened(Aggregate.Created):
         tenant: str
@@ -49,6 +61,9 @@ class Account(Aggregate):
         overdraft_limit_minor: int
         holder: dict[str, Any] | None
         metadata: dict[str, Any]
+        # When it happened, when the client said (an import of history); None: when it was
+        # recorded (`timestamp`). Not stored when None (infrastructure/mapper.py).
+        occurred_at: datetime | None = None
 
         def apply(self, aggregate: Account) -> None:
             aggregate.tenant = self.tenant
@@ -63,34 +78,48 @@ class Account(Aggregate):
             aggregate.posted_minor = 0
             aggregate.pending_debits_minor = 0
             aggregate.pending_credits_minor = 0
+            aggregate.opened_at = self.occurred_at or self.timestamp
+            aggregate.last_occurred_at = aggregate.opened_at
 
     class Debited(Aggregate.Event):
         transfer_id: UUID
         amount_minor: int
+        occurred_at: datetime | None = None  # the transfer's, when the client said
 
         def apply(self, aggregate: Account) -> None:
             aggregate.posted_minor -= self.amount_minor
+            if self.occurred_at is not None and self.occurred_at > aggregate.last_occurred_at:
+                aggregate.last_occurred_at = self.occurred_at
 
     class Credited(Aggregate.Event):
         transfer_id: UUID
         amount_minor: int
+        occurred_at: datetime | None = None  # the transfer's, when the client said
 
         def apply(self, aggregate: Account) -> None:
             aggregate.posted_minor += self.amount_minor
+            if self.occurred_at is not None and self.occurred_at > aggregate.last_occurred_at:
+                aggregate.last_occurred_at = self.occurred_at
 
     class DebitHeld(Aggregate.Event):
         transfer_id: UUID
         amount_minor: int
+        occurred_at: datetime | None = None  # the transfer's, when the client said
 
         def apply(self, aggregate: Account) -> None:
             aggregate.pending_debits_minor += self.amount_minor
+            if self.occurred_at is not None and self.occurred_at > aggregate.last_occurred_at:
+                aggregate.last_occurred_at = self.occurred_at
 
     class CreditHeld(Aggregate.Event):
         transfer_id: UUID
         amount_minor: int
+        occurred_at: datetime | None = None  # the transfer's, when the client said
 
         def apply(self, aggregate: Account) -> None:
             aggregate.pending_credits_minor += self.amount_minor
+            if self.occurred_at is not None and self.occurred_at > aggregate.last_occurred_at:
+                aggregate.last_occurred_at = self.occurred_at
 
     class DebitHoldSettled(Aggregate.Event):
         """A debit hold ended: `posted_minor` of `held_minor` became final, the rest was released."""
@@ -111,6 +140,20 @@ class Account(Aggregate):
         def apply(self, aggregate: Account) -> None:
             aggregate.pending_credits_minor -= self.held_minor
             aggregate.posted_minor += self.posted_minor
+
+    class DebitRefused(Aggregate.Event):
+        """A movement out of this account was refused (insufficient funds, frozen, closed): a
+        fact the fraud module counts (repeated failed attempts are a takeover's signature). It
+        changes no balance. `transfer_id`: the storage key the refused transfer would have had."""
+
+        transfer_id: UUID
+        amount_minor: int
+        reason: str  # the refusal's error code
+        occurred_at: datetime | None = None
+
+        def apply(self, aggregate: Account) -> None:
+            recent = getattr(aggregate, "recent_refusals", ())  # absent from snapshots made before it
+            aggregate.recent_refusals = (*recent, self.transfer_id)[-RECENT_REFUSALS_KEPT:]
 
     class Frozen(Aggregate.Event):
         def apply(self, aggregate: Account) -> None:
@@ -144,6 +187,7 @@ class Account(Aggregate):
         overdraft_limit_minor: int = 0,
         holder: dict[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
+        occurred_at: datetime | None = None,
     ) -> Account:
         check_currency(currency)
         if type(overdraft_limit_minor) is not int or not 0 <= overdraft_limit_minor <= BALANCE_MAX_MINOR:
@@ -159,6 +203,7 @@ class Account(Aggregate):
             overdraft_limit_minor=overdraft_limit_minor,
             holder=holder,
             metadata=dict(check_metadata(metadata)),
+            **({"occurred_at": occurred_at} if occurred_at is not None else {}),
         )
 
     @classmethod
@@ -218,21 +263,43 @@ class Account(Aggregate):
 
     # ---- commands ------------------------------------------------------------------------
 
-    def debit(self, transfer_id: UUID, amount_minor: int) -> None:
+    def debit(self, transfer_id: UUID, amount_minor: int, occurred_at: datetime | None = None) -> None:
         self.check_can_debit(amount_minor)
-        self.trigger_event(self.Debited, transfer_id=transfer_id, amount_minor=amount_minor)
+        self._trigger(self.Debited, transfer_id, amount_minor, occurred_at)
 
-    def credit(self, transfer_id: UUID, amount_minor: int) -> None:
+    def credit(self, transfer_id: UUID, amount_minor: int, occurred_at: datetime | None = None) -> None:
         self.check_can_credit(amount_minor)
-        self.trigger_event(self.Credited, transfer_id=transfer_id, amount_minor=amount_minor)
+        self._trigger(self.Credited, transfer_id, amount_minor, occurred_at)
 
-    def hold_debit(self, transfer_id: UUID, amount_minor: int) -> None:
+    def hold_debit(self, transfer_id: UUID, amount_minor: int, occurred_at: datetime | None = None) -> None:
         self.check_can_debit(amount_minor)
-        self.trigger_event(self.DebitHeld, transfer_id=transfer_id, amount_minor=amount_minor)
+        self._trigger(self.DebitHeld, transfer_id, amount_minor, occurred_at)
 
-    def hold_credit(self, transfer_id: UUID, amount_minor: int) -> None:
+    def hold_credit(self, transfer_id: UUID, amount_minor: int, occurred_at: datetime | None = None) -> None:
         self.check_can_credit(amount_minor)
-        self.trigger_event(self.CreditHeld, transfer_id=transfer_id, amount_minor=amount_minor)
+        self._trigger(self.CreditHeld, transfer_id, amount_minor, occurred_at)
+
+    def _trigger(self, event: type, transfer_id: UUID, amount_minor: int, occurred_at: datetime | None) -> None:
+        if occurred_at is None:  # the usual case: no field to store
+            self.trigger_event(event, transfer_id=transfer_id, amount_minor=amount_minor)
+        else:
+            self.trigger_event(event, transfer_id=transfer_id, amount_minor=amount_minor, occurred_at=occurred_at)
+
+    def check_event_time(self, occurred_at: datetime) -> None:
+        """A movement said to have happened at `occurred_at` (SPEC: event time): not before the
+        account was opened, and not more than EVENT_TIME_REORDER_TOLERANCE before the latest event
+        time already on it (history arrives in order, give or take)."""
+        if occurred_at < self.opened_at:
+            raise EventTimeOutOfRange(
+                "occurred_at is before the account was opened", field="occurred_at", account_id=str(self.public_id),
+                opened_at=self.opened_at.isoformat(),
+            )  # fmt: skip
+        if occurred_at < self.last_occurred_at - EVENT_TIME_REORDER_TOLERANCE:
+            raise EventTimeOutOfRange(
+                f"occurred_at is more than {int(EVENT_TIME_REORDER_TOLERANCE.total_seconds())} s before the latest "
+                "movement of this account", field="occurred_at", account_id=str(self.public_id),
+                latest=self.last_occurred_at.isoformat(),
+            )  # fmt: skip
 
     def settle_debit_hold(self, transfer_id: UUID, held_minor: int, posted_minor: int) -> None:
         # Posting a hold never needs new funds: they were reserved when the hold was placed,
@@ -247,6 +314,15 @@ class Account(Aggregate):
         self.trigger_event(
             self.CreditHoldSettled, transfer_id=transfer_id, held_minor=held_minor, posted_minor=posted_minor
         )
+
+    def record_refused_debit(self, transfer_id: UUID, amount_minor: int, reason: str, occurred_at: datetime | None) -> None:
+        """Records the refusal once per attempt: the same transfer refused again (a retry of the same
+        request, an import run again) among the account's last RECENT_REFUSALS_KEPT refusals is not
+        a new attempt."""
+        if transfer_id in getattr(self, "recent_refusals", ()):
+            return
+        extra = {"occurred_at": occurred_at} if occurred_at is not None else {}
+        self.trigger_event(self.DebitRefused, transfer_id=transfer_id, amount_minor=amount_minor, reason=reason, **extra)
 
     def freeze(self) -> bool:
         """Returns False (and records nothing) when the account is already frozen."""

@@ -5,6 +5,7 @@ Errors are raised by commands *before* any event is triggered: a failed command 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 
@@ -15,6 +16,9 @@ class DomainError(Exception):
         super().__init__(message)
         self.message = message
         self.details = details
+        # What to record once the refused command's changes are undone (e.g. the refused attempt
+        # itself, as a fact): called by the unit of work after its rollback. None: nothing.
+        self.after_rollback: Callable[[], None] | None = None
 
     def __eq__(self, other: object) -> bool:
         return (
@@ -89,6 +93,14 @@ class TransferNotPosted(DomainError):
 
 class AlreadyReversed(DomainError):
     code = "already_reversed"
+
+
+class EventTimeOutOfRange(DomainError):
+    """`occurred_at` too far in the future, before an account existed, or out of its order: a
+    rule of the ledger about *this* time against the clock and the accounts (a well-formed
+    request, so not `validation_error`); the problem names `field: occurred_at`."""
+
+    code = "event_time_out_of_range"
 
 
 class BalanceOverflow(DomainError):

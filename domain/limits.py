@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import datetime, timedelta
 from typing import Any
 
-from domain.errors import ValidationFailed
+from domain.errors import EventTimeOutOfRange, ValidationFailed
 
 METADATA_MAX_BYTES = 4096
 # Nesting of metadata: 4 KiB of `[[[[…` is 2,000 levels, which decoders (and every later
@@ -83,3 +84,20 @@ def check_timeout(timeout_s: Any) -> int | None:
     if type(timeout_s) is not int or not 1 <= timeout_s <= HOLD_TIMEOUT_MAX_S:
         raise ValidationFailed(f"timeout_seconds must be an integer in 1..{HOLD_TIMEOUT_MAX_S}")
     return timeout_s
+
+
+# A movement's event time (`occurred_at`) may lie this far ahead of the ledger's clock (clocks
+# drift); any further is refused.
+EVENT_TIME_FUTURE_SKEW = timedelta(minutes=5)
+
+
+def check_event_time(occurred_at: Any, now: datetime) -> datetime:
+    if not isinstance(occurred_at, datetime) or occurred_at.tzinfo is None:
+        raise ValidationFailed("occurred_at must be an RFC 3339 time with a UTC offset", field="occurred_at")
+    if occurred_at > now + EVENT_TIME_FUTURE_SKEW:
+        raise EventTimeOutOfRange(
+            f"occurred_at may be at most {int(EVENT_TIME_FUTURE_SKEW.total_seconds())} s in the future",
+            field="occurred_at",
+        )
+    return occurred_at
+

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 
+from domain.currencies import ISO_4217_MINOR_UNITS
 from domain.errors import InvalidAmount, InvalidCurrency
 
 AMOUNT_MAX_MINOR = 2**63 - 1
@@ -27,4 +28,6 @@ def check_amount(amount_minor: object) -> int:
 def check_currency(currency: object) -> str:
     if not isinstance(currency, str) or not _CURRENCY_RE.match(currency):
         raise InvalidCurrency("currency must be a three-letter upper-case ISO 4217 code", currency=str(currency)[:16])
+    if currency not in ISO_4217_MINOR_UNITS:
+        raise InvalidCurrency(f"{currency} is not an ISO 4217 currency code", currency=currency)
     return currency

@@ -57,6 +57,9 @@ class TransferTerms(NamedTuple):
     metadata: dict[str, Any] = {}  # noqa: RUF012 - shared default, never mutated
     pending: bool = False
     timeout_s: int | None = None
+    # When it happened, when the client says so (history imported, a backfill); None: when it is
+    # recorded. Part of the request: the same id with another occurred_at is another request.
+    occurred_at: datetime | None = None
 
     def validate(self) -> TransferTerms:
         """The transfer's own rules (the accounts' rules are checked by the accounts)."""
@@ -101,6 +104,7 @@ class Transfer(Aggregate):
         timeout_s: int | None
         reverses_id: UUID | None
         reverses_public_id: UUID | None
+        occurred_at: datetime | None = None  # None: when recorded (`timestamp`); not stored then
 
         def apply(self, aggregate: Transfer) -> None:
             aggregate.tenant = self.tenant
@@ -122,6 +126,7 @@ class Transfer(Aggregate):
             aggregate.posted_amount_minor = 0 if self.pending else self.amount_minor
             aggregate.reversed_by_id = None
             aggregate.reversed_by_public_id = None
+            aggregate.occurred_at = self.occurred_at
 
     class HoldPosted(Aggregate.Event):
         amount_minor: int
@@ -183,6 +188,7 @@ class Transfer(Aggregate):
             timeout_s=terms.timeout_s,
             reverses_id=None if reverses is None else reverses.id,
             reverses_public_id=None if reverses is None else reverses.public_id,
+            **({"occurred_at": terms.occurred_at} if terms.occurred_at is not None else {}),
         )
 
     # ---- queries -------------------------------------------------------------------------
@@ -210,7 +216,13 @@ class Transfer(Aggregate):
             metadata=self.metadata,
             pending=self.pending,
             timeout_s=self.timeout_s,
+            occurred_at=self.occurred_at,
         )
+
+    @property
+    def event_time(self) -> datetime:
+        """When it happened: as the client said, else when it was recorded."""
+        return self.occurred_at or self.created_on
 
     # ---- rules and commands -----------------------------------------------------------------
 

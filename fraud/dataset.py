@@ -77,37 +77,48 @@ def ledger_events(records: Iterable[Record], tenant: str = SIM_TENANT, currency:
             )
 
 
-# ---- files ------------------------------------------------------------------------------------
+# ---- files ----------------------------------------------------------------------------------
+# `keel simulate --out` writes the generic import shape (application/importing.py, docs/import.md),
+# which `keel import` loads and `keel fraud evaluate --dataset` evaluates: one format for any
+# labelled history, the simulator's or a bank's.
 
-_encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(Record)
-DATASET_LINE_MAX_BYTES = 4096
+GENERIC_COLUMNS = ("id", "occurred_at", "type", "from", "to", "amount", "currency", "label", "pattern")
+
+
+def generic_rows(records: Iterable[Record], currency: str = "EUR") -> Iterator[dict[str, Any]]:
+    """The records as rows of the generic import shape; accounts as `open` rows (no balance)."""
+    for r in records:
+        at = r.at.isoformat().replace("+00:00", "Z")
+        if isinstance(r, SimOpen):
+            yield {"id": f"open-{r.account_id}", "occurred_at": at, "type": "open", "from": "", "to": str(r.account_id),
+                   "amount": 0, "currency": currency, "label": "", "pattern": ""}
+            continue
+        yield {"id": str(r.transfer_id), "occurred_at": at, "type": r.kind,
+               "from": "" if r.kind == "deposit" else str(r.debit_account_id),
+               "to": "" if r.kind == "withdrawal" else str(r.credit_account_id),
+               "amount": r.amount_minor, "currency": currency, "label": r.label, "pattern": r.pattern}
 
 
 def write_dataset(records: Iterable[Record], path: str) -> int:
-    """Writes one JSON record per line; returns the number of records."""
+    """Writes the generic shape: CSV (with a header) when `path` ends in .csv, else JSON lines.
+    Returns the number of rows."""
+    import csv
+
     n = 0
-    with open(path, "wb") as f:
-        for r in records:
-            f.write(_encoder.encode(r) + b"\n")
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, GENERIC_COLUMNS) if path.endswith(".csv") else None
+        if writer is not None:
+            writer.writeheader()
+        for row in generic_rows(records):
+            if writer is not None:
+                writer.writerow(row)
+            else:
+                f.write(_encoder.encode({k: v for k, v in row.items() if v != ""}).decode() + "\n")
             n += 1
     return n
 
 
-def read_dataset(path: str) -> list[Record]:
-    """The records of a file `write_dataset` wrote (`keel simulate --out`), in file order."""
-    out: list[Record] = []
-    with open(path, "rb") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            if len(line) > DATASET_LINE_MAX_BYTES:
-                raise ValueError(f"{path}:{number}: line longer than {DATASET_LINE_MAX_BYTES} bytes")
-            try:
-                out.append(_decoder.decode(line))
-            except msgspec.ValidationError as e:
-                raise ValueError(f"{path}:{number}: {e}") from None
-    return out
+_encoder = msgspec.json.Encoder()
 
 
 def summary(records: list[Record]) -> dict[str, int]:

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any
+from uuid import UUID
 
 import numpy as np
 
@@ -155,7 +156,11 @@ def evaluate(scorer: Scorer, *, seed: int = DEFAULT_EVAL_SEED, customers: int = 
 def scoring_latency(records: Sequence[Record], scorer: Scorer, samples: int, *, tenant: str = SIM_TENANT) -> dict[str, float]:
     """Per transfer, one at a time: feature extraction plus scoring (with explanation when due),
     on the last `samples` transfers of the stream (the first ones have no history)."""
-    events = list(ledger_events(records, tenant=tenant))
+    return event_scoring_latency(list(ledger_events(records, tenant=tenant)), scorer, samples)
+
+
+def event_scoring_latency(events: Sequence[Any], scorer: Scorer, samples: int) -> dict[str, float]:
+    """`scoring_latency` over ledger events as the log holds them."""
     transfers = [i for i, e in enumerate(events) if hasattr(e, "debit_account_id")]
     begin = transfers[-samples] if len(transfers) > samples else 0
     ex = FeatureExtractor()
@@ -177,6 +182,46 @@ def scoring_latency(records: Sequence[Record], scorer: Scorer, samples: int, *, 
     cpu_ms = np.array(cpu) * 1000
     return {"samples": len(times), "p50": float(np.percentile(arr, 50)), "p99": float(np.percentile(arr, 99)),
             "max": float(arr.max()), "cpu_p50": float(np.percentile(cpu_ms, 50)), "cpu_p99": float(np.percentile(cpu_ms, 99))}
+
+
+def evaluate_recorded(scorer: Scorer, ledger: Any, app: Any, labelled: dict[UUID, tuple[int, str]], tenant: str, *,
+                      latency_samples: int = 2000) -> dict[str, Any]:
+    """Quality of `scorer` on history already in `ledger` (an imported, labelled file: `keel fraud
+    evaluate --dataset`), scored by the live consumer itself (FraudConsumer, page by page, with
+    the refusals the ledger recorded) into `app`, then joined to the labels by transfer id.
+    `labelled`: (label, pattern) by public transfer id. Rows the ledger refused were never scored:
+    they are counted apart (`refused`, `refused_fraud`)."""
+    from fraud.app import LEDGER_TOPICS, FraudConsumer
+
+    consumer = FraudConsumer(ledger, app, lambda: scorer)
+    consumer.tick()
+    y, s, patterns = [], [], []
+    refused = refused_fraud = 0
+    for public_id, (label, pattern) in labelled.items():
+        found = app.find_assessment(transfer_key(tenant, public_id))
+        if found is None:
+            refused += 1
+            refused_fraud += label
+            continue
+        y.append(label)
+        s.append(found.score)
+        patterns.append(pattern)
+    out: dict[str, Any] = {"model_version": scorer.version, "levels_overridden": scorer.levels_overridden,
+                           "labelled": len(labelled), "refused": refused, "refused_fraud": refused_fraud}
+    known = [p for p in patterns if p] and all(not p or p in PATTERNS for p in patterns)
+    out.update(quality(np.array(y, dtype=np.int64), np.array(s, dtype=np.float64),
+                       {HIGH: scorer.high, ELEVATED: scorer.elevated}, patterns if known else None))
+    events: list[Any] = []
+    position = 0
+    while True:
+        notes = ledger.recorder.select_notifications(start=position, limit=PAGE_EVENTS * 10, topics=LEDGER_TOPICS,
+                                                     inclusive_of_start=False)  # fmt: skip
+        if not notes:
+            break
+        events.extend(ledger.mapper.to_domain_event(n) for n in notes)
+        position = notes[-1].id
+    out["latency_ms"] = event_scoring_latency(events, scorer, latency_samples)
+    return out
 
 
 # ---- the precision-recall curve as a small SVG --------------------------------------------

@@ -108,15 +108,16 @@ MONOTONE: dict[str, int] = {
     "near_threshold": 1, "near_threshold_7d": 1, "refused_1h": 1, "since_first_paid_log_s": -1,
 }
 
-TOPICS_CLASSES = (Account.Opened, Transfer.Initiated, Transfer.HoldPosted, Transfer.HoldVoided, Transfer.HoldExpired)
+TOPICS_CLASSES = (Account.Opened, Account.DebitRefused, Transfer.Initiated, Transfer.HoldPosted, Transfer.HoldVoided,
+                  Transfer.HoldExpired)
 
 
 def event_time_s(event: Any) -> float:
-    """When the event happened, in POSIX seconds: the one place feature code reads time.
-
-    Today the ledger's recording time (`timestamp`); when events carry `occurred_at` (issue #15),
-    that, falling back to the recording time for events written before it existed."""
-    return event.timestamp.timestamp()
+    """When the event happened, in POSIX seconds: the one place feature code reads time. The
+    event time the client gave (`occurred_at`: history imported or backfilled), else the ledger's
+    recording time (`timestamp`). Never the wall clock."""
+    occurred = getattr(event, "occurred_at", None)
+    return (occurred or event.timestamp).timestamp()
 
 
 class _Side:
@@ -258,12 +259,13 @@ class FeatureExtractor:
             hold = self.holds.pop(event.originator_id, None)
             if hold is not None:
                 self._acct(hold[0], event_time_s(event)).pending -= hold[2]
+        elif isinstance(event, Account.DebitRefused):
+            self.refused(event.originator_id, event_time_s(event))
         return None
 
     def refused(self, account_id: UUID, at_s: float) -> None:
         """An attempt by `account_id` (storage key) to move money that was refused (insufficient
-        funds, frozen, a limit). Feeds `refused_1h`. Nothing calls it yet: refusals are not in the
-        log the consumer reads (issue #15); until they are, `refused_1h` is 0 everywhere."""
+        funds, frozen, closed: `Account.DebitRefused` in the ledger's log). Feeds `refused_1h`."""
         a = self._acct(account_id, at_s)
         a.refusals.append(at_s)
         while len(a.refusals) > REFUSALS_MAX:

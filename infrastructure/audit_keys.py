@@ -22,6 +22,7 @@ import os
 import secrets
 from datetime import datetime, timezone
 
+import msgspec
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -32,6 +33,7 @@ from infrastructure.mapper import KeyRing
 from infrastructure.settings import Settings, SettingsError
 
 DEFAULT_SIGNING_KEY_FILE = "./var/audit-signing.key"
+SIGNING_KEY_FILE_NAME = "audit-signing.key"  # beside the embedded store's SQLite file
 DATA_KEYS_FILE_NAME = "data-keys"  # beside the embedded store's SQLite file
 HOLDER_KEK_FILE_NAME = "holder-kek"
 DATA_KEY_BYTES = 32
@@ -115,6 +117,8 @@ def trusted_public_keys(settings: Settings) -> list[Ed25519PublicKey]:
     for part in (settings.audit_public_keys or "").split(","):
         if part.strip():
             keys.append(load_public_key(part.strip()))
+    if settings.audit_public_key_file:  # must exist if set (load_public_key raises otherwise)
+        keys.append(load_public_key(settings.audit_public_key_file))
     if len(keys) > PUBLIC_KEYS_MAX:
         raise ValueError(f"at most {PUBLIC_KEYS_MAX} audit public keys")
     return keys
@@ -139,7 +143,16 @@ def load_signer(settings: Settings) -> Signer | None:
         if not isinstance(key, Ed25519PrivateKey):
             raise ValueError(f"{settings.audit_signing_key_file} is not an Ed25519 private key")
         return Signer(key)
+    default = default_signing_key_file(settings)  # the embedded store's, made by `keel keys audit-init`
+    if default is not None and os.path.exists(default):
+        return load_signer(msgspec.structs.replace(settings, audit_signing_key_file=default))
     return None
+
+
+def default_signing_key_file(settings: Settings) -> str | None:
+    """`<the embedded store's directory>/audit-signing.key`; None on PostgreSQL (configure it)."""
+    db_file = None if settings.is_postgres else settings.sqlite_file
+    return os.path.join(os.path.dirname(db_file), SIGNING_KEY_FILE_NAME) if db_file else None
 
 
 def generate_signing_key(path: str) -> tuple[str, str]:

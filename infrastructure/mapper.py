@@ -17,6 +17,7 @@ UUIDs and aware datetimes come back as themselves. It never writes anything anyw
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
 import os
 import typing
@@ -172,8 +173,11 @@ class MsgspecMapper(Mapper):
         cls = type(domain_event)
         written = self._written.get(cls)
         if written is None:
-            written = self._written[cls] = (get_topic(cls), class_version(cls))
-        topic, version = written
+            written = self._written[cls] = (get_topic(cls), class_version(cls), _none_defaults(cls))
+        topic, version, optional = written
+        for name in optional:  # optional fields left at None are not stored (decoded as None)
+            if state.get(name, False) is None:
+                del state[name]
         if version != 1:
             state[CLASS_VERSION] = version
         data = _encoder.encode(state)
@@ -258,11 +262,20 @@ class MsgspecMapper(Mapper):
             raise
 
 
+def _none_defaults(cls: type) -> tuple[str, ...]:
+    """The fields of an event class that default to None (optional facts such as `occurred_at`)."""
+    if not dataclasses.is_dataclass(cls):
+        return ()
+    return tuple(f.name for f in dataclasses.fields(cls) if f.default is None)
+
+
 def _type_snapshot_state(snapshot: Snapshot[Any]) -> None:
     """A snapshot's state is a plain JSON object: give the aggregate's attributes that are named
-    like its creation event's fields (`public_id`, ...) that field's type again (UUIDs come back
-    as UUIDs, not strings), so a restored aggregate equals the one its events build."""
-    types = _created_field_types(resolve_topic(snapshot.topic))
+    like its creation event's fields (`public_id`, ...), and those the aggregate lists in
+    `snapshot_types` (`opened_at`, ...), their type again (UUIDs and datetimes come back as
+    themselves, not strings), so a restored aggregate equals the one its events build."""
+    cls = resolve_topic(snapshot.topic)
+    types = {**_created_field_types(cls), **getattr(cls, "snapshot_types", {})}
     state = snapshot.state
     for name, type_ in types.items():
         if name in state and state[name] is not None:

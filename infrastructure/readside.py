@@ -103,7 +103,7 @@ def check_limit(limit: int | None, default: int = PAGE_DEFAULT, maximum: int = P
     if limit is None:
         return default
     if type(limit) is not int or not 1 <= limit <= maximum:
-        raise ValidationFailed(f"limit must be 1..{maximum}", limit=str(limit)[:40])
+        raise ValidationFailed(f"limit must be 1..{maximum}", field="limit", limit=str(limit)[:40])
     return limit
 
 
@@ -154,6 +154,9 @@ def account_view(row: tuple[Any, ...]) -> dict[str, Any]:
     }
 
 
+_ENTRY_TENANT = ENTRY_COLUMNS.index("tenant")
+
+
 def entry_view(row: tuple[Any, ...]) -> dict[str, Any]:
     r = dict(zip(ENTRY_COLUMNS, row, strict=True))
     return {
@@ -167,6 +170,7 @@ def entry_view(row: tuple[Any, ...]) -> dict[str, Any]:
         "status": r["status"],
         "reference": r["reference"],
         "timestamp": _iso(r["at_us"]),
+        "occurred_at": _iso(r["occurred_at_us"]),
         "position": r["position"],
     }
 
@@ -187,12 +191,16 @@ def transfer_view(row: tuple[Any, ...]) -> dict[str, Any]:
         "reverses_id": r["reverses_public_id"],
         "reversed_by_id": r["reversed_by_public_id"],
         "timestamp": _iso(r["at_us"]),
+        "occurred_at": _iso(r["occurred_at_us"]),
         "position": r["position"],
     }
 
 
+# The two times of a transfer (bitemporal): when it was recorded, and when it happened.
+TIME_COLUMNS = {"recorded": "at_us", "occurred": "occurred_at_us"}
+
 TRANSFER_CSV_FIELDS = (
-    "id", "timestamp", "position", "tenant", "kind", "status", "currency", "amount", "posted_amount",
+    "id", "timestamp", "occurred_at", "position", "tenant", "kind", "status", "currency", "amount", "posted_amount",
     "debit_account_id", "credit_account_id", "reference", "reverses_id", "reversed_by_id",
 )  # fmt: skip
 
@@ -275,6 +283,11 @@ class ReadSide:
     def account_transactions(self, account_key: str, cursor: str | None, limit: int | None) -> Page:
         """Legs of the account stored at `account_key`, newest first; the cursor is the last
         position returned."""
+        return self.account_history(account_key, cursor, limit)[1]
+
+    def account_history(self, account_key: str, cursor: str | None, limit: int | None) -> tuple[str | None, Page]:
+        """(the account's tenant, None if the view does not hold it; a page of its legs). One
+        statement when the page has legs (each carries the tenant), two when it is empty."""
         n = check_limit(limit)
         key = decode_cursor(cursor, (int,))
         sql = f"SELECT {', '.join(ENTRY_COLUMNS)} FROM {self.t.entries} WHERE account_id = %s"
@@ -287,7 +300,8 @@ class ReadSide:
         rows = self.db.fetchall(sql, params)
         more = len(rows) > n
         rows = rows[:n]
-        return Page([entry_view(r) for r in rows], encode_cursor(rows[-1][1]) if more else None)
+        tenant = rows[0][_ENTRY_TENANT] if rows else self.account_tenant(account_key)
+        return tenant, Page([entry_view(r) for r in rows], encode_cursor(rows[-1][1]) if more else None)
 
     # ---- analytics ------------------------------------------------------------------------
 
@@ -364,14 +378,21 @@ class ReadSide:
         cursor: str | None,
         limit: int | None,
         maximum: int = PAGE_MAX,
+        time: str = "recorded",
     ) -> Page:
         """Transfers in log order (oldest first); the cursor is the last position returned.
+
+        `from_us`/`to_us_` bound the recording time (`time="recorded"`) or the event time
+        (`time="occurred"`: when it happened, as the client said for imported history).
 
         `account` is a public id (an analyst's filter, across tenants): the transfers of every
         account with that public id, or only of the one in `tenant` when it is given. `tenant`
         alone keeps that tenant's transfers."""
         n = check_limit(limit, maximum=maximum)
         _check_range(from_us, to_us_)
+        if time not in TIME_COLUMNS:
+            raise ValidationFailed(f"time must be one of {', '.join(TIME_COLUMNS)}", field="time")
+        time_column = TIME_COLUMNS[time]
         check_int(min_amount, "min_amount", 0)
         check_int(max_amount, "max_amount", 0)
         if min_amount is not None and max_amount is not None and min_amount > max_amount:
@@ -400,8 +421,8 @@ class ReadSide:
         for cond, value in (
             ("amount_minor >= %s", min_amount),
             ("amount_minor <= %s", max_amount),
-            ("at_us >= %s", from_us),
-            ("at_us < %s", to_us_),
+            (f"{time_column} >= %s", from_us),
+            (f"{time_column} < %s", to_us_),
             ("position > %s", key[0] if key else None),
         ):
             if value is not None:

@@ -228,10 +228,10 @@ _TEXT, _INT = "text", "bigint"
 # writer casts its arrays to these.
 TYPES: dict[str, tuple[str, ...]] = {
     "accounts": (_TEXT, _TEXT, _TEXT, _TEXT, _TEXT, _INT, _INT, _INT, _INT, _INT, _INT, _TEXT),
-    "entries": (_TEXT, _INT, _TEXT, _TEXT, _TEXT, _INT, _TEXT, _TEXT, _TEXT, _TEXT, _INT, _TEXT, _TEXT, _TEXT, _TEXT),
+    "entries": (_TEXT, _INT, _TEXT, _TEXT, _TEXT, _INT, _TEXT, _TEXT, _TEXT, _TEXT, _INT, _TEXT, _TEXT, _TEXT, _TEXT, _INT),
     "transfers": (
         _TEXT, _INT, _TEXT, _TEXT, _TEXT, _TEXT, _INT, _INT, _TEXT, _TEXT, _TEXT, _TEXT, _TEXT, _INT,
-        _TEXT, _TEXT, _TEXT, _TEXT, _TEXT,
+        _TEXT, _TEXT, _TEXT, _TEXT, _TEXT, _INT,
     ),  # fmt: skip
     "volumes": (_TEXT, _INT, _TEXT, _INT, _INT),
     "flows": (_TEXT, _INT, _INT, _INT, _INT, _INT),
@@ -321,3 +321,99 @@ def idempotency_answer_columns(sql: Sql) -> tuple[Statements, Statements]:
         [f"ALTER TABLE {table} ADD COLUMN answer {kind}"],
         [f"ALTER TABLE {table} DROP COLUMN status_code", f"ALTER TABLE {table} DROP COLUMN body"],
     )
+
+
+# ---- version 4: real time (issue #17) -----------------------------------------------------------
+FEED = "keel_feed"
+FEED_TRACKING = "keel_feed_tracking"
+FEED_OBJECTS = "keel_feed_objects"
+WEBHOOKS = "keel_webhooks"
+OAUTH_CLIENTS = "keel_oauth_clients"
+# Rows of FEED_TRACKING: the last position followed in each log, and the last feed id written.
+FEED_TRACKING_ROWS = ("ledger", "fraud", "feed")
+
+
+def realtime_tables(sql: Sql) -> Statements:
+    """The event feed (infrastructure/feed.py), webhooks and their delivery state
+    (infrastructure/webhooks.py) and OAuth clients (infrastructure/oauth.py).
+
+    - keel_feed: one row per business event of a tenant, numbered by the feed itself (`id`, in
+      commit order: one writer), its rendered JSON in `body`; read by tenant and id (the index) and,
+      by the SSE hub and the webhook worker, by id alone (the key).
+    - keel_feed_tracking: the position followed in the ledger's and the fraud module's logs and
+      the last feed id, moved in the same transaction as the rows they account for.
+    - keel_feed_objects: the public picture of each account, transfer and alert the feed has seen
+      (public ids only), so that a later event of the object renders whole.
+    - keel_webhooks: each webhook with its delivery tracking (`after_id`: the last feed id delivered
+      or passed over), the retry state and the last error. The secret is sealed with the data key
+      when one is configured.
+    - keel_oauth_clients: only a SHA-256 hash of each client secret, like keel_api_keys.
+    """
+    pg = sql.dialect == "postgresql"
+    text, integer, blob = ("text", "bigint", "bytea") if pg else ("TEXT", "INTEGER", "BLOB")
+    boolean = "boolean NOT NULL DEFAULT false" if pg else "INTEGER NOT NULL DEFAULT 0"
+    statements = [
+        f"""CREATE TABLE IF NOT EXISTS {sql.table(FEED)} (
+            id {integer} PRIMARY KEY,
+            tenant {text} NOT NULL,
+            type {text} NOT NULL,
+            body {blob} NOT NULL)""",
+        f"CREATE INDEX IF NOT EXISTS keel_feed_tenant_id_idx ON {sql.table(FEED)} (tenant, id)",
+        f"CREATE TABLE IF NOT EXISTS {sql.table(FEED_TRACKING)} (name {text} PRIMARY KEY, position {integer} NOT NULL)",
+        f"""CREATE TABLE IF NOT EXISTS {sql.table(FEED_OBJECTS)} (
+            object_key {text} PRIMARY KEY,
+            tenant {text} NOT NULL,
+            data {text} NOT NULL)""",
+        f"""CREATE TABLE IF NOT EXISTS {sql.table(WEBHOOKS)} (
+            id {text} PRIMARY KEY,
+            tenant {text} NOT NULL,
+            url {text} NOT NULL,
+            types {text} NOT NULL,
+            description {text},
+            secret {text} NOT NULL,
+            created_at {text} NOT NULL,
+            status {text} NOT NULL,
+            after_id {integer} NOT NULL,
+            attempts {integer} NOT NULL DEFAULT 0,
+            next_attempt_at_ms {integer} NOT NULL DEFAULT 0,
+            failing_since_ms {integer},
+            last_error {text},
+            last_attempt_at {text},
+            last_delivered_at {text},
+            delivered {integer} NOT NULL DEFAULT 0)""",
+        f"CREATE INDEX IF NOT EXISTS keel_webhooks_tenant_idx ON {sql.table(WEBHOOKS)} (tenant)",
+        f"""CREATE TABLE IF NOT EXISTS {sql.table(OAUTH_CLIENTS)} (
+            client_id {text} PRIMARY KEY,
+            secret_hash {text} NOT NULL,
+            role {text} NOT NULL,
+            tenant {text},
+            created_at_ms {integer} NOT NULL,
+            revoked {boolean})""",
+    ]
+    for name in FEED_TRACKING_ROWS:
+        statements.append(
+            f"INSERT INTO {sql.table(FEED_TRACKING)} (name, position) VALUES ('{name}', 0) ON CONFLICT DO NOTHING"
+        )
+    return statements
+
+
+# ---- version 5: imports (issue #15) --------------------------------------------------------------
+IMPORTS = "keel_imports"
+
+
+def imports_table(sql: Sql) -> Statements:
+    """keel_imports: how far `keel import` got with each file (by its SHA-256) for each tenant,
+    so running it again resumes after the last row settled and never re-tries a refused row
+    against a later state. `report` is the running ImportReport as JSON."""
+    pg = sql.dialect == "postgresql"
+    text, integer = ("text", "bigint") if pg else ("TEXT", "INTEGER")
+    return [
+        f"""CREATE TABLE IF NOT EXISTS {sql.table(IMPORTS)} (
+            tenant {text} NOT NULL,
+            digest {text} NOT NULL,
+            rows_total {integer} NOT NULL,
+            rows_done {integer} NOT NULL,
+            report {text} NOT NULL,
+            updated_at_ms {integer} NOT NULL,
+            PRIMARY KEY (tenant, digest))""",
+    ]

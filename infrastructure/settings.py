@@ -22,7 +22,12 @@ SECRET_FIELDS = frozenset({"database_password", "data_key", "holder_kek", "audit
 
 
 class SettingsError(ValueError):
-    pass
+    """The configuration is wrong: the message names the setting or command that fixes it
+    (the command line exits 2)."""
+
+
+class StoreUnreachable(RuntimeError):
+    """The configured store does not answer now (server down, timeout): a runtime failure (exit 1)."""
 
 
 class PostgresParams(msgspec.Struct, frozen=True):
@@ -62,11 +67,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Public keys (64 hex chars each, comma-separated) that verify checkpoints besides the signing
     # key's own: for processes that verify without the private key, and for retired signing keys.
     audit_public_keys: str | None = None
+    # A file holding one more such public key (PEM, or 64 hex chars): `keel keys audit-init`
+    # writes it beside the private key (.pub); compose hands it to every process as a secret.
+    audit_public_key_file: str | None = None
     group_commit_window_ms: int = 1
     group_commit_batch_max: int = 2000
     group_commit_queue_max: int = 100_000
     pg_pool_size: int = 8
     log_level: str = "INFO"
+    # "plain" (one line per record) or "json" (one JSON object per line); uvicorn's records too.
+    log_format: str = "plain"
+    # Tracebacks for command-line failures (also `keel --debug`); otherwise one or two lines.
+    debug: bool = False
     # Requests per second per API key and process (token bucket). 0 disables it.
     rate_limit_per_s: float = DEFAULT_RATE_LIMIT_PER_S
     # The bucket's size; unset: RATE_LIMIT_BURST_S seconds' worth (200 at the default rate).
@@ -78,6 +90,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     fraud_elevated_threshold: float | None = None
     fraud_high_threshold: float | None = None
     fraud_poll_interval_ms: int = 20
+    # real time (docs/realtime.md): webhook hosts that may be http:// and resolve to private or
+    # loopback addresses (comma-separated; for receivers inside your own network and for tests)
+    webhook_allow_hosts: str | None = None
+    webhook_concurrency: int = 8  # webhooks `keel worker webhooks` delivers to at once
+    sse_streams_per_key: int = 5  # open GET /v1/events/stream per API key or client, per process
+    # OAuth 2.0 access tokens: the Ed25519 signing keys (one `kid:base64` per line, newest first;
+    # the embedded store makes `jwt-keys` beside its database), issuer, audience and lifetime
+    jwt_keys_file: str | None = None
+    jwt_issuer: str = "keel"
+    jwt_audience: str = "keel-api"
+    jwt_lifetime_s: int = 900
+
+    @property
+    def webhook_allowed_hosts(self) -> frozenset[str]:
+        return frozenset(h.strip().lower().rstrip(".") for h in (self.webhook_allow_hosts or "").split(",") if h.strip())
 
     def __repr__(self) -> str:
         # Settings end up in tracebacks and test reports: never with a key or a password in them.
@@ -143,11 +170,14 @@ ENV_VARS: dict[str, str] = {
     "KEEL_AUDIT_SIGNING_KEY": "audit_signing_key",
     "KEEL_AUDIT_CHECKPOINT_INTERVAL_S": "audit_checkpoint_interval_s",
     "KEEL_AUDIT_PUBLIC_KEYS": "audit_public_keys",
+    "KEEL_AUDIT_PUBLIC_KEY_FILE": "audit_public_key_file",
     "KEEL_GROUP_COMMIT_WINDOW_MS": "group_commit_window_ms",
     "KEEL_GROUP_COMMIT_BATCH_MAX": "group_commit_batch_max",
     "KEEL_GROUP_COMMIT_QUEUE_MAX": "group_commit_queue_max",
     "KEEL_PG_POOL_SIZE": "pg_pool_size",
     "KEEL_LOG_LEVEL": "log_level",
+    "KEEL_LOG_FORMAT": "log_format",
+    "KEEL_DEBUG": "debug",
     "KEEL_RATE_LIMIT_PER_S": "rate_limit_per_s",
     "KEEL_RATE_LIMIT_BURST": "rate_limit_burst",
     "KEEL_FRAUD_MODEL_DIR": "fraud_model_dir",
@@ -155,6 +185,13 @@ ENV_VARS: dict[str, str] = {
     "KEEL_FRAUD_ELEVATED_THRESHOLD": "fraud_elevated_threshold",
     "KEEL_FRAUD_HIGH_THRESHOLD": "fraud_high_threshold",
     "KEEL_FRAUD_POLL_INTERVAL_MS": "fraud_poll_interval_ms",
+    "KEEL_WEBHOOK_ALLOW_HOSTS": "webhook_allow_hosts",
+    "KEEL_WEBHOOK_CONCURRENCY": "webhook_concurrency",
+    "KEEL_SSE_STREAMS_PER_KEY": "sse_streams_per_key",
+    "KEEL_JWT_KEYS_FILE": "jwt_keys_file",
+    "KEEL_JWT_ISSUER": "jwt_issuer",
+    "KEEL_JWT_AUDIENCE": "jwt_audience",
+    "KEEL_JWT_LIFETIME_S": "jwt_lifetime_s",
 }
 
 
@@ -167,19 +204,59 @@ def load_settings(environ: Mapping[str, str], **overrides: object) -> Settings:
     try:
         settings = msgspec.convert(raw, type=Settings, strict=False)
     except msgspec.ValidationError as e:
-        raise SettingsError(f"invalid settings: {e}") from None
-    if not (settings.is_postgres or settings.database_url.startswith("sqlite:///")):
-        raise SettingsError("KEEL_DATABASE_URL must start with sqlite:/// or postgresql://")
+        message = str(e)
+        for var, field in ENV_VARS.items():  # name the variable, not the struct field
+            if message.endswith(f"`$.{field}`"):
+                message = f"{var}: " + message.rsplit(" - at ", 1)[0]
+                break
+        raise SettingsError(f"invalid setting {message}") from None
+    check_database_url(settings.database_url)
+    if settings.log_format not in LOG_FORMATS:
+        raise SettingsError(f"KEEL_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, not {settings.log_format!r}")
+    if settings.log_level.upper() not in LOG_LEVELS:
+        raise SettingsError(f"KEEL_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {settings.log_level!r}")
     if not settings.database_schema.replace("_", "").isalnum():
         raise SettingsError("KEEL_DATABASE_SCHEMA must be letters, digits and underscores")
     if settings.rate_limit_per_s < 0 or (settings.rate_limit_burst is not None and settings.rate_limit_burst < 1):
         raise SettingsError("KEEL_RATE_LIMIT_PER_S must be >= 0 (0: off) and KEEL_RATE_LIMIT_BURST >= 1")
     if settings.database_password_file and settings.database_password is None:
         settings = msgspec.structs.replace(settings, database_password=_read_password(settings.database_password_file))
+    if not 1 <= settings.webhook_concurrency <= 256 or not 1 <= settings.sse_streams_per_key <= 1000:
+        raise SettingsError("KEEL_WEBHOOK_CONCURRENCY must be 1..256 and KEEL_SSE_STREAMS_PER_KEY 1..1000")
+    if not 60 <= settings.jwt_lifetime_s <= 86_400 or not settings.jwt_issuer or not settings.jwt_audience:
+        raise SettingsError("KEEL_JWT_LIFETIME_S must be 60..86400 s; KEEL_JWT_ISSUER and KEEL_JWT_AUDIENCE non-empty")
     levels = [t for t in (settings.fraud_elevated_threshold, settings.fraud_high_threshold) if t is not None]
     if not all(0.0 < t <= 1.0 for t in levels) or (len(levels) == 2 and levels[0] > levels[1]):
         raise SettingsError("fraud thresholds must satisfy 0 < KEEL_FRAUD_ELEVATED_THRESHOLD <= KEEL_FRAUD_HIGH_THRESHOLD <= 1")
     return settings
+
+
+LOG_FORMATS = ("plain", "json")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+URL_EXAMPLES = "sqlite:///./var/keel.db or postgresql://user@host:5432/dbname"
+
+
+def check_database_url(url: str) -> None:
+    """A URL we can open, or a SettingsError naming what is wrong with it (never the password)."""
+    if url.startswith("sqlite:///"):
+        if not url[len("sqlite:///") :].strip():
+            raise SettingsError(f"KEEL_DATABASE_URL {url!r} names no file: e.g. {URL_EXAMPLES}")
+        return
+    if not url.startswith(("postgresql://", "postgres://")):
+        shown = re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1<redacted>@", url)
+        raise SettingsError(f"KEEL_DATABASE_URL {shown!r} is neither sqlite:/// nor postgresql://: e.g. {URL_EXAMPLES}")
+    u = urlparse(url)
+    shown = re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1<redacted>@", url)
+    try:
+        port = u.port
+    except ValueError:
+        raise SettingsError(f"KEEL_DATABASE_URL {shown!r}: the port is not a number 1..65535") from None
+    if port == 0:
+        raise SettingsError(f"KEEL_DATABASE_URL {shown!r}: the port is not a number 1..65535")
+    if not u.hostname:
+        raise SettingsError(f"KEEL_DATABASE_URL {shown!r} names no host: e.g. {URL_EXAMPLES}")
+    if u.query or u.fragment or u.params:
+        raise SettingsError(f"KEEL_DATABASE_URL {shown!r}: query parameters are not supported (use KEEL_DATABASE_SCHEMA, KEEL_DATABASE_PASSWORD_FILE)")
 
 
 def _read_password(path: str) -> str:

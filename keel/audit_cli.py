@@ -92,9 +92,11 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_init(args: argparse.Namespace) -> int:
-    from infrastructure.audit_keys import DEFAULT_SIGNING_KEY_FILE, generate_signing_key
+    from infrastructure.audit_keys import DEFAULT_SIGNING_KEY_FILE, default_signing_key_file, generate_signing_key
 
-    path = args.out or DEFAULT_SIGNING_KEY_FILE
+    settings = _settings(args)
+    embedded_default = default_signing_key_file(settings)
+    path = args.out or embedded_default or DEFAULT_SIGNING_KEY_FILE
     try:
         key_path, pub_path = generate_signing_key(path)
     except FileExistsError as e:
@@ -106,6 +108,13 @@ def cmd_audit_init(args: argparse.Namespace) -> int:
     # For processes that only verify (API replicas need no private key):
     print(f"KEEL_AUDIT_PUBLIC_KEYS={public_raw(load_public_key(pub_path)).hex()}")
     print(f"private key written to {key_path} (mode 0600); public key: {pub_path}", file=sys.stderr)
+    if embedded_default is not None and os.path.abspath(path) == os.path.abspath(embedded_default):
+        print("the embedded store uses this key without any setting: restart `keel serve` to sign and verify "
+              "checkpoints with it", file=sys.stderr)  # fmt: skip
+    else:
+        print("give KEEL_AUDIT_SIGNING_KEY_FILE to the process that signs (`keel worker checkpoints`) and the "
+              "public key (KEEL_AUDIT_PUBLIC_KEY_FILE or KEEL_AUDIT_PUBLIC_KEYS) to every API process, then restart "
+              "them", file=sys.stderr)  # fmt: skip
     return 0
 
 
@@ -130,17 +139,18 @@ def add_audit_parser(sub: Any) -> None:
     v = audit_sub.add_parser("verify", help="walk the chain and checkpoints (or --bundle offline)")
     v.add_argument("--bundle", help="verify this exported bundle instead of the database")
     v.add_argument("--public-key", help="the expected public key: PEM file or 64 hex chars")
-    v.set_defaults(func=cmd_verify)
+    v.set_defaults(func=cmd_verify, uses_store=True)
     e = audit_sub.add_parser("export", help="write a signed self-contained bundle")
     e.add_argument("--to", required=True, help="output file")
-    e.set_defaults(func=cmd_export)
+    e.set_defaults(func=cmd_export, uses_store=True)
     c = audit_sub.add_parser("checkpoint", help="sign the current chain head now")
-    c.set_defaults(func=cmd_checkpoint)
+    c.set_defaults(func=cmd_checkpoint, uses_store=True)
 
 
 def add_keys_commands(keys_sub: Any) -> None:
     k = keys_sub.add_parser("audit-init", help="create the Ed25519 key that signs audit checkpoints")
-    k.add_argument("--out", help="private key file (default ./var/audit-signing.key)")
+    k.add_argument("--out", help="private key file (default: audit-signing.key beside the embedded store, "
+                   "./var/audit-signing.key); its public key goes to the same name + .pub")
     k.set_defaults(func=cmd_audit_init)
     r = keys_sub.add_parser("rotate-data-key", help="add a new data key for events at rest (newest first)")
     r.add_argument("--file", help="data key file to prepend to (default: KEEL_DATA_KEY_FILE; else print)")

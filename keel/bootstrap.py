@@ -15,6 +15,9 @@ from application.group_commit import CommitHooks, GroupCommitWriter
 from application.ledger import Ledger
 from fraud.service import FraudService
 from infrastructure.readside import ReadSide
+from infrastructure.feed import FeedStore
+from infrastructure.oauth import TokenService, token_service
+from infrastructure.webhooks import SqlWebhookStore, UrlGuard
 from infrastructure.mapper import KeyRing, MsgspecMapper
 from infrastructure.migrations import SchemaStatus
 from infrastructure.settings import Settings
@@ -40,6 +43,19 @@ def open_store(settings: Settings) -> Store:
     else:
         from infrastructure.sqlite import open_store as open_database
     return open_database(settings)
+
+
+def store_problem(settings: Settings) -> Exception | None:
+    """Why this deployment's store cannot be used now, asked after a command failed on it: the
+    database's own diagnosis (a SettingsError for a configuration to fix, StoreUnreachable for a
+    server that does not answer), one line naming the fix; None when it looks usable."""
+    if settings.is_postgres:
+        from infrastructure.postgres.diagnose import connection_problem
+
+        return connection_problem(settings)
+    from infrastructure.sqlite.diagnose import store_problem as sqlite_problem
+
+    return sqlite_problem(settings)
 
 
 def build_ledger(settings: Settings, store: Store | None = None) -> Ledger:
@@ -117,6 +133,11 @@ class Container:
     audit: Audit
     read_side: ReadSide
     fraud: FraudService
+    # real time (issue #17; docs/realtime.md): the event feed, webhooks, OAuth access tokens
+    feed: FeedStore
+    webhooks: SqlWebhookStore
+    url_guard: UrlGuard
+    tokens: TokenService
 
     def close(self) -> None:
         self.writer.stop()
@@ -158,6 +179,10 @@ def build(settings: Settings, *, start_writer: bool = True) -> Container:
         audit=build_audit(settings, ledger, store),
         read_side=_read_side(ledger, store),
         fraud=fraud,
+        feed=FeedStore(store.sql),
+        webhooks=SqlWebhookStore(store.sql, ledger.mapper.keyring),
+        url_guard=UrlGuard(settings.webhook_allowed_hosts),
+        tokens=token_service(settings, store.sql),
     )
     if start_writer:
         writer.start()

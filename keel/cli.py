@@ -41,7 +41,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.name not in WORKERS:
         print(f"keel: unknown worker {args.name!r}; known: {', '.join(sorted(WORKERS))}", file=sys.stderr)
         return 2
-    container = build(_settings(args))
+    import msgspec
+
+    from keel.workers import WORKER_PG_POOL_SIZE
+
+    settings = _settings(args)
+    # A worker is one loop: a small pool. The library's pools open all their connections at start,
+    # and eight processes of 16 (ledger + fraud pools at the API's size) exceeded PostgreSQL's
+    # default 100 connections.
+    settings = msgspec.structs.replace(settings, pg_pool_size=min(settings.pg_pool_size, WORKER_PG_POOL_SIZE))
+    container = build(settings)
     worker = WORKERS[args.name](container)
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
@@ -216,8 +225,13 @@ def add_tool_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="keel", description="Keel: event-sourced transaction backend")
+    parser = argparse.ArgumentParser(
+        prog="keel",
+        description="Keel: event-sourced transaction backend. Every command finds its store through "
+        "KEEL_DATABASE_URL (default sqlite:///./var/keel.db, relative to the current directory) or --database-url.",
+    )
     parser.add_argument("--database-url", help="overrides KEEL_DATABASE_URL")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a failure (also KEEL_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("migrate", help="create every table (run once per database; safe to repeat)")
@@ -226,8 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="open accounts, move money, print balances")
     p.set_defaults(func=cmd_demo)
 
+    from keel.workers import WORKERS
+
     p = sub.add_parser("worker", help="run one background worker until SIGTERM (see keel/workers.py)")
-    p.add_argument("name", help="worker name, e.g. expiry")
+    p.add_argument("name", choices=sorted(WORKERS), metavar="NAME",
+                   help="the worker: " + ", ".join(sorted(WORKERS)) + " (on PostgreSQL run each once per deployment, "
+                   "idempotency_cleanup runs inside `keel serve`)")  # fmt: skip
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("replay", help="rebuild the read models from the event log: compare (--check) or replace (--rebuild)")
@@ -237,12 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("serve", help="run the HTTP API (uvicorn); on SQLite also migrates and runs every worker")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     p.add_argument("--workers", type=int, default=1, help="API processes (PostgreSQL only)")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("keys", help="API keys (create, revoke) and the keys kept outside the database")
+    p = sub.add_parser("keys", help="API keys (create, revoke) and the keys kept outside the database "
+                       "(audit-init, rotate-data-key, holder-kek-init, rotate-holder-kek)")
     keys_sub = p.add_subparsers(dest="keys", required=True)
     k = keys_sub.add_parser("create", help="create a key and print its token")
     k.add_argument("--role", required=True, choices=["banking", "auditor", "analyst", "admin"])
@@ -266,6 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_audit_parser(sub)
     add_keys_commands(keys_sub)  # keys audit-init, keys rotate-data-key
+    from keel.realtime_cli import add_clients_parser, add_jwt_key_command
+
+    add_clients_parser(sub)  # keel clients create|revoke (OAuth 2.0, issue #17)
+    from keel.import_cli import add_import_parser
+
+    add_import_parser(sub)  # keel import FILE (issue #15)
+    add_jwt_key_command(keys_sub)  # keel keys rotate-jwt-key
     k = keys_sub.add_parser(
         "rotate-holder-kek",
         help="new holder key-encryption key first, then every holder key re-wrapped under it (one transaction)",
@@ -280,15 +306,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that work on an existing store: checked first (keel/failures.py::check_store).
+def _uses_existing_store(args: argparse.Namespace) -> bool:
+    if args.func in (cmd_demo, cmd_worker, cmd_replay, cmd_keys, cmd_rotate_holder_kek):
+        return True
+    if args.func is cmd_fraud:
+        return args.fraud_command in ("train", "rescore")
+    if args.func is cmd_simulate:
+        return bool(args.ledger)
+    return bool(getattr(args, "uses_store", False)) and not getattr(args, "bundle", None)
+
+
+def _debug(args: argparse.Namespace) -> bool:
+    return bool(args.debug) or os.environ.get("KEEL_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=os.environ.get("KEEL_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from keel.failures import EXIT_RUNTIME, check_store, explain, unexpected
+    from keel.logs import configure_logging
+
+    configure_logging(os.environ.get("KEEL_LOG_LEVEL", "INFO"), os.environ.get("KEEL_LOG_FORMAT", "plain"))
     parser = build_parser()
     args = parser.parse_args(argv)
+    settings = None
     try:
+        if _uses_existing_store(args):
+            settings = _settings(args)
+            sub = getattr(args, "keys", None) or getattr(args, "audit", None) or getattr(args, "fraud_command", None)
+            check_store(settings, f"{args.command} {sub}" if sub else args.command, may_create=False)
         return int(args.func(args) or 0)
-    except SettingsError as e:
-        print(f"keel: {e}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:
+        if _debug(args):
+            raise
+        if settings is None:
+            try:
+                settings = _settings(args)
+            except SettingsError:
+                pass
+        explained = explain(e, settings)
+        message, status = explained if explained is not None else (unexpected(e), EXIT_RUNTIME)
+        print("keel: " + message.replace("\n", "\n  "), file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

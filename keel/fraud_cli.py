@@ -29,9 +29,11 @@ def _bounded(low: int, high: int) -> Any:
 def _period_args(p: argparse.ArgumentParser, seed: int, customers: int | None = None, days: int | None = None) -> None:
     from fraud.simulate import DEFAULT_CUSTOMERS, DEFAULT_DAYS
 
-    p.add_argument("--seed", type=int, default=seed)
-    p.add_argument("--customers", type=_bounded(10, CUSTOMERS_MAX), default=customers or DEFAULT_CUSTOMERS)
-    p.add_argument("--days", type=_bounded(1, DAYS_MAX), default=days or DEFAULT_DAYS)
+    p.add_argument("--seed", type=int, default=seed, help=f"simulator seed: the same seed, the same activity (default {seed})")
+    p.add_argument("--customers", type=_bounded(10, CUSTOMERS_MAX), default=customers or DEFAULT_CUSTOMERS,
+                   help=f"simulated customers, 10..{CUSTOMERS_MAX} (default {customers or DEFAULT_CUSTOMERS})")
+    p.add_argument("--days", type=_bounded(1, DAYS_MAX), default=days or DEFAULT_DAYS,
+                   help=f"simulated days, 1..{DAYS_MAX} (default {days or DEFAULT_DAYS})")
 
 
 def add_fraud_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,17 +49,18 @@ def add_fraud_arguments(p: argparse.ArgumentParser) -> None:
     e = sub.add_parser("evaluate", help="ROC-AUC, average precision, precision/recall/FPR at each level, calibration, "
                        "latency: on a labelled file (--dataset) or a held-out simulated period")
     _period_args(e, DEFAULT_EVAL_SEED)
-    e.add_argument("--dataset", help="a labelled JSON-lines file as `keel simulate --out` writes; "
-                   "replayed through the live consumer's features and scorer (instead of --seed/--customers/--days)")
+    e.add_argument("--dataset", help="a labelled file in the generic import shape (docs/import.md; CSV or JSON lines, "
+                   "as `keel simulate --out` writes): imported into a scratch store through the ledger and scored by "
+                   "the live consumer (instead of --seed/--customers/--days)")
     e.add_argument("--model", help="model version (default: current)")
     e.add_argument("--json", action="store_true", help="the whole report as JSON")
     e.add_argument("--plot", metavar="FILE.svg", help="write the precision-recall curve, levels marked, as SVG")
     e.add_argument("--latency-samples", type=_bounded(0, 100_000), default=2000,
                    help="transfers timed one at a time (the last N of the stream)")
     lag = sub.add_parser("lag", help="commit -> assessment latency while the ledger writes at full speed (PostgreSQL)")
-    lag.add_argument("--seconds", type=float, default=20.0)
+    lag.add_argument("--seconds", type=float, default=20.0, help="how long the ledger writes (default 20)")
     lag.add_argument("--clients", type=_bounded(1, 256), default=64, help="concurrent submitters, as keel bench ledger")
-    lag.add_argument("--accounts", type=_bounded(2, 100_000), default=10_000)
+    lag.add_argument("--accounts", type=_bounded(2, 100_000), default=10_000, help="accounts opened first (default 10000)")
     r = sub.add_parser("rescore", help="recompute a recorded assessment from its features and model version")
     r.add_argument("transfer_id", type=UUID, help="the transfer's public id with --tenant; without it, its storage key "
                    "(aggregate id in the audit log) or a public id that exactly one tenant uses")
@@ -68,7 +71,8 @@ def add_simulate_arguments(p: argparse.ArgumentParser) -> None:
     from fraud.simulate import DEFAULT_TRAIN_SEED
 
     _period_args(p, DEFAULT_TRAIN_SEED)
-    p.add_argument("--out", help="write the labelled dataset (JSON lines) to this file")
+    p.add_argument("--out", help="write the labelled dataset to this file in the generic import shape "
+                   "(docs/import.md): CSV if it ends in .csv, else JSON lines")
     p.add_argument("--ledger", action="store_true", help="drive the configured ledger in process")
     p.add_argument("--api", help="drive a running Keel API at this base URL")
     p.add_argument("--token", help="bearer token of a banking key (with --api)")
@@ -128,8 +132,7 @@ def _figure(value: float | None) -> str:
 
 
 def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
-    from fraud.dataset import read_dataset
-    from fraud.evaluation import evaluate, evaluate_records, pr_curve_svg
+    from fraud.evaluation import evaluate, pr_curve_svg
     from fraud.model import ModelError, ModelStore, Scorer
     from fraud.training import ensure_model
 
@@ -142,13 +145,14 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
         print(f"keel: {e}", file=sys.stderr)
         return 1
     if args.dataset:
+        from application.importing import ImportError_
+
         try:
-            records = read_dataset(args.dataset)
-        except (OSError, ValueError) as e:
+            r = evaluate_dataset(args.dataset, settings, scorer, latency_samples=args.latency_samples,
+                                 quiet=args.json)  # fmt: skip
+        except (OSError, ImportError_) as e:
             print(f"keel: {e}", file=sys.stderr)
             return 2
-        r = evaluate_records(scorer, records, latency_samples=args.latency_samples)
-        r["dataset"] = args.dataset
     else:
         r = evaluate(scorer, seed=args.seed, customers=args.customers, days=args.days, latency_samples=args.latency_samples)
     if r["roc_auc"] is None:
@@ -164,10 +168,51 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+EVAL_TENANT = "eval"
+
+
+def evaluate_dataset(path: str, settings: Settings, scorer: Any, *, latency_samples: int, quiet: bool) -> dict[str, Any]:
+    """`keel fraud evaluate --dataset FILE`: the labelled file imported into a scratch embedded
+    store through the ledger's write path (`keel import`), scored by the live consumer, joined to
+    its labels. Nothing touches the configured store."""
+    import tempfile
+
+    import msgspec
+
+    from application.importing import ImportError_, transfer_public_id
+    from fraud.evaluation import evaluate_recorded
+    from keel.bootstrap import build, migrate
+    from keel.import_cli import import_file, read_rows
+
+    rows = read_rows(path)
+    labelled = {transfer_public_id(r): (r.label, r.pattern or "") for r in rows if r.label is not None and r.type != "open"}
+    if not labelled:
+        raise ImportError_(f"{path}: no row has a label (a `label` column of 1/0, fraud/legit)")
+    with tempfile.TemporaryDirectory(prefix="keel-evaluate-") as scratch:
+        local = msgspec.structs.replace(settings, database_url=f"sqlite:///{scratch}/evaluate.db", database_schema="public")
+        migrate(local)
+        c = build(local)
+        try:
+            report = import_file(c, path, EVAL_TENANT, quiet=quiet)
+            if not quiet:
+                print(f"imported {report.rows:,} rows in {report.seconds:.1f} s: {sum(report.refused.values()):,} refused "
+                      f"by the ledger ({', '.join(f'{k} {v}' for k, v in sorted(report.refused.items())) or 'none'})",
+                      file=sys.stderr)  # fmt: skip
+            out = evaluate_recorded(scorer, c.ledger, c.fraud.app, labelled, EVAL_TENANT, latency_samples=latency_samples)
+        finally:
+            c.close()
+    out["dataset"] = path
+    out["import"] = msgspec.to_builtins(report)
+    return out
+
+
 def _print_report(r: dict[str, Any], plot: str | None) -> None:
     source = "settings (KEEL_FRAUD_*_THRESHOLD)" if r["levels_overridden"] else "stored with the model"
     print(f"model {r['model_version']} on {r['dataset']}")
     print(f"  transfers {r['transfers']}, fraud {r['fraud']}")
+    if "labelled" in r:
+        print(f"  labelled rows {r['labelled']}: {r['refused']} refused by the ledger and never scored "
+              f"({r['refused_fraud']} of them fraud)")
     print(f"  ROC-AUC {r['roc_auc']:.4f}   average precision {r['average_precision']:.4f}   "
           f"expected calibration error {r['expected_calibration_error']:.4f} "
           f"(among scores >= 0.1: {_figure(r['expected_calibration_error_from_0_1'])})")
@@ -234,6 +279,10 @@ def simulate_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from fraud.drive import drive_api, drive_ledger
     from fraud.simulate import SimConfig, simulate
 
+    if not (args.out or args.api or args.ledger):
+        print("keel: simulate needs a target: --out FILE (a labelled dataset), --ledger (this store) or "
+              "--api URL --token TOKEN (a running Keel)", file=sys.stderr)  # fmt: skip
+        return 2
     records = simulate(SimConfig(seed=args.seed, customers=args.customers, days=args.days))
     if args.limit:
         records = records[: args.limit]

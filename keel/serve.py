@@ -71,7 +71,37 @@ def app_from_settings(settings: Settings, worker_names: Sequence[str] | None = N
 
 def app_factory():  # noqa: ANN201
     """uvicorn --factory entry point for `--workers N` (each worker process calls it)."""
-    return app_from_settings(load_settings(os.environ))
+    from keel.logs import configure_logging
+
+    settings = load_settings(os.environ)
+    configure_logging(settings.log_level, settings.log_format)  # a spawned process starts unconfigured
+    return app_from_settings(settings)
+
+
+def banner(settings: Settings, host: str, port: int, workers: int) -> list[str]:
+    """What an operator needs first: where it listens, where the data lives, whether it is
+    encrypted and signed, where the docs are, and how to get a key."""
+    from infrastructure.audit_keys import data_key_spec, default_signing_key_file, load_signer
+
+    url = f"http://{host}:{port}"
+    if settings.is_postgres:
+        pg = settings.postgres()
+        store = f"PostgreSQL {pg.host}:{pg.port}/{pg.dbname} (schema {pg.schema})"
+        point = ""
+    else:
+        store = f"embedded SQLite {settings.sqlite_file}"
+        point = f" (elsewhere: keel --database-url sqlite:///{settings.sqlite_file} keys create ...)"
+    signed = "yes" if load_signer(settings) is not None else "no"
+    if signed == "no":
+        where = default_signing_key_file(settings)
+        signed += f" (`keel keys audit-init`{', then restart' if where else ''})"
+    return [
+        f"keel serving on {url} ({workers} process{'es' if workers > 1 else ''}); API docs {url}/schema",
+        f"store: {store}",
+        f"events encrypted at rest: {'yes' if data_key_spec(settings) else 'no (KEEL_DATA_KEY)'}; "
+        f"audit checkpoints signed: {signed}",
+        f"make an API key: keel keys create --role banking --tenant acme{point}",
+    ]
 
 
 def serve(settings: Settings, *, host: str, port: int, workers: int) -> int:
@@ -93,13 +123,15 @@ def serve(settings: Settings, *, host: str, port: int, workers: int) -> int:
         raise SettingsError("the embedded SQLite store takes one writer process: use --workers 1 or PostgreSQL")
     try:
         problem = prepare_store(settings).problem  # migrates the embedded store; a server store must be migrated
-    except (OperationalError, InterfaceError) as e:
-        if embedded:
-            raise
-        # The server is restarting or unreachable: start anyway (requests answer 503 and /readyz
-        # says so until it answers); a supervisor restarting us in a loop would help no one.
-        log.warning("the database did not answer at start (%s); serving 503 until it does", type(e).__name__)
-        problem = None
+    except (OperationalError, InterfaceError):
+        # Refuse with the cause (server down, no such database, bad credentials), one line: the
+        # API could not even build its services, and a wrong URL must not look like an outage.
+        from keel.bootstrap import store_problem
+
+        found = store_problem(settings)
+        if found is not None:
+            raise found from None
+        raise
     if problem:
         raise SettingsError(problem)
     common = {
@@ -108,7 +140,13 @@ def serve(settings: Settings, *, host: str, port: int, workers: int) -> int:
         "access_log": False,
         "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
         "log_level": settings.log_level.lower(),
+        "log_config": None,  # uvicorn's records go through Keel's one handler (keel/logs.py)
     }
+    from keel.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+    for line in banner(settings, host, port, workers):
+        log.info("%s", line)
     if workers == 1:
         uvicorn.run(app_from_settings(settings), **common)
         return 0

@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 
 
 HOLD_EXPIRY_INTERVAL_S = 1.0
+# KEEL_PG_POOL_SIZE caps it: a worker process needs few connections (README, settings).
+WORKER_PG_POOL_SIZE = 2
 
 
 def hold_expiry_worker(c: Container) -> Worker:
@@ -50,12 +52,31 @@ def fraud_worker(c: Container) -> Worker:
     return PollingWorker("fraud", c.fraud.consumer.tick, c.settings.fraud_poll_interval_ms / 1000)
 
 
+def feed_worker(c: Container) -> Worker:
+    """The event feed (infrastructure/feed.py): follows the ledger's and the fraud module's logs
+    into keel_feed, tracking in the same commit."""
+    from infrastructure.feed import feed_worker as make
+
+    fraud_app = c.fraud.app
+    return make(c.store.sql, c.ledger, fraud_app, c.store.sql_over(fraud_app.recorder.datastore), c.store.open_log_waiter)
+
+
+def webhooks_worker(c: Container) -> Worker:
+    """Webhook deliveries (infrastructure/webhook_delivery.py), tracking per webhook."""
+    from infrastructure.webhook_delivery import WebhookDelivery, WebhookWorker
+
+    delivery = WebhookDelivery(c.webhooks, c.feed, c.url_guard, concurrency=c.settings.webhook_concurrency)
+    return WebhookWorker(delivery)
+
+
 # name -> factory. Other modules add their workers here (projections, fraud, checkpoints, ...).
 WORKERS: dict[str, Callable[[Container], Worker]] = {
     "expiry": hold_expiry_worker,
     "projections": projection_worker,
     "checkpoints": checkpoints_worker,
     "fraud": fraud_worker,
+    "feed": feed_worker,
+    "webhooks": webhooks_worker,
 }
 
 

@@ -54,7 +54,9 @@ def _account_moves(auditor: httpx.Client, account_id: uuid.UUID) -> list[dict[st
         for e in page["items"]:
             kind = {"Account.Debited": "debited", "Account.Credited": "credited"}.get(e["event_type"])
             if kind is None:
-                if e["event_type"] not in ("Account.Opened",):
+                # Opened moves nothing; a refused debit (Account.DebitRefused, issue #15) is a
+                # recorded attempt that changed no balance.
+                if e["event_type"] not in ("Account.Opened", "Account.DebitRefused"):
                     moves.append({"version": e["version"], "type": e["event_type"], "transfer_id": None, "amount": 0})
                 continue
             moves.append({"version": e["version"], "type": kind, "transfer_id": e["payload"]["transfer_id"],

@@ -11,7 +11,7 @@ import argparse
 import importlib.util
 from typing import Any
 
-from keel_tools import bench_http, bench_ledger
+from keel_tools import bench_http, bench_ledger, bench_realtime
 
 # The [tools] extra's own dependencies (pyproject.toml): looked up, not imported (every `keel`
 # command loads this module; the tools import them when they run).
@@ -26,11 +26,12 @@ def add_bench(sub: Any) -> None:
     bench_sub = p.add_subparsers(dest="bench", required=True)
     bench_ledger.add_arguments(bench_sub)
     bench_http.add_arguments(bench_sub)
+    bench_realtime.add_arguments(bench_sub)
     p.set_defaults(func=run_bench)
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    return {"ledger": bench_ledger.main, "http": bench_http.main}[args.bench](args)
+    return {"ledger": bench_ledger.main, "http": bench_http.main, "realtime": bench_realtime.main}[args.bench](args)
 
 
 def add_chaos(sub: Any) -> None:

@@ -18,7 +18,13 @@ from typing import NamedTuple
 import msgspec
 
 from infrastructure import schema
-from infrastructure.migrations import m0001_initial, m0002_transfers_by_tenant, m0003_idempotency_answers
+from infrastructure.migrations import (
+    m0001_initial,
+    m0002_transfers_by_tenant,
+    m0003_idempotency_answers,
+    m0004_realtime,
+    m0005_imports_and_event_time,
+)
 from infrastructure.sql import Cursor, Sql
 
 LOCK_NAME = "keel-migrate"  # held by Store.migrate around everything it does
@@ -35,6 +41,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", m0001_initial.up),
     Migration(2, "transfers_by_tenant", m0002_transfers_by_tenant.up),
     Migration(3, "idempotency_answers", m0003_idempotency_answers.up),
+    Migration(4, "realtime", m0004_realtime.up),
+    Migration(5, "imports_and_event_time", m0005_imports_and_event_time.up),
 )
 EXPECTED_VERSION = MIGRATIONS[-1].version
 

@@ -20,6 +20,7 @@ from eventsourcing.utils import Environment
 from application.chain import GENESIS_HASH, link
 from infrastructure.recorded_rows import account_id_rows, idempotency_rows
 from infrastructure.schema import ACCOUNT_IDS, CHAINED_EVENTS_TABLES, IDEMPOTENCY
+from infrastructure.settings import SettingsError
 from infrastructure.store import shared_pool
 
 
@@ -131,12 +132,26 @@ def secure_sqlite_files(db_file: str) -> None:
     the database file's mode. Files left looser by an older version are tightened to 0600."""
     parent = os.path.dirname(db_file)
     if not os.path.isdir(parent):
-        os.makedirs(parent, mode=STORE_DIR_MODE, exist_ok=True)
+        # One level only (`./var`): a directory whose parent is missing is a typo in the URL, not
+        # something to create silently.
+        if not os.path.isdir(os.path.dirname(parent)):
+            raise SettingsError(
+                f"the embedded store's directory {parent} does not exist, nor does {os.path.dirname(parent)}: "
+                "create it, or set KEEL_DATABASE_URL to a file in an existing directory"
+            )
+        try:
+            os.mkdir(parent, STORE_DIR_MODE)
+        except OSError as e:
+            raise SettingsError(f"cannot create the embedded store's directory {parent}: {e.strerror} "
+                                "(set KEEL_DATABASE_URL=sqlite:///<a writable path>)") from None  # fmt: skip
         os.chmod(parent, STORE_DIR_MODE)  # whatever the umask
     try:
         os.close(os.open(db_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, STORE_FILE_MODE))
     except FileExistsError:
         pass
+    except OSError as e:
+        raise SettingsError(f"cannot create the embedded store {db_file}: {e.strerror} "
+                            f"(make {parent} writable, or set KEEL_DATABASE_URL=sqlite:///<a writable path>)") from None  # fmt: skip
     for path in [db_file] + [db_file + side for side in SQLITE_SIDE_FILES]:
         try:
             if os.stat(path).st_mode & 0o077:

@@ -149,5 +149,6 @@ def test_readyz_is_503_when_a_migration_is_missing(pg_settings: Settings) -> Non
     container = build(pg_settings)
     with TestClient(create_app(container, on_shutdown=[container.close])) as client:
         r = client.get("/readyz")
-        assert r.status_code == 503 and r.json()["code"] == "unavailable"
+        assert r.status_code == 503 and r.json()["code"] == "not_migrated", r.text
+        assert "not migrated" in r.json()["detail"] and "keel migrate" in r.json()["detail"]
         assert "keel_api_keys" not in r.text  # no SQL or table names in responses

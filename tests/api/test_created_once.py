@@ -47,7 +47,11 @@ async def test_thirty_parallel_creates_of_one_id_give_one_201(settings: Settings
             assert {r.json()["id"] for r in made} == {transfer_id}
 
             reversed_ = await asyncio.gather(*(client.post(f"/v1/transfers/{transfer_id}/reverse") for _ in range(PARALLEL)))
-            assert sorted(r.status_code for r in reversed_) == [200] * (PARALLEL - 1) + [201]
+            # Exactly one reversal; every other reverse of the same transfer is 409 already_reversed naming it.
+            assert sorted(r.status_code for r in reversed_) == [201] + [409] * (PARALLEL - 1)
+            reversal = next(r for r in reversed_ if r.status_code == 201).json()["id"]
+            assert {r.json()["reversal_id"] for r in reversed_ if r.status_code == 409} == {reversal}
+            assert all(r.json()["code"] == "already_reversed" for r in reversed_ if r.status_code == 409)
 
             balance = (await client.get(f"/v1/accounts/{a}")).json()
             assert balance["posted"] == 1_000  # moved once, reversed once

@@ -54,9 +54,9 @@ def test_audit_routes_end_to_end(client: tuple[TestClient, dict, Container]) -> 
 
     for version, posted in reported.items():
         b = c.get(f"/v1/audit/accounts/{acc['id']}/balance", params={"version": version}, headers=h["auditor"]).json()
-        assert b["posted_minor"] == posted
+        assert b["posted"] == posted and "posted_minor" not in b
         by_time = c.get(f"/v1/audit/accounts/{acc['id']}/balance", params={"at": b["as_of"]}, headers=h["auditor"]).json()
-        assert (by_time["version"], by_time["posted_minor"]) == (version, posted)
+        assert (by_time["version"], by_time["posted"]) == (version, posted)
     for bad in ({}, {"at": "nope"}, {"version": 0}, {"at": "2026-01-01T00:00:00Z", "version": 1}):
         r = c.get(f"/v1/audit/accounts/{acc['id']}/balance", params=bad, headers=h["auditor"])
         assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem+json"), (bad, r.text)

@@ -217,10 +217,10 @@ def test_two_phase_post_void_and_expiry(api: Api) -> None:
     full = ok(transfer(c, a, b, 700, pending=True), 201)
     assert ok(c.post(f"/v1/transfers/{full['id']}/post", content=b""))["posted_amount"] == 700
 
-    # reverse: a new compensating transfer; reversing again returns the same reversal
+    # reverse: a new compensating transfer; reversing again is 409 already_reversed naming the reversal
     rev = ok(c.post(f"/v1/transfers/{hold['id']}/reverse"), 201)
     assert rev["kind"] == "reversal" and rev["reverses_id"] == hold["id"] and rev["amount"] == 2_000
-    assert ok(c.post(f"/v1/transfers/{hold['id']}/reverse"), 200)["id"] == rev["id"]
+    assert problem(c.post(f"/v1/transfers/{hold['id']}/reverse"), 409, "already_reversed")["reversal_id"] == rev["id"]
     assert ok(c.get(f"/v1/transfers/{hold['id']}"))["reversed_by_id"] == rev["id"]
 
     short = ok(transfer(c, a, b, 100, pending=True, timeout_seconds=1), 201)

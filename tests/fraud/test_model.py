@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from domain.transfer import DEPOSIT, TRANSFER, WITHDRAWAL
 from fraud import rules as rules_mod
-from fraud.dataset import ledger_events, read_dataset, write_dataset
+from fraud.dataset import SimTransfer, ledger_events, write_dataset
 from fraud.evaluation import reliability, replay
 from fraud.features import FEATURE_NAMES, INDEX, NO_DATA, THRESHOLD_BAND_LOW_MINOR, THRESHOLD_MINOR, FeatureExtractor
 from fraud.model import (
@@ -218,17 +218,27 @@ def test_a_current_model_of_an_older_feature_set_is_replaced_but_kept(tmp_path: 
 # ---- keel fraud evaluate --dataset ----------------------------------------------------------
 
 
-def test_keel_fraud_evaluate_replays_a_simulated_file_as_the_consumer_would(model_dir: Path, tmp_path: Path, capsys,
-                                                                            scorer: Scorer) -> None:  # noqa: ANN001
+def test_keel_fraud_evaluate_imports_a_labelled_file_and_scores_it_as_the_consumer_would(
+    model_dir: Path, tmp_path: Path, capsys, scorer: Scorer  # noqa: ANN001
+) -> None:
+    """`keel simulate --out` writes the generic import shape; `keel fraud evaluate --dataset`
+    imports it through the ledger into a scratch store and scores it with the live consumer: the
+    scores equal a direct replay of the simulator's events (the same features, the same model)."""
+    from application.importing import imported_id
     from infrastructure.settings import load_settings
     from keel.cli import build_parser
     from keel.fraud_cli import run, simulate_cmd
+    from keel.import_cli import read_rows
 
     settings = load_settings({}, fraud_model_dir=str(model_dir), database_url=f"sqlite:///{tmp_path}/k.db")
-    plain = tmp_path / "plain.jsonl"
+    plain = tmp_path / "plain.csv"
     assert simulate_cmd(build_parser().parse_args(["simulate", "--seed", "5", "--customers", "20", "--days", "2",
                                                    "--out", str(plain)]), settings) == 0
-    assert read_dataset(str(plain)) == simulate(SimConfig(seed=5, customers=20, days=2))
+    simulated = [r for r in simulate(SimConfig(seed=5, customers=20, days=2)) if isinstance(r, SimTransfer)]
+    rows = {imported_id("transfer", r.id): r for r in read_rows(str(plain)) if r.type != "open"}
+    assert {t.transfer_id: (t.amount_minor, t.label, t.at) for t in simulated} == {
+        k: (r.amount, r.label, r.occurred_at) for k, r in rows.items()}
+    assert not (tmp_path / "k.db").exists()  # evaluating never touches the configured store
     records = simulate(SimConfig(seed=24, customers=80, days=4, **RICH))
     dataset, svg = tmp_path / "held-out.jsonl", tmp_path / "pr.svg"
     write_dataset(records, str(dataset))
@@ -261,6 +271,8 @@ def test_keel_fraud_evaluate_replays_a_simulated_file_as_the_consumer_would(mode
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"type": "transfer", "nonsense": 1}\n')
     assert run(build_parser().parse_args(["fraud", "evaluate", "--dataset", str(bad)]), settings) == 2
+    assert "line 1" in capsys.readouterr().err
+    assert not (tmp_path / "k.db").exists()
 
 
 def test_reliability_table_and_expected_calibration_error() -> None:

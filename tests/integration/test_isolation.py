@@ -140,13 +140,15 @@ def test_a_contended_command_cannot_hold_the_writer_beyond_its_budget(c: Contain
     assert elapsed_ms < CONFLICT_RETRY_BUDGET_MS + 200
 
 
-def test_reversing_twice_answers_the_same_reversal_without_retrying(c: Container) -> None:
+def test_reversing_twice_is_already_reversed_without_retrying(c: Container) -> None:
     ledger = c.ledger
     a, b = _funded(ledger, 100)
     t = ledger.execute(MakeTransfer(tenant=T, debit_account_id=a, credit_account_id=b, amount_minor=30, currency="EUR"))
     first = ledger.execute(ReverseTransfer(tenant=T, transfer_id=t.id))  # type: ignore[union-attr]
     retries = ledger.conflict_retries
-    again = ledger.execute(ReverseTransfer(tenant=T, transfer_id=t.id))  # type: ignore[union-attr]
-    assert first.created and not again.created and again.id == first.id  # type: ignore[union-attr]
+    with pytest.raises(DomainError) as again:  # a second reverse is 409 already_reversed (README)
+        ledger.execute(ReverseTransfer(tenant=T, transfer_id=t.id))  # type: ignore[union-attr]
+    assert first.created and again.value.code == "already_reversed"  # type: ignore[union-attr]
+    assert again.value.details.get("reversal_id") == str(first.id)  # type: ignore[union-attr]
     assert ledger.conflict_retries == retries
     assert ledger.get_account(a, T).posted_minor == 100

@@ -71,16 +71,23 @@ def test_a_store_at_the_previous_level_upgrades_and_keeps_its_data(empty: Settin
     assert status.problem == f"the store's schema is at version {PREVIOUS} of {EXPECTED_VERSION}: run `keel migrate`"
 
     # Data of every kind, written through the real paths at the previous level — except the
-    # stored idempotent answer, whose shape migration 3 changes: written as level 2 wrote it.
+    # stored idempotent answer, whose shape migration 3 changes: written as that level wrote it.
     created_ms = int(time.time() * 1000)
     record = IdempotencyRecord(scope="key-m", key="pay-1", request_hash="h1", answer=(201).to_bytes(2, "big") + b'{"ok":true}',
                                created_at_ms=created_ms)  # fmt: skip
     with open_store(empty) as store:
-        store.sql.execute(
-            f"INSERT INTO {store.sql.table('keel_idempotency')} (scope, key, request_hash, status_code, body, created_at_ms)"
-            " VALUES (%s, %s, %s, %s, %s, %s)",
-            ("key-m", "pay-1", "h1", 201, b'{"ok":true}', created_ms),
-        )
+        if PREVIOUS >= 3:  # migration 3 has run: the answer is opaque
+            store.sql.execute(
+                f"INSERT INTO {store.sql.table('keel_idempotency')} (scope, key, request_hash, answer, created_at_ms)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                ("key-m", "pay-1", "h1", record.answer, created_ms),
+            )
+        else:
+            store.sql.execute(
+                f"INSERT INTO {store.sql.table('keel_idempotency')} (scope, key, request_hash, status_code, body, created_at_ms)"
+                " VALUES (%s, %s, %s, %s, %s, %s)",
+                ("key-m", "pay-1", "h1", 201, b'{"ok":true}', created_ms),
+            )
     key, _ = new_key("banking", T)
     c = build(empty)
     try:

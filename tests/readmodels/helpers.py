@@ -5,6 +5,7 @@ import calendar
 import random
 import uuid
 from collections import defaultdict
+from datetime import datetime, timedelta, timezone
 from typing import Any
 from uuid import UUID
 
@@ -27,6 +28,8 @@ from domain.transfer import Transfer
 from infrastructure.readmodels import COLUMNS, KEYS, VIEW_TABLES, Tables, ViewDatabase
 
 TENANT = "t1"
+# Accounts are opened two days back in event time, so movements can carry event times after it.
+OPENED_AT = datetime.now(tz=timezone.utc).replace(microsecond=0) - timedelta(days=2)
 TENANT2 = "t2"
 CURRENCIES = ("USD", "EUR")
 
@@ -74,13 +77,16 @@ def run_history(ledger: Ledger, ops: list[Op]) -> None:
             currency = CURRENCIES[op[1] % len(CURRENCIES)]
             public_id = uuid.uuid4()
             for tenant in (TENANT, TENANT2) if len(op) > 3 and op[3] else (TENANT,):
-                batch.append(OpenAccount(tenant=tenant, account_id=public_id, currency=currency, overdraft_limit_minor=op[2]))
+                batch.append(OpenAccount(tenant=tenant, account_id=public_id, currency=currency, overdraft_limit_minor=op[2],
+                                         occurred_at=OPENED_AT))  # fmt: skip
         elif not accounts:
             continue
         elif kind in ("deposit", "withdraw"):
             tenant, acct, cur = accounts[op[1] % len(accounts)]
             cls = Deposit if kind == "deposit" else Withdraw
-            batch.append(cls(tenant=tenant, account_id=acct, amount_minor=op[2], currency=cur))
+            # An event time some hours back (history), when the op says: the views bucket by it.
+            when = OPENED_AT + timedelta(hours=op[3]) if len(op) > 3 and op[3] is not None else None
+            batch.append(cls(tenant=tenant, account_id=acct, amount_minor=op[2], currency=cur, occurred_at=when))
         elif kind == "transfer":
             tenant, a, cur = accounts[op[1] % len(accounts)]
             mates = [x for x in accounts if x[0] == tenant]
@@ -178,10 +184,10 @@ def literal_fold(events: list[tuple[int, Any]]) -> dict[str, list[tuple[Any, ...
             )  # fmt: skip
         elif isinstance(e, Account.Debited):
             accounts[aid]["posted_minor"] -= e.amount_minor
-            flow(aid, e.timestamp, 0, e.amount_minor)
+            flow(aid, e.occurred_at or e.timestamp, 0, e.amount_minor)  # event time
         elif isinstance(e, Account.Credited):
             accounts[aid]["posted_minor"] += e.amount_minor
-            flow(aid, e.timestamp, e.amount_minor, 0)
+            flow(aid, e.occurred_at or e.timestamp, e.amount_minor, 0)
         elif isinstance(e, Account.DebitHeld):
             accounts[aid]["pending_debits_minor"] += e.amount_minor
         elif isinstance(e, Account.CreditHeld):
@@ -213,6 +219,7 @@ def literal_fold(events: list[tuple[int, Any]]) -> dict[str, list[tuple[Any, ...
                 public_id=str(e.public_id), debit_public_id=str(e.debit_public_id),
                 credit_public_id=str(e.credit_public_id),
                 reverses_public_id=str(e.reverses_public_id) if e.reverses_public_id else None, reversed_by_public_id=None,
+                occurred_at_us=_us(e.occurred_at or e.timestamp),
             )  # fmt: skip
             for me, other, me_pub, other_pub, direction in (
                 (e.debit_account_id, e.credit_account_id, e.debit_public_id, e.credit_public_id, "debit"),
@@ -223,9 +230,10 @@ def literal_fold(events: list[tuple[int, Any]]) -> dict[str, list[tuple[Any, ...
                     amount_minor=e.amount_minor, currency=e.currency, kind=e.kind, status=status,
                     reference=e.reference, at_us=_us(e.timestamp), tenant=e.tenant,
                     account_public_id=str(me_pub), transfer_public_id=str(e.public_id), counterparty_public_id=str(other_pub),
+                    occurred_at_us=_us(e.occurred_at or e.timestamp),
                 )  # fmt: skip
             if not e.pending:
-                volume(e.timestamp, e.currency, e.amount_minor)
+                volume(e.occurred_at or e.timestamp, e.currency, e.amount_minor)
         elif isinstance(e, Transfer.HoldPosted):
             transfers[aid].update(status="posted", posted_amount_minor=e.amount_minor)
             for leg in legs(aid):

@@ -30,7 +30,7 @@ small = st.integers(0, 40)
 amount = st.integers(1, 3000)
 op = st.one_of(
     st.tuples(st.just("open"), st.integers(0, 1), st.sampled_from([0, 1000]), st.booleans()),
-    st.tuples(st.just("deposit"), small, amount),
+    st.tuples(st.just("deposit"), small, amount, st.one_of(st.none(), st.integers(0, 47))),  # event time: hours after opening
     st.tuples(st.just("withdraw"), small, amount),
     st.tuples(st.just("transfer"), small, small, amount, st.booleans()),
     st.tuples(st.just("post"), small, st.one_of(st.none(), st.integers(1, 500))),

@@ -86,6 +86,7 @@ class Row:
     other_tenant: int | str | None = 404
     public: bool = False
     notes: str = field(default="", compare=False)
+    stream: bool = False  # an endless response (SSE): only its status and headers are read
 
 
 def _roles(*roles: str) -> frozenset[str]:
@@ -182,7 +183,26 @@ ROUTES: dict[tuple[str, str], Row] = {
     ("POST", "/v1/transfers/{transfer_id}/post"): Row(_roles(BANKING), _on_transfer("/post", pending=True, body={})),
     ("POST", "/v1/transfers/{transfer_id}/void"): Row(_roles(BANKING), _on_transfer("/void", pending=True)),
     ("POST", "/v1/transfers/{transfer_id}/reverse"): Row(_roles(BANKING), _on_transfer("/reverse"), owner=201),
+    # ---- real time (issue #17): the tenant's own feed, streams and webhooks -----------------------
+    ("GET", "/v1/events"): Row(_roles(BANKING), _path_only("/v1/events"), other_tenant=200),
+    ("GET", "/v1/events/stream"): Row(_roles(BANKING), _path_only("/v1/events/stream"), other_tenant=200, stream=True),
+    ("GET", "/v1/webhooks"): Row(_roles(BANKING), _path_only("/v1/webhooks"), other_tenant=200),
+    ("POST", "/v1/webhooks"): Row(
+        _roles(BANKING), lambda _: Req("/v1/webhooks", json={"url": "https://93.184.216.34/hook", "types": ["fraud.alert_reviewed"]}), owner=201, other_tenant=201
+    ),
+    ("GET", "/v1/webhooks/{webhook_id}"): Row(_roles(BANKING), lambda ctx: _webhook(ctx)),
+    ("DELETE", "/v1/webhooks/{webhook_id}"): Row(_roles(BANKING), lambda ctx: _webhook(ctx), owner=204),
+    # OAuth: public routes that authenticate their clients themselves (RFC 6749 errors, application/json)
+    ("POST", "/oauth/token"): Row(ALL_ROLES, _path_only("/oauth/token"), owner=400, public=True),
+    ("GET", "/.well-known/jwks.json"): Row(ALL_ROLES, _path_only("/.well-known/jwks.json"), public=True),
 }
+
+
+def _webhook(ctx: Ctx) -> Req:
+    r = ctx.c.post("/v1/webhooks", json={"url": "https://93.184.216.34/hook", "types": ["fraud.alert_reviewed"]})
+    assert r.status_code == 201, r.text
+    ctx.created.append(r.json()["id"])
+    return Req(f"/v1/webhooks/{r.json()['id']}", object_ids=(r.json()["id"],))
 
 # Routes being built on other branches, written now from SPEC §4/§5. They join the sweep as soon
 # as the document has them; if a merged route's template differs, the "missing row" failure names
@@ -290,14 +310,25 @@ def _sweep_route(api: Api, method: str, template: str) -> list[str]:
             expected: int | str = 403
         else:
             expected = _expected(row, caller)
-        r = httpx.request(
-            method, api.server.base_url + req.path, json=req.json, params=req.params, headers=_headers(api, caller), timeout=30
-        )
+        if row.stream:
+            with httpx.stream(method, api.server.base_url + req.path, params=req.params, headers=_headers(api, caller),
+                              timeout=30) as streamed:  # fmt: skip
+                if streamed.status_code >= 400:
+                    streamed.read()
+                r = streamed
+        else:
+            r = httpx.request(
+                method, api.server.base_url + req.path, json=req.json, params=req.params, headers=_headers(api, caller),
+                timeout=30,
+            )  # fmt: skip
         where = f"{method} {template} as {caller}"
         if not _matches(expected, r.status_code):
             problems.append(f"{where}: expected {expected}, got {r.status_code} {r.text[:200]}")
             continue
-        if r.status_code >= 400 and not r.headers.get("content-type", "").startswith("application/problem+json"):
+        oauth = template == "/oauth/token"  # RFC 6749 §5.2 errors are application/json (with the problem fields)
+        if r.status_code >= 400 and not r.headers.get("content-type", "").startswith(
+            "application/json" if oauth else "application/problem+json"
+        ):
             problems.append(f"{where}: {r.status_code} is not problem+json")
         if caller == "bank_b":
             problems += _no_leak(api, method, req, r, where, ctx.created)

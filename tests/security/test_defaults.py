@@ -56,7 +56,9 @@ def stored_states(settings: Settings) -> list[bytes]:
 
 
 def test_a_newcomers_store_is_private(tmp_path: Path) -> None:
-    # The README's first steps in an empty directory: no settings at all.
+    # The first steps in an empty directory, no settings at all: the store is made by `keel migrate`
+    # (or `keel serve`); other commands never make one (issue #14).
+    keel(tmp_path, "migrate")
     keel(tmp_path, "keys", "create", "--role", "admin")
     var = tmp_path / "var"
     assert mode(var) == 0o700

@@ -51,9 +51,10 @@ def valid_data_is_never_a_validation_error(ctx: object, response: schemathesis.R
         # the 1,000-item batch); a missing required body is rightly a validation error.
         return
     if case.meta is not None and case.meta.generation.mode.is_positive and response.status_code == 422:
-        if response.json().get("field") == "cursor":
+        if response.json().get("field") in ("cursor", "after", "Last-Event-ID", "url"):
             # A cursor is opaque: any string fits its schema, only the ones the API issued are
-            # valid. A made-up cursor is rightly a validation error.
+            # valid. A made-up cursor is rightly a validation error. So is a webhook URL whose host does
+            # not resolve to a public address (SSRF rules need DNS, which JSON Schema cannot say).
             return
         code = response.json().get("code")
         assert code != "validation_error", f"schema-valid request rejected as invalid: {response.text[:300]}"
@@ -67,7 +68,10 @@ def test_openapi_conformance(security_api: Api) -> None:
     )
     headers = {"Authorization": f"Bearer {security_api.tokens['bank_a']}"}
     failures: list[str] = []
-    operations = [r.ok() for r in schema.get_all_operations()]
+    # An SSE stream never ends, so no generated request to it returns: tests/realtime covers it.
+    # POST /oauth/token speaks RFC 6749 (a form body, its own JSON errors): tests/realtime/test_api.py.
+    skipped = ("/v1/events/stream", "/oauth/token")
+    operations = [op for op in (r.ok() for r in schema.get_all_operations()) if op.path not in skipped]
     for operation in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 

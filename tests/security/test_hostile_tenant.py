@@ -113,7 +113,7 @@ def _normalise(response: httpx.Response, *ids: str) -> tuple[int, str]:
         text = text.replace(i, "<ID>")
     if response.status_code < 300:  # a created object's own data (ids, times, versions) differs
         text = _UUID.sub("<UUID>", text)
-        text = re.sub(r'"created_at":"[^"]*"', '"created_at":"<T>"', text)
+        text = re.sub(r'"(created_at|occurred_at)":"[^"]*"', r'"\1":"<T>"', text)
     return response.status_code, text
 
 

@@ -94,8 +94,8 @@ def test_report_names_the_configuration_and_every_scenario() -> None:
     assert "`keel bench http --workers 2 --followers none`" in text
     assert "none: no projections, fraud or expiry worker ran" in text
     rows = [line for line in text.splitlines() if line.startswith("| uniform") or line.startswith("| open")]
-    assert rows[0].startswith("| uniform | 3,850 | 1.10× |") and "n/a / n/a | n/a | 0.0 |" in rows[0]
-    assert rows[1].startswith("| open | 2,695 | 0.77× |") and "| 0 / 0 | 12.0 | 1.5 |" in rows[1]
+    assert rows[0].startswith("| uniform | 3,850 | 3,850 | 1.10× |") and "n/a / n/a | n/a | 0.0 |" in rows[0]
+    assert rows[1].startswith("| open | 2,695 | 2,695 | 0.77× |") and "| 0 / 0 | 12.0 | 1.5 |" in rows[1]
     drawing = ET.fromstring(svg(result))  # well-formed, with a bar per scenario plus pgbench
     assert len([e for e in drawing.iter() if e.tag.endswith("rect")]) == 1 + 3
     assert len([e for e in drawing.iter() if e.tag.endswith("polyline")]) == 2
