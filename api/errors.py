@@ -31,6 +31,8 @@ from litestar.exceptions import HTTPException, NotAuthorizedException, Permissio
 
 from eventsourcing.persistence import InterfaceError as StoreInterfaceError
 from eventsourcing.persistence import OperationalError as StoreOperationalError
+from eventsourcing.persistence import DatabaseError as StoreDatabaseError
+from eventsourcing.persistence import InternalError as StoreInternalError
 from eventsourcing.persistence import PersistenceError as StorePersistenceError
 
 from application.group_commit import Overloaded, WriterStopped
@@ -209,6 +211,11 @@ def write_problem(exc: BaseException) -> tuple[int, bytes, dict[str, str]] | Non
         # Reachable, but `keel migrate` has not made (all) the tables: an operator's task, never a 500.
         log.error("the store's schema is not migrated (run `keel migrate`): %s", type(exc).__name__)
         return problem_parts("not_migrated", NOT_MIGRATED_DETAIL)
+    if type(exc) in _TRANSIENT_STORE_ERRORS:
+        # The driver's catch-all classes (a server crashing or restarting mid-request can end in
+        # them, not only in OperationalError): retryable, but logged loudly in case it is not.
+        log.error("event store error, answered 503: %s: %s", type(exc).__name__, str(exc)[:200])
+        return problem_parts("unavailable", "the event store is unavailable; retry shortly")
     if isinstance(exc, (StoreOperationalError, StoreInterfaceError)):
         # The database is down, restarting or out of connections (eventsourcing wraps psycopg's
         # and sqlite3's connection errors in these). Nothing was written by this request: retryable.
@@ -216,6 +223,8 @@ def write_problem(exc: BaseException) -> tuple[int, bytes, dict[str, str]] | Non
         return problem_parts("unavailable", "the event store is unavailable; retry shortly")
     return None
 
+
+_TRANSIENT_STORE_ERRORS = (StorePersistenceError, StoreDatabaseError, StoreInternalError)
 
 NOT_MIGRATED_DETAIL = "the service's database is not migrated (an operator must run `keel migrate`)"
 _MISSING_TABLE = re.compile(r'no such table|relation "[^"]+" does not exist')

@@ -161,7 +161,10 @@ def run(
         replay = check_replay(cluster, rec, log)
         if rec.anomalies:
             for p in sorted(root.glob("*.log")):
-                log(f"--- {p.name} (tail) ---\n{p.read_text(errors='replace')[-3000:]}")
+                text = p.read_text(errors="replace")
+                log(f"--- {p.name} (tail) ---\n{text[-3000:]}")
+                for block in _unhandled(text):  # a 500's traceback, wherever it is in the log
+                    log(f"--- {p.name} (unhandled) ---\n{block}")
             log(_stored_events(cluster, rec.anomalies))
         return Summary(
             seconds=time.monotonic() - started,
@@ -179,6 +182,16 @@ def run(
     finally:
         cluster.close()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _unhandled(text: str, most: int = 3) -> list[str]:
+    """The first `most` "unhandled error" records of a log, each with its traceback."""
+    blocks, lines = [], text.splitlines()
+    for i, line in enumerate(lines):
+        if "unhandled error" in line and len(blocks) < most:
+            end = next((j for j in range(i + 1, min(len(lines), i + 80)) if lines[j][:4].isdigit()), min(len(lines), i + 80))
+            blocks.append("\n".join(lines[i:end]))
+    return blocks
 
 
 def main(minutes: float, seed: int | None = None, accounts: int = 10, writers: int = 6) -> int:

@@ -152,3 +152,16 @@ def test_readyz_is_503_when_a_migration_is_missing(pg_settings: Settings) -> Non
         assert r.status_code == 503 and r.json()["code"] == "not_migrated", r.text
         assert "not migrated" in r.json()["detail"] and "keel migrate" in r.json()["detail"]
         assert "keel_api_keys" not in r.text  # no SQL or table names in responses
+
+
+def test_the_drivers_catch_all_errors_are_503_and_a_programming_error_stays_a_500() -> None:
+    """A server crashing mid-request can surface as the driver's generic classes; those are
+    retryable (503 unavailable), while a bad statement is still a bug (no problem: a 500)."""
+    from eventsourcing.persistence import DatabaseError, InternalError, PersistenceError, ProgrammingError
+
+    from api.errors import write_problem
+
+    for exc in (PersistenceError("x"), DatabaseError("x"), InternalError("x")):
+        answer = write_problem(exc)
+        assert answer is not None and answer[0] == 503 and b'"unavailable"' in answer[1], exc
+    assert write_problem(ProgrammingError('syntax error at or near "SELEC"')) is None
