@@ -8,7 +8,6 @@ resumable forever; a made-up one is 422 `validation_error` with `field`.
 from __future__ import annotations
 
 from typing import Annotated, Any
-from uuid import UUID
 
 import anyio
 import msgspec
@@ -25,6 +24,7 @@ from application.feed import (
     EVENT_TYPES,
     PAGE_DEFAULT,
     PAGE_MAX,
+    FeedEnvelope,
     decode_cursor,
     encode_cursor,
     parse_types,
@@ -49,13 +49,8 @@ PAYLOADS = (
 )
 
 
-class FeedEvent(msgspec.Struct, frozen=True):
-    id: UUID
-    type: str
-    occurred_at: str
-    recorded_at: str
-    data: dict[str, Any]
-    cursor: str
+# One event of the feed, as the feed renders it (the same struct webhook deliveries carry).
+FeedEvent = FeedEnvelope
 
 
 class EventsPage(msgspec.Struct, frozen=True):
