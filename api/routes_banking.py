@@ -16,7 +16,7 @@ from litestar.di import NamedDependency
 from litestar import Request, Response, Router, get, post
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
-from litestar.params import Body, Parameter
+from litestar.params import Body, QueryParameter
 
 from api.auth import banking_tenant, require_roles
 from api.errors import PROBLEM_MEDIA_TYPE, ApiError, domain_problem
@@ -75,7 +75,7 @@ IDEMPOTENCY_DOC = (
 CURSOR_MAX = 2**63 - 1  # cursors are log positions: signed 64-bit
 CursorParam = Annotated[
     str | None,
-    Parameter(query="cursor", description="`next_cursor` of the previous page", pattern=r"^[0-9]{0,19}$"),
+    QueryParameter(name="cursor", description="`next_cursor` of the previous page", pattern=r"^[0-9]{0,19}$"),
 ]
 ID_DOC = (
     "Ids are resolved inside the caller's tenant: the same id in two tenants names two different objects, "
@@ -84,7 +84,7 @@ ID_DOC = (
     "Idempotency-Key) and cannot be chosen by a client. "
 )
 EXISTING_TRANSFER = {200: ResponseSpec(data_container=TransferOut, description="The `id` named an existing transfer with the same fields: the original.")}
-LimitParam = Annotated[int, Parameter(query="limit", ge=1, le=PAGE_LIMIT_MAX, description="Page size")]
+LimitParam = Annotated[int, QueryParameter(name="limit", ge=1, le=PAGE_LIMIT_MAX, description="Page size")]
 
 ACCOUNT_EXAMPLE: dict[str, Any] = {"currency": "EUR", "overdraft_limit": 0, "holder": {"name": "Ada Lovelace"}, "metadata": {"ref": "c-1"}}
 TRANSFER_EXAMPLE: dict[str, Any] = {

@@ -142,7 +142,11 @@ def test_sse_resumes_with_last_event_id_and_is_bounded(rt: Api) -> None:
     first = _sse(a, 3, params=params)
     assert [e["data"]["id"] for _, e in first][-3:] == ids or [e["data"]["id"] for _, e in first] == [
         e["data"]["id"] for e in _all_events(a, "transfer.posted")][:3]  # fmt: skip
+    deadline = time.monotonic() + 10  # the feed worker follows the log: wait until it holds all three
     everything = _all_events(a, "transfer.posted")
+    while [e["data"]["id"] for e in everything[-3:]] != ids and time.monotonic() < deadline:
+        time.sleep(0.05)
+        everything = _all_events(a, "transfer.posted")
     cursor = everything[-3]["cursor"]
     resumed = _sse(a, 2, headers={"Last-Event-ID": cursor}, params=params)
     assert [e["data"]["id"] for _, e in resumed] == ids[1:]
