@@ -48,15 +48,18 @@ def _json_lines(f: io.BufferedReader, path: str) -> Iterator[tuple[int, dict[str
 
 def _csv_rows(f: io.BufferedReader, path: str) -> Iterator[tuple[int, dict[str, Any]]]:
     text = io.TextIOWrapper(f, encoding="utf-8-sig", newline="")
-    reader = csv.DictReader(text)
-    header = reader.fieldnames or []
-    missing = [c for c in ("id", "occurred_at", "type", "amount", "currency") if c not in header]
-    if missing:
-        raise ImportError_(f"{path}: the header lacks {', '.join(missing)} (columns: {', '.join(COLUMNS)})")
-    for row in reader:
-        if None in row:
-            raise ImportError_(f"{path}:{reader.line_num}: more values than columns")
-        yield reader.line_num, row
+    try:
+        reader = csv.DictReader(text)
+        header = reader.fieldnames or []
+        missing = [c for c in ("id", "occurred_at", "type", "amount", "currency") if c not in header]
+        if missing:
+            raise ImportError_(f"{path}: the header lacks {', '.join(missing)} (columns: {', '.join(COLUMNS)})")
+        for row in reader:
+            if None in row:
+                raise ImportError_(f"{path}:{reader.line_num}: more values than columns")
+            yield reader.line_num, row
+    finally:
+        text.detach()  # the file is the caller's to close
 
 
 def read_rows(path: str) -> list[Row]:
@@ -75,6 +78,8 @@ def read_rows(path: str) -> list[Row]:
             raise ImportError_(text if text.startswith(path) else f"{path}: {text}") from None
         except UnicodeDecodeError:
             raise ImportError_(f"{path}: not UTF-8 text") from None
+        finally:
+            source.close()  # while the file is still open
     return rows
 
 
