@@ -206,6 +206,11 @@ class KeyAuthMiddleware(AbstractAuthenticationMiddleware):
         await super().__call__(scope, receive, send)
 
 
+# Set in the scope by a fast path that already took this request's token before handing the
+# request to Litestar (api/fastpath_reads.py): one request, one token.
+RATE_CHARGED = "keel.rate_charged"
+
+
 class RateLimitMiddleware:
     """After authentication: one token per request from the key's bucket, else 429."""
 
@@ -215,7 +220,7 @@ class RateLimitMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         principal = scope.get("user")
         bucket: TokenBucket | None = scope["app"].state.get("rate_limiter")
-        if isinstance(principal, Principal) and bucket is not None:
+        if isinstance(principal, Principal) and bucket is not None and not scope.get(RATE_CHARGED):
             wait_s = bucket.take(principal.key_id)
             if wait_s > 0:
                 retry_after = str(max(1, int(wait_s + 0.999)))

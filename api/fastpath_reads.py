@@ -23,7 +23,7 @@ import anyio.to_thread
 import msgspec
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from api.auth import cached_principal
+from api.auth import RATE_CHARGED, cached_principal
 from api.observe import observe
 from api.routes_history import HistoryItem, HistoryPage, _history, _type
 from api.schemas import PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX, account_out
@@ -89,8 +89,10 @@ class ReadFastPath:
         if query is None:
             return None
         bucket = state.get("rate_limiter")
-        if bucket is not None and bucket.take(principal.key_id) > 0:
-            return None  # Litestar's 429 (the bucket is asked again there: one more token)
+        if bucket is not None:
+            if bucket.take(principal.key_id) > 0:
+                return None  # Litestar's 429 (the bucket is asked again there)
+            scope[RATE_CHARGED] = True  # if Litestar answers after all (an error), it charges nothing more
         scope["user"] = principal
         scope["path_template"] = HISTORY_TEMPLATE if history else ACCOUNT_TEMPLATE
         tenant = principal.tenant

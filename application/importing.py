@@ -135,16 +135,15 @@ def transfer_public_id(row: Row) -> UUID:
 def commands(rows: Iterable[Row], tenant: str) -> Iterator[tuple[int, Row, Command]]:
     """The ledger commands of rows in time order, each account opened before its first movement,
     with the index of the row each belongs to."""
-    opened: dict[str, str] = {}  # client account id -> its currency
+    opened: set[str] = set()  # client account ids
 
     def open_if_new(account: str, row: Row) -> Iterator[tuple[int, Row, Command]]:
-        currency = opened.get(account)
-        if currency is None:
-            opened[account] = row.currency
+        # Opened once, in the currency of its first row; a later row in another currency is
+        # refused by the ledger (currency_mismatch) and counted, never guessed around.
+        if account not in opened:
+            opened.add(account)
             yield index, row, OpenAccount(tenant=tenant, currency=row.currency, account_id=imported_id("account", account),
-                                   occurred_at=row.occurred_at)  # fmt: skip
-        elif currency != row.currency:
-            pass  # the ledger answers currency_mismatch for this row: counted, never guessed around
+                                          occurred_at=row.occurred_at)  # fmt: skip
 
     for index, row in enumerate(rows):
         reference = row.id[:REFERENCE_MAX_CHARS]

@@ -82,6 +82,7 @@ def ledger_events(records: Iterable[Record], tenant: str = SIM_TENANT, currency:
 # which `keel import` loads and `keel fraud evaluate --dataset` evaluates: one format for any
 # labelled history, the simulator's or a bank's.
 
+_encoder = msgspec.json.Encoder()
 GENERIC_COLUMNS = ("id", "occurred_at", "type", "from", "to", "amount", "currency", "label", "pattern")
 
 
@@ -116,9 +117,6 @@ def write_dataset(records: Iterable[Record], path: str) -> int:
                 f.write(_encoder.encode({k: v for k, v in row.items() if v != ""}).decode() + "\n")
             n += 1
     return n
-
-
-_encoder = msgspec.json.Encoder()
 
 
 def summary(records: list[Record]) -> dict[str, int]:

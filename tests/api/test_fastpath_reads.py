@@ -128,3 +128,19 @@ def test_everything_else_is_left_to_litestar_and_answers_the_same(env: dict[str,
         on, off, took = _both(env, path, who, headers)
         assert took == 0, (path, who, headers)
         _same(on, off)
+
+
+def test_a_read_the_fast_path_hands_to_litestar_costs_one_token(tmp_path: Any) -> None:
+    """A 404 is worded by Litestar after the fast path took the request's token: one token still."""
+    from tests.conftest import fresh_sqlite_settings
+
+    c = build(fresh_sqlite_settings(tmp_path, rate_limit_per_s=0.01, rate_limit_burst=3))
+    key, token = new_key("banking", TENANT)
+    c.keys.add(key)
+    with TestClient(create_app(c, on_shutdown=[c.close])) as client:
+        h = {"Authorization": f"Bearer {token}"}
+        assert client.get("/v1/accounts", headers=h).status_code == 200  # token 1; the key is cached now
+        missing = f"/v1/accounts/{uuid.uuid4()}"
+        assert client.get(missing, headers=h).status_code == 404  # token 2 (charged twice before)
+        assert client.get(missing, headers=h).status_code == 404  # token 3
+        assert client.get(missing, headers=h).status_code == 429
