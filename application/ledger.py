@@ -27,7 +27,7 @@ from uuid import UUID
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError
 
-from application.aggregate_cache import AggregateCache
+from application.aggregate_cache import AggregateCache, LogHead
 from application.commands import AccountState, BatchResult, Command, Result, TransferBatch, TransferState
 from application.handlers import HANDLERS, check_batch_size, make_transfer, named_keys
 from application.ports import AccountDirectory, AggregateLoader, NoLease, OutcomeRecorder, WriteLease
@@ -68,6 +68,8 @@ class Ledger(Application[UUID]):
         super().__init__(env=env)
         # The writer's cache of current aggregates (only the thread that runs batches uses it).
         self.cache = AggregateCache(self.recorder, self.mapper)  # type: ignore[arg-type]
+        # The log head as readers need it (read after they asked, one query for all at a time).
+        self.log_head = LogHead(self.recorder.max_notification_id)
         # Time as the ledger sees it when deciding whether a hold is due; tests move it.
         self.clock: Callable[[], datetime] = utcnow
         # Seals holder personal data before it enters an event; set by the composition root.
@@ -119,8 +121,32 @@ class Ledger(Application[UUID]):
     # ---- queries (read the store; never the writer's cache, which is not thread-safe) ----
 
     def get_account(self, account_id: UUID, tenant: str) -> AccountState:
-        """The tenant's account `account_id` (a public id); NotFound, also for any other tenant's."""
-        return self.account_by_key(account_key(tenant, account_id), tenant)
+        """The tenant's account `account_id` (a public id); NotFound, also for any other tenant's.
+
+        As committed, from the writer's copy when that is known to be current (nothing but this
+        process's writer wrote since), else from the store: either way it includes every write
+        acknowledged before the call."""
+        key = account_key(tenant, account_id)
+        known = self.committed_account(key)
+        if known is not None:
+            if known.tenant != tenant:
+                raise NotFound("account not found")
+            return account_state(known, self.holder_vault)
+        return self.account_by_key(key, tenant)
+
+    def committed_account(self, key: UUID) -> Account | None:
+        """The writer's copy of the account stored at `key` as last committed, if it holds every
+        event committed before this call; None: read the store."""
+        head = self.log_head.current()
+        known = self.cache.committed(key, head) if head is not None else None
+        return known[0] if known is not None else None
+
+    def latest_position(self, key: UUID) -> int | None:
+        """The log position of the latest event of the account stored at `key`, when the writer
+        knows it to be current (as `committed_account`); None: read the log."""
+        head = self.log_head.current()
+        known = self.cache.committed(key, head) if head is not None else None
+        return known[1] if known is not None else None
 
     def account_by_key(self, key: UUID, tenant: str | None = None) -> AccountState:
         a = self.load(key)
@@ -270,7 +296,8 @@ class Ledger(Application[UUID]):
                 uow.evict_all()
                 raise
             uow.keep()
-            self.cache.note_own_commit(sorted(r.notification.id for r in recordings))
+            latest = {r.domain_event.originator_id: r.notification.id for r in recordings}  # in log order
+            self.cache.note_own_commit(sorted(r.notification.id for r in recordings), uow.aggregates.values(), latest)
             return outcomes
         conflict = ConcurrencyConflict("the command conflicted with concurrent writes; retry it")
         return [conflict for _ in commands]

@@ -9,6 +9,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 from application.audit import Audit
 from application.group_commit import CommitHooks, GroupCommitWriter
@@ -197,7 +198,12 @@ def _read_side(ledger: Ledger, store: Store) -> ReadSide:
         return ledger.mapper.to_domain_event(notes[0]).timestamp if notes else None
 
     db = store.read_models
-    last_position = LogReader(db, ledger.recorder, ledger.mapper).last_position
+    from_log = LogReader(db, ledger.recorder, ledger.mapper).last_position
+
+    def last_position(key: UUID) -> int:
+        known = ledger.latest_position(key)  # the writer's, when current: no query
+        return known if known is not None else from_log(key)
+
     return ReadSide(db, ledger.recorder.max_notification_id, event_time_after, last_position)
 
 
