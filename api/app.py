@@ -83,6 +83,7 @@ def create_app(
 
     settings = services.settings
     rate = settings.rate_limit_per_s
+    log_head = services.open_log_head()  # balance reads without a thread (api/fastpath_reads.py)
     # Middleware and the fast path (ASGI layers, not route handlers) read these from the app state.
     state = State(
         {
@@ -93,6 +94,7 @@ def create_app(
             "metrics": metrics,
             "ledger": services.ledger,  # the read fast path (api/fastpath_reads.py)
             "read_side": services.read_side,
+            "log_head": log_head,
             "jwt": JwtAuthenticator(services.tokens),  # OAuth access tokens beside API keys (api/jwt_auth.py)
         }
     )
@@ -122,7 +124,7 @@ def create_app(
         request_max_body_size=REQUEST_BODY_MAX_BYTES,
         plugins=[StrictStructSchemaPlugin()],
         on_startup=list(on_startup),
-        on_shutdown=[feed_hub.close, close_access_log, *on_shutdown],  # hooks run in order: flush before the store closes
+        on_shutdown=[feed_hub.close, close_access_log, *([log_head.close] if log_head else []), *on_shutdown],  # hooks run in order: flush before the store closes
         openapi_config=OpenAPIConfig(
             title="Keel",
             version="1.0.0",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from application.aggregate_cache import AsyncLogHead
 from application.audit import Audit
 from application.group_commit import CommitHooks, GroupCommitWriter
 from application.ledger import Ledger
@@ -35,3 +36,6 @@ class Services(Protocol):
     webhooks: SqlWebhookStore
     url_guard: UrlGuard  # the SSRF check of webhook URLs
     tokens: TokenService  # OAuth 2.0 client credentials and JWT access tokens
+
+    def open_log_head(self) -> AsyncLogHead | None:
+        """The ledger log's head, read on this event loop (None: the store has no async driver)."""

@@ -15,10 +15,11 @@ from the log; the caller then reads the store).
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -191,3 +192,45 @@ class LogHead:
                 self._finished, self._value = mine, value
                 self._cond.notify_all()
             return self._value
+
+
+class AsyncLogHead:
+    """LogHead for readers on an event loop: one query at a time for all of them, each caller's
+    value read by a query that started after it asked; None when the store could not answer.
+    Only ever used from one event loop (the connection behind `read` belongs to it)."""
+
+    def __init__(self, read: Callable[[], Awaitable[int]], close: Callable[[], Awaitable[None]] | None = None) -> None:
+        self._read = read
+        self._close = close
+        self._waiting: list[asyncio.Future[int | None]] = []
+        self._pumping = False
+
+    async def current(self) -> int | None:
+        future: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(future)
+        if not self._pumping:
+            self._pumping = True
+            asyncio.get_running_loop().create_task(self._pump())
+        return await asyncio.shield(future)
+
+    async def _pump(self) -> None:
+        try:
+            while self._waiting:
+                asked, self._waiting = self._waiting, []  # those who ask from now on wait for the next
+                try:
+                    value: int | None = await self._read()
+                except Exception:  # noqa: BLE001 - the caller reads the store, which says what is wrong
+                    value = None
+                for f in asked:
+                    if not f.done():
+                        f.set_result(value)
+        finally:
+            self._pumping = False
+            for f in self._waiting:  # cancelled while pumping: nobody is left to answer them
+                if not f.done():
+                    f.set_result(None)
+            self._waiting = []
+
+    async def close(self) -> None:
+        if self._close is not None:
+            await self._close()

@@ -134,6 +134,18 @@ class Ledger(Application[UUID]):
             return account_state(known, self.holder_vault)
         return self.account_by_key(key, tenant)
 
+    def account_if_current(self, account_id: UUID, tenant: str, head: int) -> AccountState | None:
+        """`get_account` from the writer's copy alone, without touching the store, when that copy
+        holds every event up to `head` (a log head read after the caller asked) and has no sealed
+        holder to reveal (a key lookup); None: call `get_account`."""
+        known = self.cache.committed(account_key(tenant, account_id), head)
+        if known is None:
+            return None
+        a = known[0]
+        if a.tenant != tenant or (a.holder is not None and not a.holder_erased):
+            return None
+        return account_state(a, None)
+
     def committed_account(self, key: UUID) -> Account | None:
         """The writer's copy of the account stored at `key` as last committed, if it holds every
         event committed before this call; None: read the store."""

@@ -105,6 +105,8 @@ class Store:
     write_lease: WriteLease  # PostgreSQL: an advisory lock; SQLite: NoLease (one writer anyway)
     aggregate_loader: AggregateLoader | None  # PostgreSQL: one round trip for many ids
     open_log_waiter: Callable[[], LogWaiter]  # PostgreSQL: LISTEN/NOTIFY; SQLite: polling
+    # PostgreSQL: the log head read on an event loop (a connection of its own); SQLite: None.
+    open_async_head: Callable[[], Any] | None
     sql_over: Callable[[Any], Sql]  # the helper over another Application's datastore (fraud's)
     _create_tables: Callable[[], None]  # the schema itself (PostgreSQL) and the library's tables
     _close: Callable[[], None]

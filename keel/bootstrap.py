@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from application.aggregate_cache import AsyncLogHead
 from application.audit import Audit
 from application.group_commit import CommitHooks, GroupCommitWriter
 from application.ledger import Ledger
@@ -139,6 +140,14 @@ class Container:
     webhooks: SqlWebhookStore
     url_guard: UrlGuard
     tokens: TokenService
+
+    def open_log_head(self) -> AsyncLogHead | None:
+        """For an event loop (the API's): the ledger log's head read there without a thread,
+        where the store can (PostgreSQL); None elsewhere. Each loop opens its own."""
+        if self.store.open_async_head is None:
+            return None
+        reader = self.store.open_async_head()
+        return AsyncLogHead(reader, reader.close)
 
     def close(self) -> None:
         self.writer.stop()

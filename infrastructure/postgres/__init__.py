@@ -13,6 +13,7 @@ from infrastructure.audit_store import SqlAccountDirectory, SqlAuditStore, SqlHo
 from infrastructure.idempotency import SqlIdempotencyStore
 from infrastructure.idempotency_claims import SqlClaims
 from infrastructure.keys import SqlKeyStore
+from infrastructure.postgres.async_head import PostgresAsyncHead
 from infrastructure.postgres.bulk_load import PostgresAggregateLoader
 from infrastructure.postgres.log_waiter import PostgresLogWaiter
 from infrastructure.postgres.recorders import POOL_WAIT_S, KeelPostgresFactory
@@ -84,6 +85,7 @@ def open_store(settings: Settings) -> Store:
         aggregate_loader=PostgresAggregateLoader(datastore, LEDGER_EVENTS, LEDGER_SNAPSHOTS),
         # The recorder NOTIFYs on a channel named after its events table.
         open_log_waiter=lambda: PostgresLogWaiter(pg, LEDGER_EVENTS),
+        open_async_head=lambda: PostgresAsyncHead(pg, LEDGER_EVENTS),
         sql_over=PostgresSql,
         _create_tables=create_tables,
         _close=datastore.close,

@@ -67,6 +67,7 @@ def open_store(settings: Settings) -> Store:
         write_lease=NoLease(),
         aggregate_loader=None,
         open_log_waiter=PollingLogWaiter,
+        open_async_head=None,  # no event-loop driver: balance reads take a thread
         sql_over=SQLiteSql,
         _create_tables=lambda: create_library_tables(KeelSQLiteFactory, ledger_env),
         _close=datastore.close,

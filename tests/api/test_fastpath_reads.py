@@ -53,7 +53,7 @@ def env(request: pytest.FixtureRequest, tmp_path: Any, pg_session_schemas: list[
         for token in tokens.values():  # the fast path serves keys the cache already holds
             client.get("/v1/accounts", headers={"Authorization": f"Bearer {token}"})
         yield {"client": client, "tokens": tokens, "a": str(a.id), "b": str(b.id), "empty": str(empty.id),
-               "theirs": str(theirs.id)}  # fmt: skip
+               "theirs": str(theirs.id), "db": request.param, "settings": settings, "container": c}  # fmt: skip
 
 
 def _both(env: dict[str, Any], path: str, who: str | None = "bank", headers: dict[str, str] | None = None) -> tuple[Any, Any, int]:
@@ -99,6 +99,35 @@ def test_ordinary_reads_are_answered_by_the_fast_path_exactly_as_by_litestar(env
     assert took == 1 and on.json()["items"][0]["position"] < first.json()["items"][-1]["position"]
     _same(on, off)
     assert on.json()["items"] and "Ann" not in on.text
+
+
+def test_balances_come_from_the_writers_copies_and_never_lag_another_process(env: dict[str, Any]) -> None:
+    """On PostgreSQL a balance read the writer's copies can answer takes neither a thread nor a
+    pooled connection; once another process has written, it reads the store and is current."""
+    fast = env["client"].app.asgi_handler.app
+    b = env["b"]
+    before = fast.from_memory
+    on, off, _ = _both(env, f"/v1/accounts/{b}")
+    _same(on, off)
+    assert fast.from_memory - before == (1 if env["db"] == "postgres" else 0)
+    # The account with a holder: its holder is revealed with a key lookup, on a thread.
+    before = fast.from_memory
+    _both(env, f"/v1/accounts/{env['a']}")
+    assert fast.from_memory == before
+    other = build(env["settings"])  # another process on the same database
+    try:
+        other.writer.execute(Deposit(tenant=TENANT, account_id=uuid.UUID(b), amount_minor=7, currency="USD"))
+    finally:
+        other.close()
+    h = {"Authorization": f"Bearer {env['tokens']['bank']}"}
+    before = fast.from_memory
+    after = env["client"].get(f"/v1/accounts/{b}", headers=h).json()
+    assert after["posted"] == on.json()["posted"] + 7
+    assert fast.from_memory == before  # stale copy: not used
+    env["container"].writer.execute(Deposit(tenant=TENANT, account_id=uuid.UUID(b), amount_minor=1, currency="USD"))
+    again = env["client"].get(f"/v1/accounts/{b}", headers=h).json()
+    assert again["posted"] == after["posted"] + 1
+    assert fast.from_memory - before == (1 if env["db"] == "postgres" else 0)
 
 
 def test_everything_else_is_left_to_litestar_and_answers_the_same(env: dict[str, Any]) -> None:
