@@ -27,6 +27,7 @@ from api.auth import RATE_CHARGED, cached_principal
 from api.observe import observe
 from api.routes_history import HistoryItem, HistoryPage, _history, _type
 from api.schemas import PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX, account_out
+from domain.identity import account_key
 from infrastructure.readside import PAGE_MAX, check_limit, decode_cursor
 
 PREFIX = "/v1/accounts/"
@@ -112,7 +113,13 @@ class ReadFastPath:
             cursor, limit = query
             decode_cursor(cursor, (int,))
             check_limit(limit, maximum=min(PAGE_LIMIT_MAX, PAGE_MAX))
-            page, fresh = await anyio.to_thread.run_sync(_history, state.read_side, state.ledger, aid, tenant, cursor, limit)
+            last = None
+            log_head = state.get("log_head")
+            if log_head is not None:  # the account's latest position from the writer's copy: no query
+                head = await log_head.current()
+                if head is not None:
+                    last = state.ledger.latest_position(account_key(tenant, aid), head)
+            page, fresh = await anyio.to_thread.run_sync(_history, state.read_side, state.ledger, aid, tenant, cursor, limit, last)
         except Exception:  # noqa: BLE001 - 404, 422, a store outage: Litestar answers (and words) every failure
             return None
         items = msgspec.convert([{**i, "type": _type(i["direction"], i["status"])} for i in page.items], list[HistoryItem])

@@ -60,10 +60,12 @@ def _type(direction: str, status: str) -> str:
 
 
 def _history(
-    rs: ReadSide, ledger: NamedDependency[Ledger], public_id: UUID, tenant: str, cursor: str | None, limit: int
+    rs: ReadSide, ledger: NamedDependency[Ledger], public_id: UUID, tenant: str, cursor: str | None, limit: int,
+    last: int | None = None,
 ) -> tuple[Page, bool]:
+    """`last`: the account's latest log position as of the request, when the caller knows it."""
     key = account_key(tenant, public_id)
-    fresh = rs.wait_for_aggregate(key, WAIT_MAX_S)
+    fresh = rs.wait_for_aggregate(key, WAIT_MAX_S, last)
     owner, page = rs.account_history(str(key), cursor, limit)
     if owner is None:
         # Not in the view (yet): the ledger decides between 404 and an empty history.

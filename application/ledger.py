@@ -153,10 +153,12 @@ class Ledger(Application[UUID]):
         known = self.cache.committed(key, head) if head is not None else None
         return known[0] if known is not None else None
 
-    def latest_position(self, key: UUID) -> int | None:
+    def latest_position(self, key: UUID, head: int | None = None) -> int | None:
         """The log position of the latest event of the account stored at `key`, when the writer
-        knows it to be current (as `committed_account`); None: read the log."""
-        head = self.log_head.current()
+        knows it to be current (as `committed_account`; `head`: a log head the caller read after
+        it was asked, else one is read now); None: read the log."""
+        if head is None:
+            head = self.log_head.current()
         known = self.cache.committed(key, head) if head is not None else None
         return known[1] if known is not None else None
 
