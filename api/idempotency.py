@@ -216,8 +216,8 @@ async def _submit(ctx: WriteContext, command: Command, render: Renderer | None) 
     deadline = time.monotonic() + WRITE_TIMEOUT_S  # for all resubmits together: bounds a claim's life
     for attempt in range(CONFLICT_RESUBMITS_MAX):
         try:
-            future = writer.submit(command, render)
-            outcome = await asyncio.wait_for(asyncio.wrap_future(future), max(0.001, deadline - time.monotonic()))
+            future = writer.submit_async(command, render)
+            outcome = await asyncio.wait_for(future, max(0.001, deadline - time.monotonic()))
         except (asyncio.TimeoutError, TimeoutError):
             raise ApiError("unavailable", "the write did not complete in time; retry with the same Idempotency-Key") from None
         except (ApiError, DomainError, Overloaded, WriterStopped):
