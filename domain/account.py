@@ -27,6 +27,7 @@ from domain.errors import (
     SettlementAccountRestricted,
     ValidationFailed,
 )
+from domain.events import new_event
 from domain.identity import settlement_key, settlement_public_id
 from domain.limits import check_metadata, check_tenant
 from domain.money import BALANCE_MAX_MINOR, BALANCE_MIN_MINOR, check_amount, check_currency
@@ -279,11 +280,15 @@ class Account(Aggregate):
         self.check_can_credit(amount_minor)
         self._trigger(self.CreditHeld, transfer_id, amount_minor, occurred_at)
 
-    def _trigger(self, event: type, transfer_id: UUID, amount_minor: int, occurred_at: datetime | None) -> None:
-        if occurred_at is None:  # the usual case: no field to store
-            self.trigger_event(event, transfer_id=transfer_id, amount_minor=amount_minor)
-        else:
-            self.trigger_event(event, transfer_id=transfer_id, amount_minor=amount_minor, occurred_at=occurred_at)
+    def _trigger(self, event_class: type, transfer_id: UUID, amount_minor: int, occurred_at: datetime | None) -> None:
+        """`trigger_event(event_class, …)` for a balance event, without the generic machinery
+        (domain/events.py): built, applied, versioned and made pending exactly as it does."""
+        event = new_event(event_class, self.id, self.version + 1, event_class.create_timestamp(),
+                          transfer_id=transfer_id, amount_minor=amount_minor, occurred_at=occurred_at)  # fmt: skip
+        event.apply(self)
+        self.version = event.originator_version
+        self.modified_on = event.timestamp
+        self._pending_events.append(event)
 
     def check_event_time(self, occurred_at: datetime) -> None:
         """A movement said to have happened at `occurred_at` (SPEC: event time): not before the

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate
+from eventsourcing.utils import get_topic
 
 from domain.errors import (
     AlreadyReversed,
@@ -27,6 +28,7 @@ from domain.errors import (
     TransferNotPosted,
     ValidationFailed,
 )
+from domain.events import new_event
 from domain.limits import check_metadata, check_reference, check_timeout
 from domain.money import check_amount, check_currency
 
@@ -169,10 +171,14 @@ class Transfer(Aggregate):
         """`terms` must have been validated; the account ids are the accounts' storage keys."""
         # `created_on` starts the hold's timeout: it must come from the same clock that later
         # decides whether the hold is due (the ledger's), not the event's own wall clock.
-        return cls._create(
+        # Built as `cls._create(cls.Initiated, id=…, …)` builds it, without its generic keyword
+        # handling (domain/events.py); the library's own `mutate` makes the aggregate.
+        event = new_event(
             cls.Initiated,
-            timestamp=created_on,
-            id=transfer_id,
+            transfer_id,
+            cls.INITIAL_VERSION,
+            created_on if created_on is not None else cls.Initiated.create_timestamp(),
+            originator_topic=_TOPIC,
             tenant=tenant,
             public_id=public_id,
             kind=terms.kind,
@@ -188,8 +194,11 @@ class Transfer(Aggregate):
             timeout_s=terms.timeout_s,
             reverses_id=None if reverses is None else reverses.id,
             reverses_public_id=None if reverses is None else reverses.public_id,
-            **({"occurred_at": terms.occurred_at} if terms.occurred_at is not None else {}),
+            occurred_at=terms.occurred_at,
         )
+        agg = event.mutate(None)
+        agg._pending_events.append(event)  # noqa: SLF001 - as _create does
+        return agg
 
     # ---- queries -------------------------------------------------------------------------
 
@@ -265,3 +274,6 @@ class Transfer(Aggregate):
     def mark_reversed(self, reversal: Transfer) -> None:
         self.check_can_reverse()
         self.trigger_event(self.Reversed, reversal_id=reversal.id, reversal_public_id=reversal.public_id)
+
+
+_TOPIC = get_topic(Transfer)
