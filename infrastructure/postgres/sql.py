@@ -63,7 +63,7 @@ class PostgresSql(Sql):
         if not rows:
             return
         # One statement over one array per column: executemany sent a statement per row.
-        arrays = ", ".join(f"%s::{_ARRAY_TYPES[t]}" for t in types)
+        arrays = ", ".join(f"%b::{_ARRAY_TYPES[t]}" for t in types)  # binary: no per-element quoting
         conflict = " ON CONFLICT DO NOTHING" if if_new else ""
         self.execute(
             f"INSERT INTO {self.table(table)} ({', '.join(columns)}) SELECT * FROM unnest({arrays}){conflict}",
