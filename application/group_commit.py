@@ -166,7 +166,8 @@ class GroupCommitWriter:
                 self._on_commit(len(live), sum(_weight(b[0]) for b in live), time.perf_counter() - started)
             for (_, _, future), outcome in zip(live, outcomes, strict=True):
                 # A BaseException that is not a DomainError: the store failed, this command did not commit.
-                answers.add(future, outcome, failed=isinstance(outcome, BaseException) and not isinstance(outcome, DomainError))
+                failed = isinstance(outcome, BaseException) and not isinstance(outcome, DomainError)
+                answers.add(future, outcome, failed=failed)
             answers.send()
 
 

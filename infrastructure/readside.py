@@ -176,7 +176,8 @@ _ENTRY_TENANT = HISTORY_COLUMNS.index("tenant")
 
 def entry_view(row: tuple[Any, ...]) -> dict[str, Any]:
     """A row of HISTORY_COLUMNS as the API shows it."""
-    position, _, transfer, account, counterparty, direction, amount, currency, kind, status, reference, at_us, occurred_us = row
+    (position, _, transfer, account, counterparty, direction, amount, currency, kind, status, reference, at_us,
+     occurred_us) = row
     return {
         "transfer_id": transfer,
         "account_id": account,
