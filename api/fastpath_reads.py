@@ -14,6 +14,7 @@ the read itself.
 """
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 from urllib.parse import parse_qsl
@@ -28,7 +29,7 @@ from api.observe import observe
 from api.routes_history import HistoryItem, HistoryPage, _history, _type
 from api.schemas import PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX, account_out
 from domain.identity import account_key
-from infrastructure.readside import PAGE_MAX, check_limit, decode_cursor
+from infrastructure.readside import PAGE_MAX, WAIT_MAX_S, WAIT_POLL_S, Page, check_limit, decode_cursor
 
 PREFIX = "/v1/accounts/"
 ACCOUNT_TEMPLATE = "/v1/accounts/{account_id}"
@@ -51,6 +52,11 @@ class ReadFastPath:
         self.answered = 0
         self.from_memory = 0  # balance reads answered from the writer's copies (no thread, no pool)
         self._threads: anyio.CapacityLimiter | None = None  # made on first use, on the app's loop
+        self.history_on_loop = 0  # history pages read on the event loop (PostgreSQL), no thread
+        # The views' position as last read on the loop, shared by the history reads waiting on it.
+        self._views_position = 0
+        self._views_read_at = float("-inf")
+        self._views_query: asyncio.Future[int] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not (self.enabled and scope["type"] == "http" and scope["method"] == "GET" and scope["path"].startswith(PREFIX)):
@@ -122,19 +128,64 @@ class ReadFastPath:
             decode_cursor(cursor, (int,))
             check_limit(limit, maximum=min(PAGE_LIMIT_MAX, PAGE_MAX))
             last = None
+            found_on_loop = None
             log_head = state.get("log_head")
             if log_head is not None:  # the account's latest position from the writer's copy: no query
                 head = await log_head.current()
                 if head is not None:
                     last = state.ledger.latest_position(account_key(tenant, aid), head)
-            page, fresh = await anyio.to_thread.run_sync(
-                _history, state.read_side, state.ledger, aid, tenant, cursor, limit, last, limiter=self._threads
-            )
+                if last is not None and log_head.fetchall is not None:
+                    found_on_loop = await self._history_on_loop(state.read_side, log_head.fetchall, aid, tenant,
+                                                                cursor, limit, last)  # fmt: skip
+            if found_on_loop is not None:
+                page, fresh = found_on_loop
+            else:
+                page, fresh = await anyio.to_thread.run_sync(
+                    _history, state.read_side, state.ledger, aid, tenant, cursor, limit, last, limiter=self._threads
+                )
         except Exception:  # noqa: BLE001 - 404, 422, a store outage: Litestar answers (and words) every failure
             return None
         items = msgspec.convert([{**i, "type": _type(i["direction"], i["status"])} for i in page.items], list[HistoryItem])
         extra = [] if fresh else [(b"keel-projection-stale", b"true")]
         return _encoder.encode(HistoryPage(items=items, next_cursor=page.next_cursor)), extra
+
+
+    async def _history_on_loop(
+        self, rs: Any, fetch: Any, aid: UUID, tenant: str, cursor: str | None, limit: int, last: int
+    ) -> tuple[Page, bool] | None:
+        """`_history` on the event loop, on the log head's connection (PostgreSQL): the same wait
+        for the views to hold `last` (at most WAIT_MAX_S; `fresh` False after it) and the same
+        statement. None when the page is empty or not the tenant's: the thread path decides."""
+        deadline = time.monotonic() + WAIT_MAX_S
+        fresh = True
+        while await self._views_at_least(rs, fetch) < last:
+            if time.monotonic() >= deadline:
+                fresh = False
+                break
+            await asyncio.sleep(WAIT_POLL_S)
+        sql, params, n = rs.history_statement(str(account_key(tenant, aid)), cursor, limit)
+        found = rs.history_page(await fetch(sql, params), n)
+        if found is None or found[0] != tenant:
+            return None
+        self.history_on_loop += 1
+        return found[1], fresh
+
+    async def _views_at_least(self, rs: Any, fetch: Any) -> int:
+        """The views' position, read at most once per WAIT_POLL_S for every history read on this
+        loop (a value up to that old is never more than the position now: waiting on it is safe)."""
+        if time.monotonic() - self._views_read_at < WAIT_POLL_S:
+            return self._views_position
+        if self._views_query is None:
+            self._views_query = asyncio.ensure_future(self._read_views(rs, fetch))
+        return await asyncio.shield(self._views_query)
+
+    async def _read_views(self, rs: Any, fetch: Any) -> int:
+        try:
+            rows = await fetch(*rs.position_statement())
+            self._views_position, self._views_read_at = (int(rows[0][0]) if rows else 0), time.monotonic()
+            return self._views_position
+        finally:
+            self._views_query = None
 
 
 def _query(raw: bytes, history: bool) -> tuple[str | None, int] | None:

@@ -19,7 +19,7 @@ import asyncio
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -199,9 +199,16 @@ class AsyncLogHead:
     value read by a query that started after it asked; None when the store could not answer.
     Only ever used from one event loop (the connection behind `read` belongs to it)."""
 
-    def __init__(self, read: Callable[[], Awaitable[int]], close: Callable[[], Awaitable[None]] | None = None) -> None:
+    def __init__(
+        self,
+        read: Callable[[], Awaitable[int]],
+        close: Callable[[], Awaitable[None]] | None = None,
+        fetchall: Callable[[str, Sequence[Any]], Awaitable[list[tuple[Any, ...]]]] | None = None,
+    ) -> None:
         self._read = read
         self._close = close
+        # Other reads on the same loop and connection (the history page), when the store has them.
+        self.fetchall = fetchall
         self._waiting: list[asyncio.Future[int | None]] = []
         self._pumping = False
 

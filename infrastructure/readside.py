@@ -247,7 +247,7 @@ class ReadSide:
     # ---- tracking -----------------------------------------------------------------------
 
     def position(self) -> int:
-        row = self.db.fetchone(f"SELECT position FROM {self.t.tracking} WHERE name = %s", (VIEWS,))
+        row = self.db.fetchone(*self.position_statement())
         return int(row[0]) if row else 0
 
     def _polled_position(self) -> int:
@@ -308,6 +308,13 @@ class ReadSide:
     def account_history(self, account_key: str, cursor: str | None, limit: int | None) -> tuple[str | None, Page]:
         """(the account's tenant, None if the view does not hold it; a page of its legs). One
         statement when the page has legs (each carries the tenant), two when it is empty."""
+        sql, params, n = self.history_statement(account_key, cursor, limit)
+        found = self.history_page(self.db.fetchall(sql, params), n)
+        return found if found is not None else (self.account_tenant(account_key), Page([], None))
+
+    def history_statement(self, account_key: str, cursor: str | None, limit: int | None) -> tuple[str, list[Any], int]:
+        """The one statement of a history page: (SQL, parameters, page size); for `history_page`.
+        Shared with the API's event-loop reader (PostgreSQL placeholders)."""
         n = check_limit(limit)
         key = decode_cursor(cursor, (int,))
         sql = f"SELECT {', '.join(HISTORY_COLUMNS)} FROM {self.t.entries} WHERE account_id = %s"
@@ -317,11 +324,21 @@ class ReadSide:
             params.append(key[0])
         sql += " ORDER BY position DESC LIMIT %s"
         params.append(n + 1)
-        rows = self.db.fetchall(sql, params)
+        return sql, params, n
+
+    @staticmethod
+    def history_page(rows: list[tuple[Any, ...]], n: int) -> tuple[str, Page] | None:
+        """(the tenant the legs carry, the page) from `history_statement`'s rows; None when there
+        are none (the account's tenant is then asked of the accounts view)."""
+        if not rows:
+            return None
         more = len(rows) > n
         rows = rows[:n]
-        tenant = rows[0][_ENTRY_TENANT] if rows else self.account_tenant(account_key)
-        return tenant, Page([entry_view(r) for r in rows], encode_cursor(rows[-1][0]) if more else None)
+        return rows[0][_ENTRY_TENANT], Page([entry_view(r) for r in rows], encode_cursor(rows[-1][0]) if more else None)
+
+    def position_statement(self) -> tuple[str, tuple[Any, ...]]:
+        """The statement `position()` runs (for the API's event-loop reader)."""
+        return f"SELECT position FROM {self.t.tracking} WHERE name = %s", (VIEWS,)
 
     # ---- analytics ------------------------------------------------------------------------
 

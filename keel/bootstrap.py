@@ -147,7 +147,7 @@ class Container:
         if self.store.open_async_head is None:
             return None
         reader = self.store.open_async_head()
-        return AsyncLogHead(reader, reader.close)
+        return AsyncLogHead(reader, reader.close, reader.fetchall)
 
     def close(self) -> None:
         self.writer.stop()
