@@ -181,7 +181,7 @@ class ReadFastPath:
 
     async def _read_views(self, rs: Any, fetch: Any) -> int:
         try:
-            rows = await fetch(*rs.position_statement())
+            rows = await fetch(*rs.position_statement(), shared=True)
             self._views_position, self._views_read_at = (int(rows[0][0]) if rows else 0), time.monotonic()
             return self._views_position
         finally:

@@ -203,7 +203,7 @@ class AsyncLogHead:
         self,
         read: Callable[[], Awaitable[int]],
         close: Callable[[], Awaitable[None]] | None = None,
-        fetchall: Callable[[str, Sequence[Any]], Awaitable[list[tuple[Any, ...]]]] | None = None,
+        fetchall: Callable[..., Awaitable[list[tuple[Any, ...]]]] | None = None,
     ) -> None:
         self._read = read
         self._close = close

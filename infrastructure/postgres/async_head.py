@@ -15,36 +15,59 @@ from infrastructure.settings import PostgresParams
 CONNECT_TIMEOUT_S = 5
 
 
+# Connections the history pages take turns on: a statement waits for the one before it on its
+# connection, and each costs at least one turn of the busy event loop, so a few run side by side.
+# The head and the views' position (one query at a time each, shared by every reader) have one of
+# their own, so a balance read never queues behind a page.
+READ_CONNECTIONS = 6
+
+
 class PostgresAsyncHead:
     def __init__(self, params: PostgresParams, table: str) -> None:
         self._params = params
         self._sql = SQL("SELECT max(notification_id) FROM {}.{}").format(Identifier(params.schema), Identifier(table))
-        self._conn: psycopg.AsyncConnection | None = None
+        self._conns: list[psycopg.AsyncConnection | None] = [None] * (1 + READ_CONNECTIONS)
+        self._turn = 0
 
     async def __call__(self) -> int:
         """The head; raises when the database cannot answer (the connection is dropped then)."""
-        rows = await self.fetchall(self._sql, ())
+        rows = await self._fetch(0, self._sql, ())
         return int(rows[0][0]) if rows and rows[0][0] is not None else 0
 
-    async def fetchall(self, sql: Any, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        """A read on the same connection (statements take turns on it); raises as `__call__`."""
+    async def fetchall(self, sql: Any, params: Sequence[Any], *, shared: bool = False) -> list[tuple[Any, ...]]:
+        """A read on one of the read connections, in turn (`shared`: a small query many readers
+        wait on, on the head's connection); raises as `__call__`."""
+        if shared:
+            return await self._fetch(0, sql, params)
+        self._turn = self._turn % READ_CONNECTIONS + 1
+        return await self._fetch(self._turn, sql, params)
+
+    async def _fetch(self, i: int, sql: Any, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        conn = self._conns[i]
         try:
-            if self._conn is None or self._conn.closed:
+            if conn is None or conn.closed:
                 p = self._params
-                self._conn = await psycopg.AsyncConnection.connect(
+                conn = self._conns[i] = await psycopg.AsyncConnection.connect(
                     host=p.host, port=p.port, user=p.user, password=p.password or None, dbname=p.dbname,
                     autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, prepare_threshold=0,
                 )  # fmt: skip
-            cur = await self._conn.execute(sql, params)
+            cur = await conn.execute(sql, params)
             return await cur.fetchall()
         except BaseException:
-            await self.close()
+            self._conns[i] = None
+            if conn is not None:
+                await _close(conn)
             raise
 
     async def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                await conn.close()
-            except Exception:  # noqa: BLE001, S110 - closing a broken connection
-                pass
+        conns, self._conns = self._conns, [None] * len(self._conns)
+        for conn in conns:
+            if conn is not None:
+                await _close(conn)
+
+
+async def _close(conn: psycopg.AsyncConnection) -> None:
+    try:
+        await conn.close()
+    except Exception:  # noqa: BLE001, S110 - closing a broken connection
+        pass
