@@ -4,6 +4,7 @@ the writer's copies can answer needs no thread hop and no pooled connection. The
 reads run their statement (infrastructure/readside.py builds it) on the same connection."""
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,13 +14,16 @@ from psycopg.sql import SQL, Identifier
 from infrastructure.settings import PostgresParams
 
 CONNECT_TIMEOUT_S = 5
+# A statement that has not answered by then is abandoned and its connection closed: the caller
+# falls back to the thread path, which reports the store's state as every other route does.
+STATEMENT_TIMEOUT_S = 5
 
 
 # Connections the history pages take turns on: a statement waits for the one before it on its
 # connection, and each costs at least one turn of the busy event loop, so a few run side by side.
 # The head and the views' position (one query at a time each, shared by every reader) have one of
 # their own, so a balance read never queues behind a page.
-READ_CONNECTIONS = 6
+READ_CONNECTIONS = 4
 
 
 class PostgresAsyncHead:
@@ -51,8 +55,9 @@ class PostgresAsyncHead:
                     host=p.host, port=p.port, user=p.user, password=p.password or None, dbname=p.dbname,
                     autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, prepare_threshold=0,
                 )  # fmt: skip
-            cur = await conn.execute(sql, params)
-            return await cur.fetchall()
+            async with asyncio.timeout(STATEMENT_TIMEOUT_S):
+                cur = await conn.execute(sql, params)
+                return await cur.fetchall()
         except BaseException:
             self._conns[i] = None
             if conn is not None:

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 import pytest
 from litestar.testing import TestClient
 
@@ -177,3 +178,45 @@ def test_a_read_the_fast_path_hands_to_litestar_costs_one_token(tmp_path: Any) -
         assert client.get(missing, headers=h).status_code == 404  # token 2 (charged twice before)
         assert client.get(missing, headers=h).status_code == 404  # token 3
         assert client.get(missing, headers=h).status_code == 429
+
+
+@pytest.mark.postgres
+def test_reads_fall_back_to_threads_when_the_loop_connection_fails(pg_session_schemas: list[str]) -> None:
+    """The event-loop reads' own connection cannot be made (a wrong port here; a dead server, a
+    killed backend): every read is still answered, by the thread path, exactly as by Litestar."""
+    from application.aggregate_cache import AsyncLogHead
+    from infrastructure.postgres.async_head import PostgresAsyncHead
+    from tests.conftest import fresh_pg_settings
+
+    settings = fresh_pg_settings(pg_session_schemas, rate_limit_per_s=1000)
+    c = build(settings)
+    a = c.writer.execute(OpenAccount(tenant=TENANT, currency="USD"))
+    b = c.writer.execute(OpenAccount(tenant=TENANT, currency="USD"))
+    c.writer.execute(Deposit(tenant=TENANT, account_id=a.id, amount_minor=500, currency="USD"))
+    c.writer.execute(MakeTransfer(tenant=TENANT, debit_account_id=a.id, credit_account_id=b.id, amount_minor=5,
+                                  currency="USD"))  # fmt: skip
+    db = c.read_side.db
+    ViewFollower(LogReader(db, c.ledger.recorder, c.ledger.mapper), SqlViewStore(db)).catch_up()
+    key, token = new_key("banking", TENANT)
+    c.keys.add(key)
+
+    class Unreachable:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(c, name)
+
+        def open_log_head(self) -> AsyncLogHead:
+            reader = PostgresAsyncHead(msgspec.structs.replace(settings.postgres(), port=1), "ledger_events")
+            return AsyncLogHead(reader, reader.close, reader.fetchall)
+
+    h = {"Authorization": f"Bearer {token}"}
+    with TestClient(create_app(Unreachable(), on_shutdown=[c.close])) as client:  # type: ignore[arg-type]
+        client.get("/v1/accounts", headers=h)
+        fast = client.app.asgi_handler.app
+        for path in (f"/v1/accounts/{a.id}", f"/v1/accounts/{a.id}/transactions"):
+            on = client.get(path, headers=h)
+            fast.enabled = False
+            off = client.get(path, headers=h)
+            fast.enabled = True
+            assert on.status_code == 200 and (on.status_code, on.content) == (off.status_code, off.content)
+        assert fast.from_memory == 0 and fast.history_on_loop == 0
+        assert fast.answered == 2
