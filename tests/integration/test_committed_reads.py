@@ -156,3 +156,41 @@ def test_log_head_failure_is_none() -> None:
         raise OSError("store away")
 
     assert LogHead(read).current() is None
+
+
+def test_async_log_head_is_read_after_each_caller_asked() -> None:
+    """AsyncLogHead: one query at a time however many coroutines ask, each answered by a query
+    that started after it asked; a failing read answers None."""
+    import asyncio
+
+    from application.aggregate_cache import AsyncLogHead
+
+    state = {"head": 0, "queries": 0, "fail": False}
+
+    async def read() -> int:
+        state["queries"] += 1
+        value = state["head"]
+        await asyncio.sleep(0.001)
+        if state["fail"]:
+            raise OSError("store away")
+        return value
+
+    async def run() -> list[tuple[int, int | None]]:
+        head = AsyncLogHead(read)
+        out: list[tuple[int, int | None]] = []
+
+        async def caller() -> None:
+            for _ in range(30):
+                state["head"] += 1
+                committed = state["head"]
+                out.append((committed, await head.current()))
+
+        await asyncio.gather(*[caller() for _ in range(16)])
+        state["fail"] = True
+        out.append((0, await head.current()))
+        return out
+
+    out = asyncio.run(run())
+    assert all(got is not None and got >= committed for committed, got in out[:-1])
+    assert out[-1] == (0, None)
+    assert state["queries"] < 16 * 30
