@@ -101,6 +101,10 @@ class AggregateCache:
             return None
         return self._committed.get(key)
 
+    def has_committed(self, key: UUID) -> bool:
+        """Whether a copy of `key` is kept at all (before a caller reads a log head for it)."""
+        return key in self._committed
+
     def _publish(self, agg: Account, position: int | None) -> None:
         copy = object.__new__(Account)
         copy.__dict__.update(agg.__dict__)

@@ -149,6 +149,8 @@ class Ledger(Application[UUID]):
     def committed_account(self, key: UUID) -> Account | None:
         """The writer's copy of the account stored at `key` as last committed, if it holds every
         event committed before this call; None: read the store."""
+        if not self.cache.has_committed(key):  # no copy: no head query either
+            return None
         head = self.log_head.current()
         known = self.cache.committed(key, head) if head is not None else None
         return known[0] if known is not None else None
@@ -157,6 +159,8 @@ class Ledger(Application[UUID]):
         """The log position of the latest event of the account stored at `key`, when the writer
         knows it to be current (as `committed_account`; `head`: a log head the caller read after
         it was asked, else one is read now); None: read the log."""
+        if not self.cache.has_committed(key):
+            return None
         if head is None:
             head = self.log_head.current()
         known = self.cache.committed(key, head) if head is not None else None
