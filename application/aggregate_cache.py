@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 # More foreign events than this since the last batch: drop the whole cache instead.
 CACHE_TAIL_MAX = 20_000
 AGGREGATE_CACHE_MAX = 200_000
+# Committed copies kept for readers (≈ 0.5 KB each: at most ≈ 50 MB); beyond it the earliest
+# published go, and reads of those accounts go to the store.
+COMMITTED_COPIES_MAX = 100_000
 
 Aggregate = Account | Transfer
 
@@ -113,6 +116,8 @@ class AggregateCache:
             previous = self._committed.get(agg.id)
             position = previous[1] if previous is not None else None
         self._committed[agg.id] = (copy, position)
+        if len(self._committed) > COMMITTED_COPIES_MAX:
+            self._committed.pop(next(iter(self._committed)))
 
     def refresh(self) -> None:
         """Brings the cache up to date with what other processes committed since our last batch."""

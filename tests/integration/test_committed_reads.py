@@ -194,3 +194,29 @@ def test_async_log_head_is_read_after_each_caller_asked() -> None:
     assert all(got is not None and got >= committed for committed, got in out[:-1])
     assert out[-1] == (0, None)
     assert state["queries"] < 16 * 30
+
+
+def test_committed_copies_are_bounded(monkeypatch) -> None:  # noqa: ANN001
+    """Readers' copies never outgrow their bound; an account whose copy went is read from the store."""
+    import application.aggregate_cache as ac
+
+    monkeypatch.setattr(ac, "COMMITTED_COPIES_MAX", 3)
+
+    class Log:
+        def max_notification_id(self) -> int:
+            return 0
+
+        def select_notifications(self, start: int, limit: int, *, inclusive_of_start: bool = True) -> list[object]:
+            return []
+
+    cache = AggregateCache(Log(), decoder=None)  # type: ignore[arg-type]
+    cache.refresh()
+    accounts = []
+    for i in range(5):
+        acct = Account.open(account_id=uuid.uuid4(), public_id=uuid.uuid4(), tenant=T, currency="USD")
+        acct.collect_events()
+        cache.put(acct)
+        cache.note_own_commit([i + 1], [acct], {acct.id: i + 1})
+        accounts.append(acct)
+    kept = [a for a in accounts if cache.committed(a.id, head=5) is not None]
+    assert kept == accounts[2:]
