@@ -43,6 +43,7 @@ SCENARIOS = ("uniform", "hot", "batch", "mixed", "open")
 # docs/benchmarks.md), which is a finding of its own, not the steady-state latency asked for.
 RUN_ORDER = ("uniform", "open", "hot", "batch", "mixed")
 FOLLOWER_MODES = ("background", "idle", "normal", "none")
+OPEN_RATE_MAX = 1_000_000
 WARM_UP_S = 5  # uniform load first: the writer's cache holds the accounts, statements are prepared
 SETTLE_MAX_S = 120
 SETTLED_FRAUD_LAG = 100  # events: about one page of the consumer
@@ -140,6 +141,9 @@ def add_arguments(sub: Any) -> None:
                         "the service leaves), projections at normal priority (history reads wait for them); idle = all "
                         "three at SCHED_IDLE; normal = all at the service's priority; none = not started (the service "
                         "alone, as pgbench runs alone; history reads of written accounts then wait 2 s and answer stale)")
+    p.add_argument("--open-rate", type=float, default=None, metavar="PER_S",
+                   help="the open loop's offered rate in transfers/s (default: 70 %% of this run's uniform rate); "
+                        "a fixed rate compares tail latency across code that changes the uniform rate")
     p.add_argument("--profile", default=None, metavar="DIR",
                    help="py-spy the service and its workers during each scenario; collapsed stacks go to DIR")
 
@@ -299,6 +303,8 @@ def bench_http(args: argparse.Namespace) -> dict[str, Any]:
     unknown = set(scenarios) - set(SCENARIOS)
     if unknown:
         raise SystemExit(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    if args.open_rate is not None and not 0 < args.open_rate <= OPEN_RATE_MAX:
+        raise SystemExit(f"--open-rate must be above 0 and at most {OPEN_RATE_MAX:,} transfers/s")
     scenarios = sorted(set(scenarios), key=RUN_ORDER.index)
     server = server_settings(args.pg)
     if server["fsync"] != "on" or server["synchronous_commit"] != "on":
@@ -353,8 +359,8 @@ def bench_http(args: argparse.Namespace) -> dict[str, Any]:
             # Each scenario starts with the followers caught up, not behind on the last one's backlog.
             settle_s = _settle(port, analyst) if workers else 0.0
             if scenario == "open":
-                base = uniform_tps or 1000.0
-                r = _open_loop(port, token, accounts, 0.7 * base, args.seconds, args.connections)
+                rate = args.open_rate if args.open_rate else 0.7 * (uniform_tps or 1000.0)
+                r = _open_loop(port, token, accounts, rate, args.seconds, args.connections)
             else:
                 spies = _profile(args.profile, scenario, [proc.pid] + [w.pid for w in workers], args.seconds)
                 before = bench_routes.scrape(port)
@@ -474,6 +480,8 @@ def main(args: argparse.Namespace) -> int:
         Path(args.svg).write_text(svg(result))
     command = (f"keel bench http --workers {args.workers} --seconds {args.seconds:g} --connections {args.connections}"
                f" --followers {args.followers} --scenarios {args.scenarios}")  # fmt: skip
+    if args.open_rate:
+        command += f" --open-rate {args.open_rate:g}"
     print(markdown(result, command))
     if args.report:
         with open(args.report, "a") as f:

@@ -99,3 +99,22 @@ def test_report_names_the_configuration_and_every_scenario() -> None:
     drawing = ET.fromstring(svg(result))  # well-formed, with a bar per scenario plus pgbench
     assert len([e for e in drawing.iter() if e.tag.endswith("rect")]) == 1 + 3
     assert len([e for e in drawing.iter() if e.tag.endswith("polyline")]) == 2
+
+
+def test_open_rate_is_parsed_and_bounded() -> None:
+    """`keel bench http --open-rate` pins the open loop's rate; a rate that is not a positive,
+    bounded number is refused before anything starts."""
+    import argparse
+
+    import pytest
+
+    from keel_tools.bench_http import add_arguments, bench_http
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser.add_subparsers())
+    args = parser.parse_args(["http", "--open-rate", "1600"])
+    assert args.open_rate == 1600.0
+    assert parser.parse_args(["http"]).open_rate is None
+    for bad in ("0", "-5", "nan", "1e9"):
+        with pytest.raises(SystemExit, match="--open-rate"):
+            bench_http(parser.parse_args(["http", "--open-rate", bad, "--pg", "postgresql://nobody@127.0.0.1:1/x"]))
