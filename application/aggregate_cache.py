@@ -230,6 +230,7 @@ class AsyncLogHead:
         return await asyncio.shield(future)
 
     async def _pump(self) -> None:
+        asked: list[asyncio.Future[int | None]] = []
         try:
             while self._waiting:
                 asked, self._waiting = self._waiting, []  # those who ask from now on wait for the next
@@ -242,7 +243,8 @@ class AsyncLogHead:
                         f.set_result(value)
         finally:
             self._pumping = False
-            for f in self._waiting:  # cancelled while pumping: nobody is left to answer them
+            # Cancelled while pumping (the loop shutting down): nobody is left to answer these.
+            for f in [*asked, *self._waiting]:
                 if not f.done():
                     f.set_result(None)
             self._waiting = []

@@ -138,7 +138,7 @@ class Ledger(Application[UUID]):
         """`get_account` from the writer's copy alone, without touching the store, when that copy
         holds every event up to `head` (a log head read after the caller asked) and has no sealed
         holder to reveal (a key lookup); None: call `get_account`."""
-        known = self.cache.committed(account_key(tenant, account_id), head)
+        known = self._known(account_key(tenant, account_id), head)
         if known is None:
             return None
         a = known[0]
@@ -149,22 +149,24 @@ class Ledger(Application[UUID]):
     def committed_account(self, key: UUID) -> Account | None:
         """The writer's copy of the account stored at `key` as last committed, if it holds every
         event committed before this call; None: read the store."""
-        if not self.cache.has_committed(key):  # no copy: no head query either
-            return None
-        head = self.log_head.current()
-        known = self.cache.committed(key, head) if head is not None else None
+        known = self._known(key)
         return known[0] if known is not None else None
 
     def latest_position(self, key: UUID, head: int | None = None) -> int | None:
         """The log position of the latest event of the account stored at `key`, when the writer
         knows it to be current (as `committed_account`; `head`: a log head the caller read after
         it was asked, else one is read now); None: read the log."""
+        known = self._known(key, head)
+        return known[1] if known is not None else None
+
+    def _known(self, key: UUID, head: int | None = None) -> tuple[Account, int | None] | None:
+        """(copy, latest position) when current through `head` (read now if not given; not read
+        at all when there is no copy)."""
         if not self.cache.has_committed(key):
             return None
         if head is None:
             head = self.log_head.current()
-        known = self.cache.committed(key, head) if head is not None else None
-        return known[1] if known is not None else None
+        return self.cache.committed(key, head) if head is not None else None
 
     def account_by_key(self, key: UUID, tenant: str | None = None) -> AccountState:
         a = self.load(key)

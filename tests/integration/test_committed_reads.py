@@ -89,18 +89,26 @@ def test_any_interleaving_reads_equal_the_store(settings: Settings, ops: list[tu
             c.close()
 
 
+class _EmptyLog:
+    """A log with nothing in it: the cache sees only what the test commits."""
+
+    def max_notification_id(self) -> int:
+        return 0
+
+    def select_notifications(self, start: int, limit: int, *, inclusive_of_start: bool = True) -> list[object]:
+        return []
+
+
+def _empty_log_cache() -> AggregateCache:
+    cache = AggregateCache(_EmptyLog(), decoder=None)  # type: ignore[arg-type]
+    cache.refresh()
+    return cache
+
+
 def test_copies_do_not_change_inside_a_batch() -> None:
     """Readers see the state as committed, not what a batch is doing to the cached object."""
 
-    class Log:
-        def max_notification_id(self) -> int:
-            return 0
-
-        def select_notifications(self, start: int, limit: int, *, inclusive_of_start: bool = True) -> list[object]:
-            return []
-
-    cache = AggregateCache(Log(), decoder=None)  # type: ignore[arg-type]
-    cache.refresh()
+    cache = _empty_log_cache()
     acct = Account.open(account_id=uuid.uuid4(), public_id=uuid.uuid4(), tenant=T, currency="USD")
     acct.collect_events()
     cache.put(acct)
@@ -202,15 +210,7 @@ def test_committed_copies_are_bounded(monkeypatch) -> None:  # noqa: ANN001
 
     monkeypatch.setattr(ac, "COMMITTED_COPIES_MAX", 3)
 
-    class Log:
-        def max_notification_id(self) -> int:
-            return 0
-
-        def select_notifications(self, start: int, limit: int, *, inclusive_of_start: bool = True) -> list[object]:
-            return []
-
-    cache = AggregateCache(Log(), decoder=None)  # type: ignore[arg-type]
-    cache.refresh()
+    cache = _empty_log_cache()
     accounts = []
     for i in range(5):
         acct = Account.open(account_id=uuid.uuid4(), public_id=uuid.uuid4(), tenant=T, currency="USD")
@@ -220,3 +220,26 @@ def test_committed_copies_are_bounded(monkeypatch) -> None:  # noqa: ANN001
         accounts.append(acct)
     kept = [a for a in accounts if cache.committed(a.id, head=5) is not None]
     assert kept == accounts[2:]
+
+
+def test_async_log_head_answers_its_callers_when_the_read_is_cancelled() -> None:
+    """The loop shutting down mid-read cancels the shared read: every caller still gets an
+    answer (None: read the store), none waits forever."""
+    import asyncio
+
+    from application.aggregate_cache import AsyncLogHead
+
+    async def hang() -> int:
+        await asyncio.sleep(3600)
+        return 0
+
+    async def run() -> list[int | None]:
+        head = AsyncLogHead(hang)
+        callers = [asyncio.ensure_future(head.current()) for _ in range(5)]
+        await asyncio.sleep(0.01)
+        for task in asyncio.all_tasks():
+            if task.get_coro().__qualname__ == "AsyncLogHead._pump":  # type: ignore[union-attr]
+                task.cancel()
+        return await asyncio.wait_for(asyncio.gather(*callers), 2)
+
+    assert asyncio.run(run()) == [None] * 5

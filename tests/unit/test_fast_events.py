@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -78,4 +78,3 @@ def test_an_unknown_or_missing_field_is_refused() -> None:
         new_event(Account.Debited, uuid.uuid4(), 2, T0, transfer_id=uuid.uuid4())
     with pytest.raises(TypeError, match="UUID"):
         new_event(Account.Debited, "not-a-uuid", 2, T0, transfer_id=uuid.uuid4(), amount_minor=1)  # type: ignore[arg-type]
-    assert T0 + timedelta(0) == T0
