@@ -44,10 +44,12 @@ class PostgresAggregateLoader:
         for start in range(0, len(ids), LOAD_IDS_MAX):
             chunk = list(ids[start : start + LOAD_IDS_MAX])
             with self.datastore.get_connection() as conn, conn.pipeline(), conn.transaction():
-                curs = conn.cursor(row_factory=tuple_row)
                 # Without fresh statistics (a new table) the planner's estimate exceeds
-                # jit_above_cost, and compiling the plan costs more than running it.
-                curs.execute(_JIT_OFF)
+                # jit_above_cost, and compiling the plan costs more than running it. The SET goes
+                # on a cursor of its own: once, under the chaos test's faults, the pipeline left
+                # the shared cursor on the SET's result and the read failed with a 500.
+                conn.execute(_JIT_OFF)
+                curs = conn.cursor(row_factory=tuple_row)
                 curs.execute(self._statement, (chunk,), prepare=True, binary=True)
                 rows = curs.fetchall()
                 for row in rows:
